@@ -1,0 +1,64 @@
+# make run                 the whole study on the offline synthetic demo dataset (laptop CPU profile)
+# make run DATA=path/to/COVID-19_Radiography_Dataset   the same on the real Kaggle database
+# make test                the test suite (CPU, offline)
+# make results             regenerate the README results table and assets/ from outputs/metrics.json
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+OUT ?= outputs
+MODELS ?= models
+DATA ?=
+DEMO_DIR ?= data/demo
+MANIFEST := $(OUT)/manifest.csv
+PM := $(PY) -m papermill --cwd . --log-output -k python3
+
+ifeq ($(strip $(DATA)),)
+DATA_DIR := $(DEMO_DIR)
+# Demo profile: fits ~12 minutes of training on 2 CPU cores from random initialisation.
+SPLIT_ARGS ?= --val 30 --test 30
+TRAIN_PARAMS ?= -p image_size 64 -p batch_size 16 -p epochs 14 -p patience 14 -p max_per_class 150 -p num_workers 0
+EVAL_PARAMS ?= -p num_workers 0
+else
+DATA_DIR := $(DATA)
+SPLIT_ARGS ?=
+TRAIN_PARAMS ?=
+EVAL_PARAMS ?=
+endif
+COMMON := -p data_dir "$(DATA_DIR)" -p manifest_path $(MANIFEST) -p out_dir $(OUT)
+
+.PHONY: run data split notebooks test results clean-outputs venv
+run: split notebooks
+	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json; 'make results' updates README.md"
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+data: venv
+ifeq ($(strip $(DATA)),)
+	@test -f $(DEMO_DIR)/demo_dataset.json && echo "demo dataset already in $(DEMO_DIR)" || $(PY) demo_data.py $(DEMO_DIR)
+else
+	@test -d "$(DATA)" || (echo "DATA=$(DATA) is not a folder: unzip the Kaggle COVID-19 Radiography Database and pass its folder" && exit 2)
+endif
+
+split: data
+	$(PY) split_dataset.py "$(DATA_DIR)" --out $(MANIFEST) $(SPLIT_ARGS)
+
+notebooks: venv
+	@mkdir -p $(OUT)/notebooks
+	$(PM) 1_data_exploration.ipynb $(OUT)/notebooks/1_data_exploration.ipynb $(COMMON)
+	$(PM) 2_finetune_models.ipynb $(OUT)/notebooks/2_finetune_models.ipynb $(COMMON) -p models_dir $(MODELS) $(TRAIN_PARAMS)
+	$(PM) 3_evaluate_results.ipynb $(OUT)/notebooks/3_evaluate_results.ipynb $(COMMON) -p models_dir $(MODELS) $(EVAL_PARAMS)
+
+test: venv
+	$(PY) -m pytest -q
+
+results: venv
+	$(PY) update_readme.py --metrics $(OUT)/metrics.json --readme README.md --assets assets
+
+clean-outputs:
+	rm -rf $(OUT) $(MODELS)

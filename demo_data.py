@@ -1,0 +1,301 @@
+"""Synthetic chest radiograph phantoms for an offline demo of the whole study.
+
+THIS IS NOT MEDICAL DATA. The images are drawn from simple geometric anatomy (body outline, lungs,
+heart/mediastinum, ribs, clavicles, spine, diaphragm) plus a class "finding" that loosely follows
+radiology:
+
+- ``Lung_Opacity``: 1-2 focal dense consolidations, any zone, mostly one lung;
+- ``COVID``: bilateral, peripheral, lower-zone ground-glass opacities;
+- ``Viral Pneumonia``: bilateral perihilar streaky (interstitial) pattern;
+- ``Normal``: no finding.
+
+Nuisance variation (patient size, position, rotation, exposure, contrast, noise, blur, an L/R
+marker and corner text) is drawn independently of the class. Each image is finally rescaled to a
+mean and standard deviation drawn independently of the class, so global image statistics do not
+separate the classes and a model has to look at the findings. Results on this data say that the
+pipeline works, nothing about COVID-19.
+
+Layout written (the newest Kaggle release's, so the demo and real data share one code path)::
+
+    OUT/README.txt, OUT/demo_dataset.json        # "this is synthetic" marker + parameters
+    OUT/<class>/images/<class>-<i>.png           # 299x299 8-bit grayscale
+    OUT/<class>/masks/<class>-<i>.png            # lung mask, 0/255 (like Kaggle's masks/)
+    OUT/<class>/lesion_masks/<class>-<i>.png     # finding mask, 0/255 (not for Normal)
+
+CLI: ``python demo_data.py OUT [--scale 0.1] [--seed 0] [--size 299]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
+# Class sizes of the COVID-19 Radiography Database (Kaggle release with 21,165 images).
+REAL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
+MARKER_FILE = "demo_dataset.json"
+
+
+def scaled_counts(scale: float) -> dict[str, int]:
+    """The real database's class sizes times ``scale`` (at least 1 image per class)."""
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    return {c: max(1, int(round(n * scale))) for c, n in REAL_COUNTS.items()}
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    """Zero-mean, unit-ish low-frequency noise (size, size) float32, made by upsampling a grid."""
+    grid = rng.standard_normal((cells, cells)).astype(np.float32)
+    return cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+
+
+@functools.lru_cache(maxsize=4)
+def _noise_bank(size: int) -> np.ndarray:
+    """A fixed (2*size, 2*size) white-noise field; random crops of it are each image's quantum
+    noise (drawing fresh Gaussian noise per image was the generator's single slowest step)."""
+    return np.random.default_rng(20200301).standard_normal((2 * size, 2 * size), dtype=np.float32)
+
+
+def _add_blob(canvas: np.ndarray, cx: float, cy: float, rx: float, ry: float, angle: float,
+              rng: np.random.Generator, lobes: int = 4) -> None:
+    """Max a soft irregular blob in [0, 1] into ``canvas`` in place: a few overlapping filled
+    ellipses, blurred. Drawn in a small window around the centre (most of the image stays 0)."""
+    h, w = canvas.shape
+    pad = int(2.2 * max(rx, ry)) + 2
+    x0, y0 = max(0, int(cx) - pad), max(0, int(cy) - pad)
+    x1, y1 = min(w, int(cx) + pad), min(h, int(cy) + pad)
+    if x1 <= x0 or y1 <= y0:
+        return
+    m = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for _ in range(lobes):
+        ox, oy = rng.normal(0, 0.35 * rx), rng.normal(0, 0.35 * ry)
+        s = rng.uniform(0.55, 1.0)
+        cv2.ellipse(m, (int(cx + ox) - x0, int(cy + oy) - y0),
+                    (max(1, int(rx * s)), max(1, int(ry * s))),
+                    angle + rng.uniform(-30, 30), 0, 360, 1.0, -1)
+    k = max(3, int(0.6 * min(rx, ry)) | 1)
+    np.maximum(canvas[y0:y1, x0:x1], cv2.GaussianBlur(m, (k, k), 0), out=canvas[y0:y1, x0:x1])
+
+
+def render_phantom(label: str, rng: np.random.Generator, size: int = 299
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one synthetic radiograph.
+
+    Returns ``(image, lung_mask, lesion_mask)``: image uint8 (size, size), masks uint8 0/255.
+    Drawing happens in a canonical frame (patient upright, centred), then one random affine
+    transform (size/position/rotation) moves image and masks together.
+    """
+    if label not in CLASSES:
+        raise ValueError(f"unknown class {label!r}; valid: {', '.join(CLASSES)}")
+    S = size
+    u = S / 299.0  # all geometry below is in 299-px units
+    img = np.full((S, S), 0.04, np.float32)  # air around the patient
+
+    # Body outline: torso ellipse + neck + shoulders (soft tissue).
+    body = np.zeros((S, S), np.float32)
+    cv2.ellipse(body, (S // 2, int(175 * u)), (int(rng.uniform(128, 142) * u), int(170 * u)),
+                0, 0, 360, 1.0, -1)
+    cv2.rectangle(body, (int(120 * u), 0), (int(179 * u), int(40 * u)), 1.0, -1)
+    cv2.ellipse(body, (S // 2, int(45 * u)), (int(145 * u), int(35 * u)), 0, 0, 360, 1.0, -1)
+
+    # Lungs: two ellipses clipped by domed hemidiaphragms (image left = patient's right).
+    lungs = np.zeros((S, S), np.float32)
+    ly = rng.uniform(128, 138) * u
+    for side, cx in ((-1, 96), (1, 203)):
+        rx = rng.uniform(44, 50) * u
+        ry = rng.uniform(88, 96) * u
+        cv2.ellipse(lungs, (int(cx * u), int(ly)), (int(rx), int(ry)), side * -6, 0, 360, 1.0, -1)
+    x = np.arange(S, dtype=np.float32)
+    dome_r = rng.uniform(212, 222) * u  # the right hemidiaphragm sits a little higher
+    dome_l = dome_r + rng.uniform(4, 10) * u
+    right = x < S / 2
+    dome = np.where(right, dome_r, dome_l) - 0.0025 / u * (x - np.where(right, 96, 203) * u) ** 2
+    lungs[np.arange(S, dtype=np.float32)[:, None] > dome[None, :]] = 0  # (S, S) below the domes
+    # Heart/mediastinum: a bright shape, central and to the patient's left (image right).
+    heart = np.zeros((S, S), np.float32)
+    cv2.ellipse(heart, (int(rng.uniform(160, 170) * u), int(rng.uniform(182, 190) * u)),
+                (int(rng.uniform(42, 50) * u), int(rng.uniform(38, 44) * u)), -20, 0, 360, 1.0, -1)
+    cv2.rectangle(heart, (int(135 * u), int(50 * u)), (int(165 * u), int(180 * u)), 1.0, -1)
+    lungs[heart > 0] = 0
+    lung_mask = lungs > 0
+    # Soft tissue, aerated lung with vascular texture, heart: one density map, blurred once.
+    anatomy = 0.50 * body + 0.10 * heart - lungs * (0.33 - 0.03 * _smooth_noise(rng, S, 24))
+    img += cv2.GaussianBlur(anatomy, (0, 0), 2.5 * u)
+
+    # Bones: spine, ribs (posterior arcs), clavicles.
+    bones = np.zeros((S, S), np.float32)
+    cv2.rectangle(bones, (int(141 * u), 0), (int(158 * u), S), 0.5, -1)
+    for k in range(9):
+        y0 = (62 + 19 * k) * u
+        for side in (-1, 1):
+            cv2.ellipse(bones, (int(S / 2 + side * 8 * u), int(y0)), (int(88 * u), int(26 * u)), 0,
+                        (0, 90)[side == -1] + 10, (90, 180)[side == -1] - 10 + 0, 0.45,
+                        max(1, int(5 * u)))
+    for side in (-1, 1):
+        cv2.line(bones, (int(S / 2 + side * 12 * u), int(52 * u)),
+                 (int(S / 2 + side * 105 * u), int(rng.uniform(34, 44) * u)), 0.6, max(1, int(7 * u)))
+    img += 0.16 * cv2.GaussianBlur(bones, (0, 0), 1.2 * u) * body
+
+    # The finding.
+    finding = np.zeros((S, S), np.float32)
+    lm = lung_mask.astype(np.float32)
+    if label == "Lung_Opacity":
+        n = rng.integers(1, 3)
+        side = rng.choice((96, 203))
+        for i in range(n):
+            cx = side if (i == 0 or rng.random() < 0.75) else 299 - side
+            cx = (cx + rng.uniform(-22, 22)) * u
+            cy = rng.uniform(70, 200) * u
+            r = rng.uniform(15, 24) * u
+            _add_blob(finding, cx, cy, r, r * rng.uniform(0.8, 1.3), rng.uniform(0, 180), rng)
+        finding *= 0.30
+    elif label == "COVID":
+        for cx0 in (96, 203):
+            lateral = -1 if cx0 < 150 else 1
+            for _ in range(rng.integers(2, 4)):
+                cx = (cx0 + lateral * rng.uniform(22, 38)) * u
+                cy = rng.uniform(150, 205) * u
+                _add_blob(finding, cx, cy, rng.uniform(12, 18) * u, rng.uniform(18, 28) * u, 0, rng)
+        finding *= 0.17 * (1 + 0.4 * _smooth_noise(rng, S, 12))
+    elif label == "Viral Pneumonia":
+        streaks = np.zeros((S, S), np.float32)
+        for hx in (118, 181):
+            lateral = -1 if hx < 150 else 1
+            hy = rng.uniform(118, 135)
+            for _ in range(rng.integers(9, 14)):
+                ang = rng.uniform(-70, 70) * np.pi / 180
+                ln = rng.uniform(25, 50)
+                ex, ey = hx + lateral * ln * np.cos(ang), hy + ln * np.sin(ang)
+                cv2.line(streaks, (int(hx * u), int(hy * u)), (int(ex * u), int(ey * u)), 1.0,
+                         max(1, int(2.5 * u)))
+            haze = np.zeros((S, S), np.float32)
+            _add_blob(haze, (hx + lateral * 18) * u, hy * u, 22 * u, 30 * u, 0, rng)
+            streaks += 0.5 * haze
+        finding = 0.22 * cv2.GaussianBlur(np.clip(streaks, 0, 1), (0, 0), 1.5 * u)
+    finding *= lm
+    img += finding
+    lesion = finding > 0.04
+
+    # Random affine: patient size/position/rotation (same for image and masks).
+    scale = rng.uniform(0.86, 1.08)
+    M = cv2.getRotationMatrix2D((S / 2, S / 2), rng.uniform(-7, 7), scale)
+    M[:, 2] += rng.uniform(-14, 14, 2) * u
+    warp = lambda a, interp: cv2.warpAffine(a, M, (S, S), flags=interp, borderValue=0)  # noqa: E731
+    img = warp(img, cv2.INTER_LINEAR)
+    img[img == 0] = 0.04
+    lung_out = warp(lung_mask.astype(np.uint8) * 255, cv2.INTER_NEAREST)
+    lesion_out = warp(lesion.astype(np.uint8) * 255, cv2.INTER_NEAREST)
+
+    # Acquisition: exposure (gamma), blur, quantum noise, then a marker and text in corners.
+    img = np.clip(img, 0, None) ** rng.uniform(0.8, 1.25)
+    blur = rng.uniform(0.3, 1.4) * u
+    img = cv2.GaussianBlur(img, (0, 0), blur)
+    oy, ox = rng.integers(0, S, 2)
+    img += rng.uniform(0.005, 0.025) * _noise_bank(S)[oy:oy + S, ox:ox + S]
+    # Class-independent global statistics: rescale to a random target mean/std.
+    img = (img - img.mean()) / (img.std() + 1e-6)
+    img = img * rng.uniform(0.17, 0.23) + rng.uniform(0.42, 0.55)
+    out = np.clip(img * 255, 0, 255).astype(np.uint8)
+    corners = [(int(8 * u), int(24 * u)), (S - int(26 * u), int(24 * u)),
+               (int(8 * u), S - int(8 * u)), (S - int(26 * u), S - int(8 * u))]
+    c = corners[rng.integers(4)]
+    cv2.putText(out, str(rng.choice(["L", "R"])), c, cv2.FONT_HERSHEY_SIMPLEX, 0.7 * u, 255,
+                max(1, int(2 * u)), cv2.LINE_AA)
+    if rng.random() < 0.4:
+        txt = str(rng.choice(["PORTABLE", "AP", "PA", "ERECT", "SUPINE"]))
+        cv2.putText(out, txt, (int(S / 2 - 30 * u), int(16 * u)), cv2.FONT_HERSHEY_PLAIN,
+                    0.9 * u, 230, 1, cv2.LINE_AA)
+    return out, lung_out, lesion_out
+
+
+def _write_png(path: Path, arr: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", arr)
+    if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
+        raise OSError(f"could not encode {path}")
+    path.write_bytes(buf.tobytes())
+
+
+def _write_one(job: tuple[str, int, int, int, int]) -> None:
+    """Render and write image ``i`` of class index ``ci`` (its own RNG: order-independent)."""
+    out, seed, size, ci, i = job
+    label = CLASSES[ci]
+    img, lung, lesion = render_phantom(label, np.random.default_rng([seed, ci, i]), size)
+    name = f"{label}-{i}.png"
+    _write_png(Path(out, label, "images", name), img)
+    _write_png(Path(out, label, "masks", name), lung)
+    if label != "Normal":
+        _write_png(Path(out, label, "lesion_masks", name), lesion)
+
+
+def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, seed: int = 0,
+             size: int = 299, scale: float = 0.1, workers: int | None = None,
+             verbose: bool = True) -> dict:
+    """Write a demo dataset to ``out_dir`` (see module docstring for the layout).
+
+    ``counts`` maps class -> number of images (default: the real proportions times ``scale``).
+    Image ``i`` of class ``c`` depends only on ``(seed, c, i)``, so output is deterministic and
+    a larger dataset extends a smaller one, whatever ``workers`` (processes; default: all cores).
+    Returns the parameters written to the marker file.
+    """
+    out = Path(out_dir)
+    counts = dict(counts) if counts is not None else scaled_counts(scale)
+    unknown = set(counts) - set(CLASSES)
+    if unknown:
+        raise ValueError(f"unknown classes {sorted(unknown)}; valid: {', '.join(CLASSES)}")
+    for label in CLASSES:
+        for sub in ("images", "masks") + (("lesion_masks",) if label != "Normal" else ()):
+            (out / label / sub).mkdir(parents=True, exist_ok=True)
+    jobs = [(str(out), seed, size, ci, i) for ci, label in enumerate(CLASSES)
+            for i in range(1, counts.get(label, 0) + 1)]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 64 + 1))
+    t0 = time.perf_counter()
+    if workers == 1:
+        for job in jobs:
+            _write_one(job)
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for _ in pool.imap_unordered(_write_one, jobs, chunksize=32):
+                pass
+    seconds = time.perf_counter() - t0
+    info = {"name": "synthetic demo phantoms (demo_data.py)", "synthetic": True, "seed": seed,
+            "size": size, "counts": counts}
+    (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n")
+    (out / "README.txt").write_text(
+        "SYNTHETIC demo dataset written by demo_data.py: geometric chest X-ray phantoms, not\n"
+        "patient data. Use it to check that the pipeline runs; its accuracies say nothing about\n"
+        "COVID-19. Parameters: " + json.dumps(info) + "\n")
+    if verbose:
+        total = sum(counts.values())
+        print(f"wrote {total} synthetic images to {out} in {seconds:.1f} s "
+              f"({total / max(seconds, 1e-9):.0f} images/s): "
+              + ", ".join(f"{c} {counts.get(c, 0)}" for c in CLASSES))
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", help="folder to write (created; existing files are overwritten)")
+    p.add_argument("--scale", type=float, default=0.1,
+                   help="fraction of the real database's class sizes (default 0.1 = 2,117 images)")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="the same number of images for every class (overrides --scale)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=299, help="image side in pixels (default 299)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    a = p.parse_args(argv)
+    counts = {c: a.per_class for c in CLASSES} if a.per_class else None
+    generate(a.out_dir, counts=counts, seed=a.seed, size=a.size, scale=a.scale, workers=a.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

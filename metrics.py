@@ -1,0 +1,195 @@
+"""Classification metrics with confidence intervals.
+
+Convention everywhere: confusion matrix rows = true class, columns = predicted class.
+(The published study read its matrix the other way round, so its "precision" was recall and its
+"recall" was precision; see README.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.stats import norm, rankdata
+
+Z95 = float(norm.ppf(0.975))
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """int64 ``(C, C)`` counts; rows = true class, columns = predicted class."""
+    y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    return np.bincount(y_true * num_classes + y_pred,
+                       minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def wilson_interval(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval for ``k`` successes in ``n`` trials (arrays broadcast);
+    ``(nan, nan)`` where ``n == 0``."""
+    k, n = np.asarray(k, float), np.asarray(n, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        denom = 1 + z ** 2 / n
+        centre = (p + z ** 2 / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z ** 2 / (4 * n ** 2)) / denom
+    return centre - half, centre + half
+
+
+def _div(a, b):
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
+
+
+def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-class counts and rates from confusion matrices ``(..., C, C)``."""
+    tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
+    support = cm.sum(-1).astype(float)            # row sums: true class counts
+    predicted = cm.sum(-2).astype(float)          # column sums
+    total = cm.sum((-2, -1))[..., None].astype(float)
+    fn, fp = support - tp, predicted - tp
+    tn = total - tp - fn - fp
+    precision, recall, specificity = _div(tp, tp + fp), _div(tp, tp + fn), _div(tn, tn + fp)
+    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "support": support, "precision": precision,
+            "recall": recall, "specificity": specificity,
+            "f1": _div(2 * precision * recall, precision + recall)}
+
+
+def _ovr_auc(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
+    """One-vs-rest ROC-AUC per class, for a batch of resamples.
+
+    ``y_true`` int ``(B, N)``, ``y_prob`` ``(B, N, C)`` -> ``(B, C)`` (nan where a class is absent
+    or is the only one). Mann-Whitney U with average ranks, i.e. ties count one half.
+    """
+    B, N, C = y_prob.shape
+    out = np.full((B, C), np.nan)
+    for c in range(C):
+        pos = y_true == c
+        n_pos = pos.sum(1)
+        n_neg = N - n_pos
+        ranks = rankdata(y_prob[..., c], axis=1)
+        u = (ranks * pos).sum(1) - n_pos * (n_pos + 1) / 2
+        ok = (n_pos > 0) & (n_neg > 0)
+        out[ok, c] = u[ok] / (n_pos[ok] * n_neg[ok])
+    return out
+
+
+def _validate(y_true, y_prob, class_names) -> tuple[np.ndarray, np.ndarray]:
+    y_true, y_prob = np.asarray(y_true, np.int64), np.asarray(y_prob, float)
+    C = len(class_names)
+    if y_prob.ndim != 2 or y_prob.shape != (len(y_true), C):
+        raise ValueError(f"y_prob must have shape (N={len(y_true)}, C={C}) for classes "
+                         f"{list(class_names)}, got {y_prob.shape}")
+    if len(y_true) and (y_true.min() < 0 or y_true.max() >= C):
+        raise ValueError(f"y_true must hold class indices 0..{C - 1}, got values in "
+                         f"[{y_true.min()}, {y_true.max()}]")
+    return y_true, y_prob
+
+
+def _bootstrap(y_true, y_prob, n_boot: int, seed: int):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y_true), (n_boot, len(y_true)))
+    yt, yp = y_true[idx], y_prob[idx]                           # (B, N), (B, N, C)
+    C = y_prob.shape[1]
+    cms = np.stack([confusion_matrix(t, p, C) for t, p in zip(yt, yp.argmax(-1))])  # (B, C, C)
+    return _rates(cms), _ovr_auc(yt, yp)
+
+
+def classification_report(y_true, y_prob, class_names, n_boot: int = 1000, seed: int = 0
+                          ) -> pd.DataFrame:
+    """Per-class and averaged metrics with 95% confidence intervals.
+
+    ``y_true``: int class indices ``(N,)``; ``y_prob``: scores ``(N, C)`` (softmax), predicted
+    class = argmax. Rows: each class, then ``macro avg`` and ``weighted avg`` (weights = support).
+    Columns: ``precision``, ``recall`` (sensitivity), ``specificity``, ``f1``, ``support``,
+    ``auc`` (one-vs-rest ROC-AUC), and ``<metric>_lo`` / ``<metric>_hi`` bounds: Wilson intervals
+    for per-class precision, recall and specificity; a seeded percentile bootstrap (``n_boot``
+    resamples of the N images) for F1 and AUC, and for every metric of the two average rows.
+
+    Convention: the confusion matrix behind it has rows = true class, columns = predicted, so
+    precision_c = M[c,c] / column sum and recall_c = M[c,c] / row sum.
+    """
+    y_true, y_prob = _validate(y_true, y_prob, class_names)
+    C = len(class_names)
+    cm = confusion_matrix(y_true, y_prob.argmax(1), C)
+    r = _rates(cm)
+    auc = _ovr_auc(y_true[None], y_prob[None])[0]
+    df = pd.DataFrame({k: r[k] for k in ("precision", "recall", "specificity", "f1")},
+                      index=list(class_names))
+    df["support"] = r["support"].astype(int)
+    df["auc"] = auc
+    for metric, k, n in (("precision", r["tp"], r["tp"] + r["fp"]),
+                         ("recall", r["tp"], r["support"]),
+                         ("specificity", r["tn"], r["tn"] + r["fp"])):
+        df[f"{metric}_lo"], df[f"{metric}_hi"] = wilson_interval(k, n)
+    metrics = ("precision", "recall", "specificity", "f1", "auc")
+    w = r["support"] / max(r["support"].sum(), 1)
+    if n_boot:
+        boot, boot_auc = _bootstrap(y_true, y_prob, n_boot, seed)
+        boot["auc"] = boot_auc
+        with np.errstate(invalid="ignore"):
+            boot_w = boot["support"] / boot["support"].sum(-1, keepdims=True)
+
+        def ci(values):  # (B, ...) -> 2.5 and 97.5 percentiles
+            return np.nanpercentile(values, [2.5, 97.5], axis=0)
+    else:
+        boot, boot_w = None, None
+
+        def ci(values):
+            return np.full((2,) + np.shape(values)[1:], np.nan)
+    for m in ("f1", "auc"):
+        df[f"{m}_lo"], df[f"{m}_hi"] = ci(boot[m]) if n_boot else ci(np.zeros((1, C)))
+    for name, weights, bweights in (("macro avg", np.full(C, 1 / C), np.full(C, 1 / C)),
+                                    ("weighted avg", w, boot_w)):
+        row = {m: float(np.nansum(df[m].to_numpy()[:C] * weights)) for m in metrics}
+        row["support"] = int(r["support"].sum())
+        for m in metrics:
+            vals = np.nansum(boot[m] * bweights, axis=-1) if n_boot else np.zeros(1)
+            row[f"{m}_lo"], row[f"{m}_hi"] = ci(vals)
+        df.loc[name] = pd.Series(row)
+    df["support"] = df["support"].astype(int)
+    cols = ["precision", "recall", "specificity", "f1", "support", "auc"]
+    cols += [f"{m}_{b}" for m in ("precision", "recall", "specificity", "f1", "auc")
+             for b in ("lo", "hi")]
+    return df[cols]
+
+
+def summary_metrics(y_true, y_prob, class_names, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Headline numbers as plain floats: ``accuracy`` (Wilson CI), ``balanced_accuracy`` (macro
+    recall), ``macro_f1``, ``macro_auc`` (bootstrap CIs), ``n``, and the confusion matrix
+    (``confusion_matrix``: rows = true class, columns = predicted)."""
+    y_true, y_prob = _validate(y_true, y_prob, class_names)
+    C = len(class_names)
+    cm = confusion_matrix(y_true, y_prob.argmax(1), C)
+    rep = classification_report(y_true, y_prob, class_names, n_boot, seed)
+    macro = rep.loc["macro avg"]
+    acc_lo, acc_hi = wilson_interval(np.trace(cm), cm.sum())
+    return {
+        "n": int(cm.sum()),
+        "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+        "accuracy_ci": [float(acc_lo), float(acc_hi)],
+        "balanced_accuracy": float(macro["recall"]),
+        "balanced_accuracy_ci": [float(macro["recall_lo"]), float(macro["recall_hi"])],
+        "macro_f1": float(macro["f1"]),
+        "macro_f1_ci": [float(macro["f1_lo"]), float(macro["f1_hi"])],
+        "macro_auc": float(macro["auc"]),
+        "macro_auc_ci": [float(macro["auc_lo"]), float(macro["auc_hi"])],
+        "confusion_matrix": cm.tolist(),
+    }
+
+
+def roc_points(y_true, y_prob, class_names) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    """One-vs-rest ROC curve per class: ``{name: (fpr, tpr, auc)}`` (thresholds at every
+    distinct score, ties merged)."""
+    y_true, y_prob = _validate(y_true, y_prob, class_names)
+    auc = _ovr_auc(y_true[None], y_prob[None])[0]
+    out = {}
+    for c, name in enumerate(class_names):
+        s, pos = y_prob[:, c], y_true == c
+        order = np.argsort(-s, kind="stable")
+        s, pos = s[order], pos[order]
+        last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]   # last index of each distinct score
+        tps, fps = np.cumsum(pos)[last], np.cumsum(~pos)[last]
+        tpr = np.r_[0, tps / max(pos.sum(), 1)]
+        fpr = np.r_[0, fps / max((~pos).sum(), 1)]
+        out[name] = (fpr, tpr, float(auc[c]))
+    return out

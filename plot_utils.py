@@ -1,0 +1,189 @@
+"""Figure builders: each takes data (and optionally an Axes) and returns the Figure.
+
+No metrics are computed here, no paths are hard-coded and nothing calls ``plt.show()``;
+``save_figure`` is the one helper that writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+
+def _fig_ax(ax=None, figsize=(5, 4)):
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax
+    return ax.figure, ax
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
+    """Save ``fig`` to ``path`` (folders created), close it, and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def training_curves(history: pd.DataFrame, best_epoch: int | None = None, title: str = ""
+                    ) -> Figure:
+    """Loss and accuracy per epoch (train and validation); the best epoch as a dashed line."""
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, key, label in ((a1, "loss", "cross-entropy loss"), (a2, "acc", "accuracy")):
+        ax.plot(history["epoch"], history[f"train_{key}"], "o-", label="train")
+        ax.plot(history["epoch"], history[f"val_{key}"], "s-", label="validation")
+        if best_epoch:
+            ax.axvline(best_epoch, color="gray", ls="--", lw=1, label=f"best epoch {best_epoch}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], normalize: bool = False,
+                            title: str = "", ax=None) -> Figure:
+    """Heatmap of ``cm`` (rows = true class, columns = predicted); ``normalize`` divides each
+    row by its total (so the diagonal shows recall)."""
+    cm = np.asarray(cm, float)
+    fig, ax = _fig_ax(ax, (5.2, 4.4))
+    data = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    sns.heatmap(data, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", cbar=False,
+                xticklabels=class_names, yticklabels=class_names, ax=ax,
+                vmin=0, vmax=1 if normalize else None, square=True)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or ("row-normalised (recall on the diagonal)" if normalize else "counts"))
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: str = "",
+               ax=None) -> Figure:
+    """One-vs-rest ROC curves: ``curves[class] = (fpr, tpr, auc)`` (see metrics.roc_points)."""
+    fig, ax = _fig_ax(ax, (4.6, 4.4))
+    for name, (fpr, tpr, auc) in curves.items():
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (recall)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def bar_table(table: pd.DataFrame, title: str = "", ylabel: str = "images", ax=None) -> Figure:
+    """Grouped bars of a table (rows on the x axis, one bar per column), e.g. class x split."""
+    fig, ax = _fig_ax(ax, (7, 3.6))
+    table.plot.bar(ax=ax, rot=0)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, ncols: int = 6,
+               size: float = 2.0, suptitle: str = "") -> Figure:
+    """Grayscale ``(H, W)`` or RGB ``(H, W, 3)`` images in a grid, with optional titles."""
+    n = len(images)
+    nrows = max(1, -(-n // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.3),
+                             squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            img = images[i]
+            ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0,
+                      vmax=1 if img.dtype.kind == "f" else 255)
+            if titles is not None:
+                ax.set_title(titles[i], fontsize=8)
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def _to_uint8_gray(gray: np.ndarray) -> np.ndarray:
+    g = np.asarray(gray)
+    if g.dtype != np.uint8:
+        g = (np.clip(g, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return g
+
+
+def overlay_cam(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
+                colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """Blend a CAM over a radiograph: RGB uint8 ``(H, W, 3)``.
+
+    ``gray``: ``(H, W)`` uint8 or float in [0, 1]; ``cam``: ``(h, w)`` in [0, 1] (resized to the
+    image if needed). OpenCV colour maps come out BGR; they are converted to RGB here, once.
+    """
+    g = _to_uint8_gray(gray)
+    cam = np.asarray(cam, np.float32)
+    if cam.shape != g.shape:
+        cam = cv2.resize(cam, g.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), colormap)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    base = np.repeat(g[..., None], 3, axis=2)
+    return (alpha * heat + (1 - alpha) * base + 0.5).astype(np.uint8)
+
+
+def overlay_mask(gray: np.ndarray, mask: np.ndarray, color=(0, 200, 0), alpha: float = 0.35
+                 ) -> np.ndarray:
+    """A bool mask tinted over a radiograph (RGB uint8), with its outline drawn solid."""
+    g = _to_uint8_gray(gray)
+    m = np.asarray(mask, bool)
+    if m.shape != g.shape:
+        m = cv2.resize(m.astype(np.uint8), g.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
+    out = np.repeat(g[..., None], 3, axis=2).astype(np.float32)
+    out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
+    out = out.astype(np.uint8)
+    contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, tuple(int(c) for c in color), 1)
+    return out
+
+
+def cam_comparison(images: Sequence[np.ndarray], overlays: dict[str, Sequence[np.ndarray]],
+                   true_labels: Sequence[str], predictions: dict[str, Sequence[tuple[str, float]]],
+                   size: float = 2.2, suptitle: str = "") -> Figure:
+    """The study's comparison figure: one row per test image; the X-ray, then each model's CAM
+    overlay titled with its predicted class and probability (red when wrong)."""
+    models = list(overlays)
+    fig, axes = plt.subplots(len(images), 1 + len(models),
+                             figsize=(size * (1 + len(models)), size * len(images) + 0.4),
+                             squeeze=False)
+    for r, img in enumerate(images):
+        axes[r, 0].imshow(img, cmap="gray")
+        axes[r, 0].set_title(f"true: {true_labels[r]}", fontsize=8)
+        for c, m in enumerate(models, start=1):
+            pred, prob = predictions[m][r]
+            axes[r, c].imshow(overlays[m][r])
+            axes[r, c].set_title(f"{m}: {pred} ({prob:.2f})", fontsize=8,
+                                 color="black" if pred == true_labels[r] else "red")
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def box_by_class(df: pd.DataFrame, value: str, by: str = "label", title: str = "", ax=None
+                 ) -> Figure:
+    """Box plot of one per-image statistic per class."""
+    fig, ax = _fig_ax(ax, (5, 3.4))
+    sns.boxplot(data=df, x=by, y=value, ax=ax)
+    ax.set_title(title or value)
+    ax.set_xlabel("")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,281 @@
+"""Seeded, stratified, non-destructive train/val/test split of a chest X-ray dataset folder.
+
+Reads a dataset folder (never writes, moves, renames or deletes anything inside it), decodes every
+image to validate it, groups exact duplicates (same decoded pixels) so a group never straddles
+splits, and writes a manifest CSV plus a rejects report beside it.
+
+Supported layouts (the COVID-19 Radiography Database as published over time, and any folder of
+class subfolders)::
+
+    DATA_DIR/<class>/<image files>                       # flat release / generic folders
+    DATA_DIR/<class>/images/<f>, DATA_DIR/<class>/masks/<f>   # newer Kaggle release
+    (DATA_DIR/<class>/lesion_masks/<f>: demo data's finding masks)
+
+Files at the top level (metadata .xlsx, README) and OS junk (.DS_Store, Thumbs.db, __MACOSX,
+hidden files) are ignored.
+
+Manifest columns: ``path,label,split,group`` (paths relative to DATA_DIR, POSIX separators;
+``group`` ids equal for identical images), then ``mask_path`` / ``lesion_mask_path`` where such
+masks exist. Rows are sorted, so a rerun with the same data and seed is byte-identical.
+
+CLI::
+
+    python split_dataset.py DATA_DIR --out MANIFEST.csv [--val N|F] [--test N|F] [--seed S]
+
+``--val/--test`` are images per class (an integer, default 60 as in the study) or a fraction of
+each class (a number below 1, e.g. 0.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from xray_io import is_image_name, read_xray
+
+SPLITS = ("train", "val", "test")
+JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir"}
+MASK_DIRS = {"masks": "mask_path", "lesion_masks": "lesion_mask_path"}
+
+
+def _is_junk(name: str) -> bool:
+    return name.startswith(".") or name.lower() in JUNK_NAMES
+
+
+def _listdir(folder: Path) -> list[Path]:
+    return sorted((p for p in folder.iterdir() if not _is_junk(p.name)), key=lambda p: p.name)
+
+
+def scan_dataset(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """Find candidate images without decoding them.
+
+    Returns ``(candidates, rejects)``: a DataFrame with ``path,label`` (+ mask columns when mask
+    folders exist) sorted by path, and ``(path, reason)`` pairs for entries that look like images
+    but cannot be (folders named like images, links that point nowhere, unsupported file types
+    inside a class folder).
+    """
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist (expected a folder of "
+                                f"class subfolders, e.g. COVID/, Normal/)")
+    rows, rejects = [], []
+
+    def rel(p: Path) -> str:
+        return p.relative_to(root).as_posix()
+
+    for class_dir in _listdir(root):
+        if not class_dir.is_dir():
+            continue  # metadata .xlsx, README.md.txt, ...
+        label = class_dir.name
+        entries = _listdir(class_dir)
+        names = {p.name for p in entries}
+        image_dir = class_dir / "images" if "images" in names and (class_dir / "images").is_dir() \
+            else class_dir
+        mask_dirs = {col: class_dir / d for d, col in MASK_DIRS.items()
+                     if image_dir != class_dir and (class_dir / d).is_dir()}
+        for p in _listdir(image_dir):
+            if p.is_dir() and not p.is_symlink():
+                if is_image_name(p.name):
+                    rejects.append((rel(p), "a folder named like an image"))
+                continue  # masks/, lesion_masks/ or other subfolders of a flat class folder
+            if not is_image_name(p.name):
+                rejects.append((rel(p), "not a supported image type "
+                                        "(.png .jpg .jpeg .bmp .tif .tiff .dcm)"))
+                continue
+            if p.is_symlink() and not p.exists():
+                rejects.append((rel(p), "a symbolic link that points nowhere"))
+                continue
+            row = {"path": rel(p), "label": label}
+            for col, d in mask_dirs.items():
+                m = d / p.name
+                row[col] = rel(m) if m.is_file() else ""
+            rows.append(row)
+    cols = ["path", "label"] + sorted({c for r in rows for c in r} - {"path", "label"})
+    cand = pd.DataFrame(rows, columns=cols).fillna("")
+    if cand.empty:
+        raise ValueError(f"no images found in {root}: expected class subfolders holding images "
+                         f"(or images/ + masks/ subfolders), e.g. {root}/COVID/COVID-1.png")
+    return cand.sort_values("path", kind="stable").reset_index(drop=True), rejects
+
+
+def _decode_digest(path: str) -> tuple[str | None, str | None]:
+    """(pixel digest, None) for a readable image, (None, reason) otherwise."""
+    try:
+        a = read_xray(path)
+    except (ValueError, OSError) as e:
+        return None, str(e).replace(str(path) + ": ", "", 1)
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.asarray(a.shape, np.int64).tobytes())
+    h.update(a.tobytes())
+    return h.hexdigest(), None
+
+
+def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int | None = None
+                    ) -> tuple[list[str | None], list[str | None]]:
+    """Decode every image (in ``workers`` processes); returns per-path digests and reasons."""
+    full = [str(Path(data_dir, p)) for p in paths]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(full) // 256 + 1))
+    if workers == 1:
+        results = [_decode_digest(p) for p in full]
+    else:
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            results = pool.map(_decode_digest, full, chunksize=64)
+    return [r[0] for r in results], [r[1] for r in results]
+
+
+def _per_class_count(spec: float, n: int, what: str) -> int:
+    if spec < 0:
+        raise ValueError(f"--{what} must be >= 0, got {spec}")
+    return int(round(spec * n)) if 0 < spec < 1 else int(spec)
+
+
+def _parse_amount(text: str) -> float:
+    v = float(text)
+    if v >= 1 and v != int(v):
+        raise argparse.ArgumentTypeError(f"expected an integer count (e.g. 60) or a fraction "
+                                         f"below 1 (e.g. 0.1), got {text}")
+    return v
+
+
+def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, seed: int = 42,
+               workers: int | None = None, report: dict | None = None) -> pd.DataFrame:
+    """Scan, validate and split ``data_dir``; returns the manifest DataFrame (nothing written).
+
+    ``val``/``test``: images per class (integers >= 1) or fractions of each class (0 < f < 1).
+    Duplicate groups are drawn as units, so a class's val/test counts can exceed the target by
+    less than one group. Raises ValueError when a class is too small to hold val + test and
+    leave training images. If ``report`` is a dict it receives ``rejects`` (list of
+    ``(path, reason)``), ``cross_class_duplicates`` (list of path lists) and ``seconds``.
+    """
+    t0 = time.perf_counter()
+    cand, rejects = scan_dataset(data_dir)
+    digests, reasons = validate_images(data_dir, cand["path"].tolist(), workers)
+    bad = [i for i, d in enumerate(digests) if d is None]
+    rejects = sorted(rejects + [(cand.at[i, "path"], reasons[i]) for i in bad])
+    cand = cand.assign(group=digests).drop(index=bad).reset_index(drop=True)
+
+    # Identical pixels -> one group id (the group's first path, so ids are stable and readable).
+    first = cand.groupby("group")["path"].transform("min")
+    cand["group"] = first
+    cross = [sorted(g["path"]) for _, g in cand.groupby("group") if g["label"].nunique() > 1]
+
+    rng = np.random.default_rng(seed)
+    split_of_group: dict[str, str] = {}
+    # A group is drawn with the class of its first path; a cross-class group goes where its
+    # first member's class puts it, and all its members follow.
+    group_label = cand.groupby("group")["label"].first()
+    group_size = cand.groupby("group").size()
+    for label in sorted(cand["label"].unique()):
+        groups = np.array(sorted(group_label.index[group_label == label]))
+        n = int(group_size[groups].sum())
+        n_val = _per_class_count(val, n, "val")
+        n_test = _per_class_count(test, n, "test")
+        if n_val + n_test >= n:
+            raise ValueError(f"class {label!r} has {n} valid images: cannot hold val={n_val} + "
+                             f"test={n_test} and keep training images; use smaller --val/--test "
+                             f"counts or fractions (e.g. --val 0.1 --test 0.1)")
+        rng.shuffle(groups)
+        filled = {"test": 0, "val": 0}
+        for g in groups:
+            size = int(group_size[g])
+            for split, target in (("test", n_test), ("val", n_val)):
+                if filled[split] < target:
+                    split_of_group[g] = split
+                    filled[split] += size
+                    break
+            else:
+                split_of_group[g] = "train"
+    cand["split"] = cand["group"].map(split_of_group)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    cand = cand.sort_values(["split", "label", "path"], key=lambda c: c.map(order)
+                            if c.name == "split" else c, kind="stable")
+    extra = [c for c in ("mask_path", "lesion_mask_path") if c in cand.columns
+             and (cand[c] != "").any()]
+    manifest = cand[["path", "label", "split", "group"] + extra].reset_index(drop=True)
+    if report is not None:
+        report.update(rejects=rejects, cross_class_duplicates=cross,
+                      seconds=time.perf_counter() - t0)
+    return manifest
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``df`` as CSV (``\\n`` line ends, no index) via a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+            df.to_csv(f, index=False, lineterminator="\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def rejects_path(manifest_path: str | os.PathLike) -> Path:
+    """Where the rejects report of a manifest goes: ``<stem>.rejects.csv`` beside it."""
+    p = Path(manifest_path)
+    return p.with_name(p.stem + ".rejects.csv")
+
+
+def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
+    """Images per class (rows) and split (columns), with totals, as the study tabulated them."""
+    t = pd.crosstab(manifest["label"], manifest["split"]).reindex(columns=list(SPLITS),
+                                                                  fill_value=0)
+    t["total"] = t.sum(axis=1)
+    t.loc["total"] = t.sum(axis=0)
+    t.index.name, t.columns.name = "class", None
+    return t
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Seeded stratified split of a chest X-ray dataset "
+                                            "folder into a manifest CSV (the folder is not modified).")
+    p.add_argument("data_dir", help="dataset folder of class subfolders")
+    p.add_argument("--out", required=True, help="manifest CSV to write (outside DATA_DIR)")
+    p.add_argument("--val", type=_parse_amount, default=60,
+                   help="validation images per class (int) or fraction (<1); default 60")
+    p.add_argument("--test", type=_parse_amount, default=60,
+                   help="test images per class (int) or fraction (<1); default 60")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all)")
+    a = p.parse_args(argv)
+    data_dir, out = Path(a.data_dir).resolve(), Path(a.out).resolve()
+    if data_dir == out.parent or data_dir in out.parents:
+        p.error(f"--out {a.out} is inside the dataset folder {a.data_dir}; the dataset is never "
+                f"written to: choose a path outside it (e.g. outputs/manifest.csv)")
+    report: dict = {}
+    try:
+        manifest = make_split(data_dir, a.val, a.test, a.seed, a.workers, report)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    write_csv_atomic(manifest, out)
+    rej = pd.DataFrame(report["rejects"], columns=["path", "reason"])
+    write_csv_atomic(rej, rejects_path(out))
+    print(split_table(manifest).to_string())
+    n_dup = int(manifest.duplicated("group", keep=False).sum())
+    print(f"{len(manifest)} images in {out} ({report['seconds']:.1f} s, seed {a.seed}); "
+          f"{len(rej)} rejected (see {rejects_path(out).name}); "
+          f"{n_dup} images in {manifest['group'].nunique() - (len(manifest) - n_dup)} "
+          f"duplicate groups kept within one split")
+    for r in rej.head(20).itertuples():
+        print(f"  rejected {r.path}: {r.reason}")
+    if len(rej) > 20:
+        print(f"  ... and {len(rej) - 20} more in {rejects_path(out)}")
+    for paths in report["cross_class_duplicates"]:
+        print(f"  warning: the same image is filed under several classes: {', '.join(paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Shared fixtures: a tiny generated demo dataset and its manifest (CPU, offline)."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import demo_data  # noqa: E402
+import split_dataset  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+REALCXR = ROOT.parent / "shared" / "realcxr"
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory) -> Path:
+    """12 images per class, 299 px, Kaggle images/ + masks/ + lesion_masks/ layout."""
+    d = tmp_path_factory.mktemp("demo") / "data"
+    demo_data.generate(d, counts={c: 12 for c in demo_data.CLASSES}, seed=1, workers=1,
+                       verbose=False)
+    return d
+
+
+@pytest.fixture(scope="session")
+def demo_manifest(demo_dir):
+    return split_dataset.make_split(demo_dir, val=3, test=3, seed=0, workers=1)
+
+
+def tree_digest(root: Path) -> dict:
+    """path -> (size, sha256) of every file below root, plus the folder list."""
+    import hashlib
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root).as_posix()
+        if p.is_symlink():
+            out[rel] = ("link", os.readlink(p))
+        elif p.is_file():
+            out[rel] = (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+        else:
+            out[rel] = "dir"
+    return out

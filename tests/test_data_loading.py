@@ -1,0 +1,87 @@
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import utils
+
+
+def test_dataset_items_and_masks(demo_dir, demo_manifest):
+    names = utils.class_names_from(demo_manifest)
+    assert names == ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
+    df = demo_manifest[demo_manifest["split"] == "test"]
+    for preload in (False, True):
+        ds = utils.XrayDataset(df, demo_dir, names, 48, preload=preload,
+                               mask_column="lesion_mask_path")
+        x, y, i, m = ds[0]
+        assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+        assert int(y) == names.index(df.iloc[0]["label"]) and i == 0
+        assert m.shape == (48, 48) and m.dtype == torch.bool
+    # normalisation: ImageNet statistics, 3 identical gray channels
+    assert torch.allclose(utils.denormalize(x)[None].expand(3, -1, -1)[0],
+                          utils.denormalize(x), atol=1e-6)
+    normal = [k for k in range(len(ds)) if ds.df.at[k, "label"] == "Normal"][0]
+    assert not ds[normal][3].any()   # no lesion mask -> empty
+
+
+def test_loaders_shapes_and_cap(demo_dir, demo_manifest):
+    names = utils.class_names_from(demo_manifest)
+    L = utils.make_loaders(demo_manifest, demo_dir, names, 32, batch_size=8, num_workers=0,
+                           max_per_class=4)
+    assert set(L) == {"train", "val", "test"}
+    assert len(L["train"].dataset) == 16
+    x, y, idx = next(iter(L["train"]))
+    assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64
+    assert [len(b[1]) for b in L["val"]] == [8, 4]
+
+
+def test_weighted_sampler_balances_classes():
+    labels = torch.tensor([0] * 800 + [1] * 150 + [2] * 50)
+    g = torch.Generator().manual_seed(0)
+    s = utils.weighted_sampler(labels, 3, g)
+    assert s.num_samples == len(labels) and s.replacement
+    draws = torch.cat([labels[list(s)] for _ in range(10)])
+    freq = torch.bincount(draws, minlength=3).double() / len(draws)
+    assert torch.allclose(freq, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.02)
+
+
+def test_bad_file_at_training_time_is_skipped(demo_dir, demo_manifest, tmp_path):
+    d = tmp_path / "copy"
+    shutil.copytree(demo_dir, d)
+    df = demo_manifest[demo_manifest["split"] == "val"]
+    victim = d / df.iloc[0]["path"]
+    victim.write_bytes(b"broken after the split")
+    (d / df.iloc[1]["path"]).unlink()
+    names = utils.class_names_from(demo_manifest)
+    loader = utils.eval_loader(df, d, names, 32, batch_size=64, num_workers=0, preload=False)
+    with pytest.warns(UserWarning, match="skipping unreadable image"):
+        batches = list(loader)
+    assert sum(len(b[1]) for b in batches) == len(df) - 2
+    with warnings.catch_warnings(record=True):
+        ds = utils.XrayDataset(df, d, names, 32, preload=True)
+    assert len(ds) == len(df) - 2 and len(ds.skipped) == 2
+
+
+def test_seeded_loaders_repeat(demo_dir, demo_manifest):
+    names = utils.class_names_from(demo_manifest)
+
+    def first_batch():
+        L = utils.make_loaders(demo_manifest, demo_dir, names, 32, 8, 0, seed=3,
+                               splits=("train",))
+        torch.manual_seed(0)
+        return next(iter(L["train"]))
+    a, b = first_batch(), first_batch()
+    assert torch.equal(a[2], b[2]) and torch.equal(a[0], b[0])
+
+
+def test_choose_device_and_image_statistics(demo_dir, demo_manifest):
+    assert utils.choose_device("cpu").type == "cpu"
+    assert utils.choose_device().type in ("cpu", "cuda", "mps")
+    stats = utils.image_statistics(demo_manifest, demo_dir, per_class=5)
+    assert len(stats) == 20 and set(stats["mode"]) == {"L"}
+    diffs = utils.class_differences(stats)
+    assert set(diffs["statistic"]) >= {"mean", "size", "mode"}
+    assert not diffs.loc[diffs["statistic"].isin(["size", "mode"]), "flag"].any()
+    assert utils.dataset_info(demo_dir)["synthetic"] is True

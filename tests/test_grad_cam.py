@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+from pytorch_grad_cam import GradCAM as RefGradCAM
+from pytorch_grad_cam import GradCAMPlusPlus as RefGradCAMPP
+from pytorch_grad_cam import HiResCAM as RefHiResCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+import grad_cam
+import networks
+import plot_utils
+
+
+def _model(arch, seed=0):
+    torch.manual_seed(seed)
+    return networks.build_model(arch, 4, weights=None).eval()
+
+
+def _images(n=3, size=96, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g)
+
+
+def _reference(ref_cls, model, layer, x, targets, clone):
+    kw = {"reshape_transform": (lambda t: t.clone())} if clone else {}
+    with ref_cls(model=model, target_layers=[layer], **kw) as ref:
+        return ref(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18", "densenet121"])
+def test_matches_pytorch_grad_cam_cpu_and_gpu_paths(arch):
+    model = _model(arch)
+    layer = networks.cam_target_layer(model, arch)
+    x = _images()
+    targets = [0, 1, 3]
+    with grad_cam.GradCAM(model, layer) as cam:
+        classes, ours = cam(x, targets)
+    assert classes.dtype == torch.long and classes.tolist() == targets
+    assert ours.dtype == np.float32 and ours.shape == (3, 96, 96)
+    assert ours.min() >= 0 and ours.max() <= 1
+    for clone in (False, True):   # clone: what the device-to-host copy does on a GPU
+        ref = _reference(RefGradCAM, model, layer, x, targets, clone)
+        assert np.abs(ours - ref).max() <= 1e-3, (arch, clone, np.abs(ours - ref).max())
+
+
+@pytest.mark.parametrize("method,ref_cls", [("gradcam++", RefGradCAMPP), ("hirescam", RefHiResCAM)])
+def test_variants_match_reference(method, ref_cls):
+    model = _model("resnet18")
+    layer = networks.cam_target_layer(model, "resnet18")
+    x = _images(2)
+    with grad_cam.GradCAM(model, layer, method) as cam:
+        _, ours = cam(x, [2, 2])
+    ref = _reference(ref_cls, model, layer, x, [2, 2], clone=True)
+    assert np.abs(ours - ref).max() <= 1e-3
+
+
+def test_hooks_scoped_no_accumulation_no_grad_and_mode():
+    model = _model("resnet18")
+    layer = networks.cam_target_layer(model, "resnet18")
+    x = _images(2)
+    model.train()
+    with grad_cam.GradCAM(model, layer) as cam:
+        assert len(layer._forward_hooks) == 1
+        first = cam(x)
+        for _ in range(20):
+            c, maps = cam(x)
+            assert torch.equal(c, first[0]) and np.array_equal(maps, first[1])
+        with torch.no_grad():
+            c2, maps2 = cam(x)
+        assert np.array_equal(maps2, first[1])
+        assert len(layer._forward_hooks) == 1
+    assert model.training                       # mode restored
+    assert all(p.grad is None for p in model.parameters())
+    for m in model.modules():
+        assert not m._forward_hooks and not m._backward_hooks
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(first[0], model(x).argmax(1))   # targets=None -> predicted class
+    with pytest.raises(RuntimeError, match="context manager"):
+        cam(x)
+
+
+def test_targets_validation_and_raw_maps():
+    model = _model("resnet18")
+    layer = networks.cam_target_layer(model, "resnet18")
+    x = _images(3)
+    with grad_cam.GradCAM(model, layer) as cam:
+        with pytest.raises(ValueError, match="2 targets for 3 images"):
+            cam(x, [0, 1])
+        with pytest.raises(ValueError, match="class indices"):
+            cam(x, 7)
+        c, raw = cam(x, torch.tensor([1, 1, 1]), normalize=False)
+        assert c.tolist() == [1, 1, 1] and raw.min() >= 0
+        _, norm = cam(x, 1)
+    np.testing.assert_allclose(grad_cam.normalize_maps(raw), norm, atol=1e-6)
+    with pytest.warns(UserWarning, match="constant"):
+        out = grad_cam.normalize_maps(np.zeros((2, 4, 4)))
+    assert not np.isnan(out).any() and (out == 0).all()
+    with pytest.raises(ValueError, match="unknown CAM method"):
+        grad_cam.GradCAM(model, layer, "scorecam")
+
+
+def test_localization_scores():
+    cam = np.zeros((2, 10, 10), np.float32)
+    cam[0, 2, 3] = 1.0
+    cam[1, 8, 8] = 1.0
+    cam[1, 2, 2] = 0.5
+    mask = np.zeros((2, 10, 10), bool)
+    mask[:, 0:5, 0:5] = True
+    s = grad_cam.localization_scores(cam, mask)
+    assert s["hit"].tolist() == [True, False]
+    np.testing.assert_allclose(s["energy"], [1.0, 0.5 / 1.5])
+    np.testing.assert_allclose(s["chance"], [0.25, 0.25])
+    summ = grad_cam.summarize_localization(s)
+    assert summ["pointing_game"] == 0.5 and summ["n"] == 2
+    empty = grad_cam.localization_scores(cam, np.zeros_like(mask))
+    assert empty.empty and grad_cam.summarize_localization(empty)["n"] == 0
+
+
+def test_overlay_puts_red_at_the_peak():
+    gray = np.full((32, 32), 0.5, np.float32)
+    cam = np.zeros((32, 32), np.float32)
+    cam[10, 20] = 1.0
+    rgb = plot_utils.overlay_cam(gray, cam, alpha=1.0)
+    assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
+    r, g, b = rgb[10, 20].astype(int)
+    assert r > 100 and r > b + 80 and r > g + 80      # jet's top is red, in RGB order
+    r0, _, b0 = rgb[0, 0].astype(int)
+    assert b0 > r0 + 80                               # jet's bottom is blue

@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+import metrics
+
+
+def _random(n=300, c=4, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.5 * np.eye(c)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return y, p
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_report_matches_sklearn(seed):
+    y, p = _random(seed=seed)
+    names = ["a", "b", "c", "d"]
+    rep = metrics.classification_report(y, p, names, n_boot=200)
+    pred = p.argmax(1)
+    prec, rec, f1, sup = skm.precision_recall_fscore_support(y, pred, labels=range(4),
+                                                             zero_division=0)
+    np.testing.assert_allclose(rep.loc[names, "precision"], prec)
+    np.testing.assert_allclose(rep.loc[names, "recall"], rec)
+    np.testing.assert_allclose(rep.loc[names, "f1"], f1)
+    np.testing.assert_array_equal(rep.loc[names, "support"], sup)
+    cm = skm.confusion_matrix(y, pred)
+    np.testing.assert_array_equal(metrics.confusion_matrix(y, pred, 4), cm)
+    spec = [(cm.sum() - cm[c].sum() - cm[:, c].sum() + cm[c, c]) / (cm.sum() - cm[c].sum())
+            for c in range(4)]
+    np.testing.assert_allclose(rep.loc[names, "specificity"], spec)
+    auc = [skm.roc_auc_score(y == c, p[:, c]) for c in range(4)]
+    np.testing.assert_allclose(rep.loc[names, "auc"], auc)
+    np.testing.assert_allclose(rep.loc["macro avg", "auc"],
+                               skm.roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    np.testing.assert_allclose(rep.loc["macro avg", ["precision", "recall", "f1"]],
+                               skm.precision_recall_fscore_support(y, pred, average="macro")[:3])
+    np.testing.assert_allclose(rep.loc["weighted avg", ["precision", "recall", "f1"]],
+                               skm.precision_recall_fscore_support(y, pred, average="weighted")[:3])
+    s = metrics.summary_metrics(y, p, names, n_boot=200)
+    assert s["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert s["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert s["accuracy_ci"][0] < s["accuracy"] < s["accuracy_ci"][1]
+    for m in ("precision", "recall", "specificity", "f1", "auc"):
+        assert (rep[f"{m}_lo"] <= rep[m] + 1e-12).all() and (rep[m] <= rep[f"{m}_hi"] + 1e-12).all()
+
+
+def test_asymmetric_case_rows_are_true_labels():
+    """3 classes; class 0 is over-predicted, so its precision < recall (the study swapped them)."""
+    y = np.array([0] * 10 + [1] * 10 + [2] * 10)
+    pred = np.array([0] * 10 + [0] * 4 + [1] * 6 + [0] * 2 + [2] * 8)
+    p = np.eye(3)[pred] * 0.9 + 0.1 / 3
+    rep = metrics.classification_report(y, p, ["x", "y", "z"], n_boot=0)
+    assert rep.loc["x", "recall"] == 1.0
+    assert rep.loc["x", "precision"] == pytest.approx(10 / 16)
+    assert rep.loc["y", "recall"] == pytest.approx(0.6) and rep.loc["y", "precision"] == 1.0
+    assert rep.loc["x", "specificity"] == pytest.approx(14 / 20)
+    cm = metrics.confusion_matrix(y, pred, 3)
+    assert cm[1, 0] == 4 and cm[0, 1] == 0   # row = true class
+
+
+def test_wilson_known_values():
+    lo, hi = metrics.wilson_interval(8, 10)
+    assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
+    lo, hi = metrics.wilson_interval(0, 10)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = metrics.wilson_interval(57, 60)
+    assert lo == pytest.approx(0.8628, abs=1e-3) and hi == pytest.approx(0.9829, abs=1e-3)
+    assert np.isnan(metrics.wilson_interval(0, 0)[0])
+
+
+def test_roc_points_match_sklearn():
+    y, p = _random(seed=4)
+    pts = metrics.roc_points(y, p, list("abcd"))
+    for c, (fpr, tpr, auc) in enumerate(pts.values()):
+        f, t, _ = skm.roc_curve(y == c, p[:, c], drop_intermediate=False)
+        np.testing.assert_allclose(fpr, f)
+        np.testing.assert_allclose(tpr, t)
+        assert auc == pytest.approx(np.trapezoid(tpr, fpr))
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="shape"):
+        metrics.classification_report([0, 1], np.zeros((2, 3)), ["a", "b"])
+    with pytest.raises(ValueError, match="class indices"):
+        metrics.classification_report([0, 5], np.zeros((2, 2)), ["a", "b"])

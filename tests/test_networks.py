@@ -1,0 +1,80 @@
+import socket
+import time
+
+import pytest
+import torch
+from torch import nn
+from torchvision import models
+
+import networks
+
+STUDY = ("vgg16", "resnet18", "densenet121")
+
+
+@pytest.mark.parametrize("arch", STUDY)
+@pytest.mark.parametrize("num_classes", [3, 4])
+def test_build_offline_with_new_head(arch, num_classes):
+    m = networks.build_model(arch, num_classes, weights=None).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 64, 64)).shape == (2, num_classes)
+    layer = networks.cam_target_layer(m, arch)
+    assert isinstance(layer, nn.Module)
+    if arch == "densenet121":
+        assert isinstance(layer, nn.ReLU) and not layer.inplace
+
+
+def test_unknown_arch_lists_valid():
+    with pytest.raises(ValueError, match="valid: .*densenet121.*resnet18.*vgg16"):
+        networks.build_model("alexnet2", 4, weights=None)
+
+
+def test_offline_imagenet_error_is_fast_and_names_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def no_network(*a, **k):
+        raise OSError("network unreachable (test)")
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    t = time.perf_counter()
+    with pytest.raises(RuntimeError) as e:
+        networks.build_model("resnet18", 4, weights="imagenet")
+    assert time.perf_counter() - t < 10
+    msg = str(e.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in msg
+    assert "weights=<path" in msg
+
+
+def test_imagenet_from_torch_home_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    ref = models.resnet18(weights=None)
+    target = networks.imagenet_weights_file("resnet18")
+    target.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), target)
+    m = networks.build_model("resnet18", 4, weights="imagenet")
+    assert torch.equal(m.conv1.weight, ref.conv1.weight)
+    assert m.fc.out_features == 4
+    assert networks.resolve_weights("resnet18", "auto") == "imagenet"
+    assert networks.resolve_weights("vgg16", "auto") is None
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "densenet121"])
+def test_local_pth_loads_backbone(arch, tmp_path):
+    ref = getattr(models, arch)(weights=None)
+    state = ref.state_dict()
+    if arch == "densenet121":  # torchvision's ImageNet file uses the legacy 'norm.1' keys
+        state = {k.replace("norm1", "norm.1").replace("conv1", "conv.1") if "denselayer" in k
+                 else k: v for k, v in state.items()}
+    torch.save(state, tmp_path / "w.pth")
+    m = networks.build_model(arch, 3, weights=tmp_path / "w.pth")
+    first = "conv1.weight" if arch == "resnet18" else "features.conv0.weight"
+    assert torch.equal(m.state_dict()[first], ref.state_dict()[first])
+    if arch == "densenet121":
+        k = "features.denseblock1.denselayer1.norm1.weight"
+        assert torch.equal(m.state_dict()[k], ref.state_dict()[k])
+
+
+def test_wrong_weights_file_raises(tmp_path):
+    torch.save(models.resnet18(weights=None).state_dict(), tmp_path / "r.pth")
+    with pytest.raises(ValueError, match="do not fit vgg16"):
+        networks.build_model("vgg16", 4, weights=tmp_path / "r.pth")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        networks.build_model("vgg16", 4, weights=tmp_path / "missing.pth")

@@ -1,0 +1,51 @@
+"""The three notebooks execute headless (papermill) on a tiny demo set, in order."""
+
+import json
+
+import papermill as pm
+import pytest
+
+import utils
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, demo_dir, demo_manifest):
+    d = tmp_path_factory.mktemp("nb")
+    utils.write_csv_atomic(demo_manifest, d / "manifest.csv")
+    return d
+
+
+def _run(name, run_dir, demo_dir, **params):
+    common = {"data_dir": str(demo_dir), "manifest_path": str(run_dir / "manifest.csv"),
+              "out_dir": str(run_dir / "outputs")}
+    pm.execute_notebook(str(ROOT / name), str(run_dir / name), parameters={**common, **params},
+                        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+
+
+def test_notebooks_run_in_order(run_dir, demo_dir):
+    out = run_dir / "outputs"
+    _run("1_data_exploration.ipynb", run_dir, demo_dir, stats_per_class=5, samples_per_class=2)
+    for f in ("class_counts.png", "samples.png", "intensity_by_class.png", "lung_masks.png"):
+        assert (out / "images" / f).is_file(), f
+
+    models = str(run_dir / "models")
+    _run("2_finetune_models.ipynb", run_dir, demo_dir, archs=["resnet18"], image_size=32,
+         epochs=1, batch_size=8, num_workers=0, models_dir=models, weights="none")
+    assert (out / "CSVs" / "resnet18.csv").is_file()
+    assert (out / "summary_plots" / "resnet18.png").is_file()
+    assert (run_dir / "models" / "resnet18.pt").is_file()
+
+    _run("3_evaluate_results.ipynb", run_dir, demo_dir, archs=["resnet18"], num_workers=0,
+         models_dir=models, n_boot=20, cam_per_class=1)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["dataset"]["synthetic"] is True
+    r = m["archs"]["resnet18"]
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
+        assert 0 <= r["test"][k] <= 1 and len(r["test"][k + "_ci"]) == 2
+    assert set(r["test"]["per_class"]) >= {"COVID", "Normal", "macro avg"}
+    assert r["localization"]["n"] == 9 and r["localization"]["chance"] > 0
+    for f in ("resnet18_test.png", "resnet18_train_normalized.png"):
+        assert (out / "confusion_matrices" / f).is_file()
+    assert (out / "grad_cam" / "comparison.png").is_file()
+    assert (out / "roc" / "resnet18.png").is_file()

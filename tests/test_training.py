@@ -1,0 +1,113 @@
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import networks
+import utils
+
+
+@pytest.fixture(scope="module")
+def tiny(demo_dir, demo_manifest):
+    names = utils.class_names_from(demo_manifest)
+    loaders = utils.make_loaders(demo_manifest, demo_dir, names, 32, batch_size=8,
+                                 num_workers=0, seed=0)
+    return loaders, names
+
+
+def _fit(tmp_path, tiny, epochs, tag="run", resume=True, **cfg):
+    loaders, names = tiny
+    cfg = {"epochs": epochs, "batch_size": 8, "image_size": 32, "num_workers": 0, "seed": 0,
+           "patience": 10, "lr": 1e-3, **cfg}
+    torch.manual_seed(0)
+    model = networks.build_model("resnet18", len(names), weights=None)
+    h = utils.fit(model, loaders, "resnet18", names, utils.TrainConfig(**cfg), torch.device("cpu"),
+                  tmp_path / tag / "models", tmp_path / tag / "csv", resume=resume,
+                  progress=False)
+    return model, h
+
+
+def test_checkpoint_round_trip(tmp_path):
+    m = networks.build_model("densenet121", 4, weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    utils.save_checkpoint(tmp_path / "c.pt", m, arch="densenet121", class_names=list("abcd"),
+                          image_size=64, epoch=3, val_loss=0.5, val_acc=0.9, seed=1,
+                          config={"lr": 1e-3})
+    m2, meta = utils.load_checkpoint(tmp_path / "c.pt")
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    assert meta["arch"] == "densenet121" and meta["class_names"] == list("abcd")
+    assert meta["image_size"] == 64 and meta["epoch"] == 3 and meta["config"]["lr"] == 1e-3
+    assert meta["mean"] == list(utils.IMAGENET_MEAN) and "torch" in meta["versions"]
+    torch.load(tmp_path / "c.pt", weights_only=True)  # loadable without unpickling code
+    # networks.build_model accepts our checkpoint as a weights file (head kept: same classes)
+    m3 = networks.build_model("densenet121", 4, weights=tmp_path / "c.pt").eval()
+    with torch.no_grad():
+        assert torch.equal(m(x), m3(x))
+    with pytest.raises(ValueError, match="needs meta"):
+        utils.save_checkpoint(tmp_path / "d.pt", m, arch="densenet121")
+
+
+def test_fit_learns_and_writes(tmp_path, tiny):
+    model, h = _fit(tmp_path, tiny, 4)
+    assert list(h["epoch"]) == [1, 2, 3, 4]
+    assert h["train_loss"].iloc[-1] < h["train_loss"].iloc[0]
+    assert (h["train_seen"] == len(tiny[0]["train"].dataset)).all()
+    csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
+    assert list(csv.columns) == list(utils.HISTORY_COLUMNS) and len(csv) == 4
+    best, meta = utils.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
+    assert meta["epoch"] == int(h.loc[h["val_loss"].idxmin(), "epoch"])
+    for k, v in best.state_dict().items():     # best weights restored into the model
+        assert torch.equal(v, model.state_dict()[k]), k
+    assert (tmp_path / "run" / "models" / "resnet18_last.pt").is_file()
+
+
+def test_early_stopping(tmp_path, tiny):
+    _, h = _fit(tmp_path, tiny, 10, lr=1e-12, patience=2)  # nothing improves after epoch 1
+    assert len(h) == 3
+
+
+def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny):
+    straight, h1 = _fit(tmp_path, tiny, 3, tag="straight")
+    again, _ = _fit(tmp_path, tiny, 3, tag="again")
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    # "killed" after epoch 2, then resumed to 3 with the same config
+    _fit(tmp_path, tiny, 2, tag="resumed")
+    last = tmp_path / "resumed" / "models" / "resnet18_last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["state"]["finished"] = False
+    ckpt["meta"]["config"]["epochs"] = 3
+    torch.save(ckpt, last)
+    resumed, h2 = _fit(tmp_path, tiny, 3, tag="resumed")
+    assert list(h2["epoch"]) == [1, 2, 3]
+    pd.testing.assert_series_equal(h1["val_loss"], h2["val_loss"])
+    # final weights equal the uninterrupted run's last-epoch weights
+    l1 = torch.load(tmp_path / "straight" / "models" / "resnet18_last.pt", weights_only=True)
+    l2 = torch.load(last, weights_only=True)
+    for k, v in l1["model_state"].items():
+        assert torch.equal(v, l2["model_state"][k]), k
+    # a finished run is not retrained
+    _, h3 = _fit(tmp_path, tiny, 3, tag="resumed")
+    assert len(h3) == 3
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path, tiny, monkeypatch):
+    loaders, names = tiny
+    model = networks.build_model("resnet18", len(names), weights=None)
+    model.fc.bias.data.fill_(math.nan)
+    cfg = utils.TrainConfig(epochs=2, image_size=32, num_workers=0, batch_size=8)
+    with pytest.raises(FloatingPointError, match="training loss became nan"):
+        utils.fit(model, loaders, "resnet18", names, cfg, torch.device("cpu"), tmp_path / "m",
+                  tmp_path / "c", progress=False)
+
+
+def test_predict_and_evaluate(tiny):
+    loaders, names = tiny
+    model = networks.build_model("resnet18", len(names), weights=None)
+    y, p, idx = utils.predict(model, loaders["test"], torch.device("cpu"))
+    assert p.shape == (len(y), 4) and abs(p.sum(1) - 1).max() < 1e-6
+    assert list(idx) == list(range(len(y)))
+    ev = utils.evaluate(model, loaders["test"], torch.device("cpu"))
+    assert ev["n"] == len(y) and abs(ev["acc"] - (p.argmax(1) == y).mean()) < 1e-9
