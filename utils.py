@@ -566,6 +566,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
             print(f"{arch}: {last_path} was trained with another config; starting afresh")
     history = _read_history(hist_path, upto=state["epoch"])
     _write_history(history, hist_path)
+    rows = history.to_dict("records")
 
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         if state["finished"]:
@@ -617,7 +618,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
                             "scaler_state": scaler.state_dict(), "state": state,
                             "meta": {**meta, "versions": library_versions()}}, last_path)
         _append_history(row, hist_path)
-        history = pd.concat([history, pd.DataFrame([row])], ignore_index=True)
+        rows.append(row)
         if progress:
             print(f"{arch} epoch {epoch}: train loss {row['train_loss']:.4f} acc "
                   f"{row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc "
@@ -628,7 +629,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     if best_path.is_file():
         best, _ = load_checkpoint(best_path)
         model.load_state_dict(best.state_dict())
-    return history
+    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
 
 def _read_history(path: Path, upto: int) -> pd.DataFrame:

@@ -50,12 +50,22 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_fit_learns_and_writes(tmp_path, tiny):
-    model, h = _fit(tmp_path, tiny, 4)
-    assert list(h["epoch"]) == [1, 2, 3, 4]
-    assert h["train_loss"].iloc[-1] < h["train_loss"].iloc[0]
+    loaders, names = tiny
+    train_eval = utils.eval_loader(loaders["train"].dataset.df, loaders["train"].dataset.data_dir,
+                                   names, 32, num_workers=0)
+    torch.manual_seed(0)
+    before = utils.evaluate(networks.build_model("resnet18", 4, weights=None), train_eval,
+                            torch.device("cpu"))
+    model, h = _fit(tmp_path, tiny, 5, patience=5)
+    assert list(h["epoch"]) == [1, 2, 3, 4, 5]
+    last = networks.build_model("resnet18", 4, weights=None)
+    last.load_state_dict(torch.load(tmp_path / "run" / "models" / "resnet18_last.pt",
+                                    weights_only=True)["model_state"])
+    after = utils.evaluate(last, train_eval, torch.device("cpu"))
+    assert after["loss"] < before["loss"]
     assert (h["train_seen"] == len(tiny[0]["train"].dataset)).all()
     csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
-    assert list(csv.columns) == list(utils.HISTORY_COLUMNS) and len(csv) == 4
+    assert list(csv.columns) == list(utils.HISTORY_COLUMNS) and len(csv) == 5
     best, meta = utils.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
     assert meta["epoch"] == int(h.loc[h["val_loss"].idxmin(), "epoch"])
     for k, v in best.state_dict().items():     # best weights restored into the model
@@ -68,18 +78,26 @@ def test_early_stopping(tmp_path, tiny):
     assert len(h) == 3
 
 
-def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny):
+def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monkeypatch):
     straight, h1 = _fit(tmp_path, tiny, 3, tag="straight")
     again, _ = _fit(tmp_path, tiny, 3, tag="again")
     for k, v in straight.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    # "killed" after epoch 2, then resumed to 3 with the same config
-    _fit(tmp_path, tiny, 2, tag="resumed")
+    # killed during epoch 3, then resumed with the same config
+    real_evaluate, calls = utils.evaluate, []
+
+    def dying_evaluate(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_evaluate(*a, **k)
+    monkeypatch.setattr(utils, "evaluate", dying_evaluate)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, tiny, 3, tag="resumed")
+    monkeypatch.setattr(utils, "evaluate", real_evaluate)
     last = tmp_path / "resumed" / "models" / "resnet18_last.pt"
-    ckpt = torch.load(last, weights_only=True)
-    ckpt["state"]["finished"] = False
-    ckpt["meta"]["config"]["epochs"] = 3
-    torch.save(ckpt, last)
+    assert torch.load(last, weights_only=True)["state"]["epoch"] == 2
+    assert len(pd.read_csv(tmp_path / "resumed" / "csv" / "resnet18.csv")) == 2
     resumed, h2 = _fit(tmp_path, tiny, 3, tag="resumed")
     assert list(h2["epoch"]) == [1, 2, 3]
     pd.testing.assert_series_equal(h1["val_loss"], h2["val_loss"])
