@@ -16,7 +16,11 @@ hidden files) are ignored.
 
 Manifest columns: ``path,label,split,group`` (paths relative to DATA_DIR, POSIX separators;
 ``group`` ids equal for identical images), then ``mask_path`` / ``lesion_mask_path`` where such
-masks exist. Rows are sorted, so a rerun with the same data and seed is byte-identical.
+masks exist and ``source`` (the URL column of Kaggle's ``<class>.metadata.xlsx``) where those
+files are present. Rows are sorted, so a rerun with the same data and seed is byte-identical.
+Beside the manifest: ``<stem>.rejects.csv`` (unreadable files and why) and ``<stem>.json`` (the
+split's parameters and a fingerprint of the dataset's file listing); a rerun whose fingerprint
+and parameters match reuses the manifest and says so (``--force`` re-splits).
 
 CLI::
 
@@ -30,11 +34,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import multiprocessing
 import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +111,33 @@ def scan_dataset(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, list[tuple[
         raise ValueError(f"no images found in {root}: expected class subfolders holding images "
                          f"(or images/ + masks/ subfolders), e.g. {root}/COVID/COVID-1.png")
     return cand.sort_values("path", kind="stable").reset_index(drop=True), rejects
+
+
+def read_sources(data_dir: str | os.PathLike) -> dict[tuple[str, str], str]:
+    """``(class, file stem lower-cased) -> source URL`` from Kaggle's ``<class>.metadata.xlsx``.
+
+    The Kaggle files have columns ``FILE NAME`` (e.g. ``COVID-1`` or ``NORMAL-1``), ``FORMAT``,
+    ``SIZE`` and ``URL`` (the source collection). Unreadable metadata files are skipped with a
+    warning; a dataset without them yields ``{}``.
+    """
+    out: dict[tuple[str, str], str] = {}
+    for x in sorted(Path(data_dir).glob("*.metadata.xlsx")):
+        label = x.name[: -len(".metadata.xlsx")]
+        try:
+            meta = pd.read_excel(x, engine="openpyxl", dtype=str)
+        except Exception as e:  # noqa: BLE001 - any unreadable workbook is only a warning
+            warnings.warn(f"{x}: metadata not read ({type(e).__name__}: {e}); no source column "
+                          f"for class {label!r}", stacklevel=2)
+            continue
+        cols = {c.strip().upper(): c for c in meta.columns}
+        if "FILE NAME" not in cols or "URL" not in cols:
+            warnings.warn(f"{x}: expected columns 'FILE NAME' and 'URL', found "
+                          f"{list(meta.columns)}", stacklevel=2)
+            continue
+        for name, url in zip(meta[cols["FILE NAME"]], meta[cols["URL"]]):
+            if isinstance(name, str) and isinstance(url, str):
+                out[(label, Path(name.strip()).stem.lower())] = url.strip()
+    return out
 
 
 def _decode_digest(path: str) -> tuple[str | None, str | None]:
@@ -198,7 +231,11 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
     order = {s: i for i, s in enumerate(SPLITS)}
     cand = cand.sort_values(["split", "label", "path"], key=lambda c: c.map(order)
                             if c.name == "split" else c, kind="stable")
-    extra = [c for c in ("mask_path", "lesion_mask_path") if c in cand.columns
+    sources = read_sources(data_dir)
+    if sources:
+        cand["source"] = [sources.get((lab, Path(p).stem.lower()), "")
+                          for lab, p in zip(cand["label"], cand["path"])]
+    extra = [c for c in ("mask_path", "lesion_mask_path", "source") if c in cand.columns
              and (cand[c] != "").any()]
     manifest = cand[["path", "label", "split", "group"] + extra].reset_index(drop=True)
     if report is not None:
@@ -219,6 +256,30 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
+    """A hash of every file's relative path, size and modification time under ``data_dir``
+    (a listing, no decoding: it changes when a file is added, removed, replaced or touched)."""
+    root = Path(data_dir)
+    h = hashlib.blake2b(digest_size=16)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            p = Path(dirpath, name)
+            try:
+                st = p.stat()
+                info = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                info = "unreadable"
+            h.update(f"{p.relative_to(root).as_posix()}\0{info}\n".encode())
+    return h.hexdigest()
+
+
+def info_path(manifest_path: str | os.PathLike) -> Path:
+    """Where a manifest's parameters + dataset fingerprint go: ``<stem>.json`` beside it."""
+    p = Path(manifest_path)
+    return p.with_name(p.stem + ".json")
 
 
 def rejects_path(manifest_path: str | os.PathLike) -> Path:
@@ -248,11 +309,29 @@ def main(argv: list[str] | None = None) -> int:
                    help="test images per class (int) or fraction (<1); default 60")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all)")
+    p.add_argument("--force", action="store_true",
+                   help="re-split even if the existing manifest matches the data")
     a = p.parse_args(argv)
     data_dir, out = Path(a.data_dir).resolve(), Path(a.out).resolve()
     if data_dir == out.parent or data_dir in out.parents:
         p.error(f"--out {a.out} is inside the dataset folder {a.data_dir}; the dataset is never "
                 f"written to: choose a path outside it (e.g. outputs/manifest.csv)")
+    if not data_dir.is_dir():
+        print(f"error: dataset folder {a.data_dir} does not exist", file=sys.stderr)
+        return 2
+    params = {"data_dir": str(data_dir), "val": a.val, "test": a.test, "seed": a.seed,
+              "fingerprint": dataset_fingerprint(data_dir)}
+    if not a.force and out.is_file() and info_path(out).is_file():
+        try:
+            same = json.loads(info_path(out).read_text()) == params
+        except ValueError:
+            same = False
+        if same:
+            print(split_table(pd.read_csv(out, keep_default_na=False)).to_string())
+            print(f"{out} still matches {a.data_dir} (same files, val/test/seed): reusing it; "
+                  f"use --force to re-split")
+            return 0
+        print(f"{out} does not match the data or parameters any more: re-splitting")
     report: dict = {}
     try:
         manifest = make_split(data_dir, a.val, a.test, a.seed, a.workers, report)
@@ -262,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     write_csv_atomic(manifest, out)
     rej = pd.DataFrame(report["rejects"], columns=["path", "reason"])
     write_csv_atomic(rej, rejects_path(out))
+    tmp = info_path(out).with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(params, indent=2) + "\n")
+    os.replace(tmp, info_path(out))
     print(split_table(manifest).to_string())
     n_dup = int(manifest.duplicated("group", keep=False).sum())
     print(f"{len(manifest)} images in {out} ({report['seconds']:.1f} s, seed {a.seed}); "

@@ -70,6 +70,15 @@ class TrainConfig:
         return networks.scratch_lr(arch) if self.weights is None else LR_PRETRAINED
 
 
+def per_arch(value, arch: str):
+    """``value[arch]`` when ``value`` is a dict (per-architecture settings), else ``value``."""
+    if isinstance(value, dict):
+        if arch not in value:
+            raise ValueError(f"no setting for {arch!r} in {value}; give one per architecture")
+        return value[arch]
+    return value
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
     random.seed(seed)
