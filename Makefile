@@ -64,4 +64,4 @@ results: venv
 	$(PY) update_readme.py --metrics $(OUT)/metrics.json --readme README.md --assets assets
 
 clean-outputs:
-	rm -rf $(OUT) $(MODELS)
+	rm -rf $(OUT) $(MODELS) .cache

@@ -182,15 +182,17 @@ def summarize_localization(scores: pd.DataFrame) -> dict:
             "chance": float(scores["chance"].mean())}
 
 
-def localize_loader(cam: GradCAM, loader, device) -> pd.DataFrame:
+def localize_loader(cam: GradCAM, loader, prepare) -> pd.DataFrame:
     """``localization_scores`` over a loader whose items carry a mask (``utils.eval_loader(...,
-    mask_column=...)``), CAM target = predicted class, batch by batch. ``index`` = dataset row."""
+    mask_column=...)``), CAM target = predicted class, batch by batch. ``prepare`` maps a loader
+    batch of images to the model's input (e.g. ``utils.prepare_batch`` on the device).
+    ``index`` = dataset row."""
     frames = []
     for batch in loader:
         if batch is None:
             continue
         x, _, idx, masks = batch
-        _, maps = cam(x.to(device))
+        _, maps = cam(prepare(x))
         s = localization_scores(maps, masks.numpy())
         s["index"] = idx.numpy()[s["index"].to_numpy(int)] if len(s) else s["index"]
         frames.append(s)

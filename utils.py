@@ -11,14 +11,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import hashlib
 import math
+import multiprocessing
 import os
 import platform
 import random
+import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -30,13 +33,12 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
-from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 import networks
 from split_dataset import write_csv_atomic
 from metrics import classification_report  # noqa: F401  (public name, see DESIGN.md)
-from xray_io import read_xray  # noqa: F401  (the one image reader)
+from xray_io import load_resized, load_resized_or_reason, read_xray  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,6 +63,7 @@ class TrainConfig:
     amp: bool = True            # CUDA only: bf16 autocast where supported, else fp16 + GradScaler
     channels_last: bool = True  # CUDA only
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    compile: bool = False       # torch.compile the model for training (CUDA; minutes to warm up)
     weights: str | None = None  # "imagenet", a path, or None (random init); recorded for lr
     max_per_class: int | None = None  # cap on training images per class (quick runs)
 
@@ -117,19 +120,6 @@ def dataset_info(data_dir: str | os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- images
-def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
-    """``read_xray`` then resize to ``(size, size)`` (area interpolation), as uint8 ``(S, S)``.
-
-    The 8-bit quantisation happens here, after resizing, which is where 16-bit data gives up its
-    extra precision (the network input is normalised 8-bit-equivalent data, as in the study).
-    """
-    a = read_xray(path)
-    if a.shape != (size, size):
-        interp = cv2.INTER_AREA if min(a.shape) >= size else cv2.INTER_LINEAR
-        a = cv2.resize(a, (size, size), interpolation=interp)
-    return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
-
-
 def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
     """A mask image as bool ``(size, size)`` (nearest-neighbour resize; nonzero = inside)."""
     a = read_xray(path)
@@ -137,32 +127,60 @@ def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
                       interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-def train_augment() -> v2.Transform:
-    """Augmentation for radiographs, applied to a float ``(1, S, S)`` tensor in [0, 1].
+def augment_batch(x: torch.Tensor, max_rotate: float = 7.0, max_translate: float = 0.06,
+                  scale: tuple[float, float] = (0.92, 1.08), brightness: float = 0.2,
+                  contrast: float = 0.2) -> torch.Tensor:
+    """Random augmentation of a batch of radiographs, on whatever device ``x`` is on.
 
-    Small rotation/translation/scale (patient positioning) and brightness/contrast (exposure).
+    ``x``: float ``(N, 1, S, S)`` in [0, 1]; returns the same shape. Per image: a small rotation,
+    translation and scale (patient positioning; one ``grid_sample``, zeros outside), then
+    brightness and contrast around the image mean (exposure). Random numbers come from torch's
+    global CPU generator, so a seeded run augments identically on CPU and GPU.
     No horizontal flip: chest radiographs are not left-right symmetric (the heart sits on the
     patient's left, L/R markers are printed), so a flip makes anatomically impossible images.
     """
-    return v2.Compose([
-        v2.RandomAffine(degrees=7, translate=(0.06, 0.06), scale=(0.92, 1.08)),
-        v2.ColorJitter(brightness=0.2, contrast=0.2),
-    ])
+    n = x.shape[0]
+    r = torch.rand(n, 6, dtype=torch.float32)                     # all randomness, (N, 6)
+    angle = (r[:, 0] * 2 - 1) * math.radians(max_rotate)
+    s = scale[0] + r[:, 1] * (scale[1] - scale[0])
+    t = (r[:, 2:4] * 2 - 1) * max_translate * 2                   # grid units span [-1, 1]
+    b = 1 + (r[:, 4] * 2 - 1) * brightness
+    c = 1 + (r[:, 5] * 2 - 1) * contrast
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1),
+                         torch.stack([sin, cos, t[:, 1]], 1)], 1).to(x.device)   # (N, 2, 3)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    x = x * b.to(x.device).view(n, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * c.to(x.device).view(n, 1, 1, 1) + mean
+    return x.clamp_(0, 1)
+
+
+def prepare_batch(x: torch.Tensor, device: torch.device, augment: bool = False,
+                  channels_last: bool = False) -> torch.Tensor:
+    """Loader batch -> model input on ``device``.
+
+    ``x``: uint8 ``(N, 1, S, S)`` as ``XrayDataset`` yields it (4x fewer bytes to copy than
+    float). Copied non-blocking (pin the loader's memory on CUDA), scaled to [0, 1], augmented
+    (``augment_batch``) if asked, expanded to 3 ImageNet-normalised channels: float
+    ``(N, 3, S, S)``, channels-last on CUDA when ``channels_last``.
+    """
+    x = x.to(device, non_blocking=True).float().div_(255)
+    if augment:
+        x = augment_batch(x)
+    x = normalize(x)
+    if channels_last and device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Gray ``(..., 1, S, S)`` in [0, 1] -> 3-channel ImageNet-normalised ``(..., 3, S, S)``."""
-    x = x.expand(*x.shape[:-3], 3, *x.shape[-2:])
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x - m) / s
-
-
-def denormalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Inverse of ``normalize`` for display: ``(..., 3, S, S)`` -> gray ``(..., S, S)`` in [0, 1]."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    return (x * s + m).mean(dim=-3).clamp(0, 1)
+    """Gray ``(..., 1, S, S)`` in [0, 1] -> 3-channel ImageNet-normalised ``(..., 3, S, S)``,
+    in one pass: ``x / std_c - mean_c / std_c`` broadcast over the three channels."""
+    s = 1 / torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    m = -torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1) * s
+    return torch.addcmul(m, x, s)
 
 
 # --------------------------------------------------------------------------- dataset
@@ -189,19 +207,105 @@ def cap_per_class(df: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.
     return df.loc[sorted(keep.index)]
 
 
+def _cache_key(df: pd.DataFrame, data_dir: Path, size: int) -> str:
+    """Content key of a decoded cache: data folder, image size, and every listed file's path,
+    byte size and modification time (a replaced or touched file gives a new key)."""
+    h = hashlib.blake2b(digest_size=12)
+    h.update(f"{data_dir.resolve()}\n{size}\n".encode())
+    for rel in df["path"]:
+        try:
+            st = (data_dir / rel).stat()
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{rel}\0missing\n".encode())
+    return h.hexdigest()
+
+
+def _decode_all(paths: list[str], size: int, workers: int | None, progress: bool):
+    """Decode + resize every path (process pool for many files); yields (image|None, reason)."""
+    jobs = [(p, size) for p in paths]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 256 + 1))
+    if workers == 1:
+        it = map(load_resized_or_reason, jobs)
+        yield from tqdm(it, total=len(jobs), desc="decoding", disable=not progress, leave=False)
+        return
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        it = pool.imap(load_resized_or_reason, jobs, chunksize=64)
+        yield from tqdm(it, total=len(jobs), desc="decoding", disable=not progress, leave=False)
+
+
+def decoded_images(df: pd.DataFrame, data_dir: str | os.PathLike, size: int,
+                   cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                   progress: bool = False) -> tuple[np.ndarray, np.ndarray, list]:
+    """Every image of ``df`` decoded once (``read_xray``) and resized to uint8 ``(N, S, S)``.
+
+    Returns ``(images, ok, skipped)``: ``ok`` bool ``(N,)`` marks readable files, ``skipped``
+    lists ``(path, reason)`` for the others (their rows are zeros). With ``cache_dir`` the array
+    is a memory-mapped file ``decoded-<key>-<S>px.u8`` there, keyed by ``_cache_key``: later
+    epochs, runs and DataLoader workers read it instead of decoding; a changed manifest, file or
+    size gives a new key. The file is written under a temporary name and renamed when complete.
+    Falls back to RAM (with a warning) when the cache folder lacks space or cannot be written.
+    """
+    data_dir = Path(data_dir)
+    n = len(df)
+    paths = [str(data_dir / p) for p in df["path"]]
+    if cache_dir is not None:
+        cache_dir = Path(cache_dir)
+        stem = cache_dir / f"decoded-{_cache_key(df, data_dir, size)}-{size}px"
+        data_file, info_file = stem.with_suffix(".u8"), stem.with_suffix(".json")
+        if data_file.is_file() and info_file.is_file():
+            info = json.loads(info_file.read_text())
+            images = np.memmap(data_file, np.uint8, "r", shape=(n, size, size))
+            return images, np.array(info["ok"], bool), [tuple(x) for x in info["skipped"]]
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            free = shutil.disk_usage(cache_dir).free
+            if free < n * size * size * 1.1 + 2**28:
+                raise OSError(f"{free / 2**30:.1f} GiB free in {cache_dir}, need "
+                              f"{n * size * size / 2**30:.1f} GiB")
+            tmp = data_file.with_suffix(f".u8.tmp{os.getpid()}")
+            images = np.memmap(tmp, np.uint8, "w+", shape=(n, size, size))
+        except OSError as e:
+            warnings.warn(f"decoded-image cache not used ({e}); decoding into memory",
+                          stacklevel=2)
+            cache_dir = None
+    if cache_dir is None:
+        images = np.zeros((n, size, size), np.uint8)
+    ok, skipped = np.ones(n, bool), []
+    for i, (img, reason) in enumerate(_decode_all(paths, size, workers, progress)):
+        if img is None:
+            ok[i] = False
+            skipped.append((df["path"].iloc[i], reason))
+        else:
+            images[i] = img
+    for rel, reason in skipped:
+        warnings.warn(f"skipping unreadable image: {reason}", stacklevel=2)
+    if cache_dir is not None:
+        images.flush()
+        del images
+        os.replace(tmp, data_file)
+        write_json_atomic({"ok": ok.tolist(), "skipped": skipped, "size": size, "n": n},
+                          info_file)
+        images = np.memmap(data_file, np.uint8, "r", shape=(n, size, size))
+    return images, ok, skipped
+
+
 class XrayDataset(Dataset):
     """Images listed in a manifest DataFrame (already filtered to one split).
 
-    Item ``i``: ``(image float32 (3, S, S) normalised, label int64, i)`` and, when ``mask_column``
-    is set, a 4th element: bool ``(S, S)`` mask (all False where the row has no mask).
-    A file that fails to read is skipped with a warning: the item is ``None`` (dropped by
-    ``collate_skip_none``) and never a crash. ``preload=True`` decodes every image once, up front,
-    to uint8 at ``image_size`` (unreadable ones are dropped and counted in ``self.skipped``).
+    Item ``i``: ``(image uint8 (1, S, S), label int64, i)`` and, when ``mask_column`` is set, a
+    4th element: bool ``(S, S)`` mask (all False where the row has no mask). Scaling,
+    augmentation and normalisation happen per batch on the device (``prepare_batch``).
+    ``preload=True`` decodes every image once up front (``decoded_images``; on disk under
+    ``cache_dir`` if given, else in RAM); unreadable files are then dropped and listed in
+    ``self.skipped``. Without preload a file that fails to read is skipped with a warning: the
+    item is ``None`` (dropped by ``collate_skip_none``), never a crash.
     """
 
     def __init__(self, df: pd.DataFrame, data_dir: str | os.PathLike, class_names: list[str],
-                 image_size: int, augment: bool = False, preload: bool = False,
-                 mask_column: str | None = None, progress: bool = False):
+                 image_size: int, preload: bool = False, mask_column: str | None = None,
+                 cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                 progress: bool = False):
         unknown = set(df["label"]) - set(class_names)
         if unknown:
             raise ValueError(f"labels {sorted(unknown)} are not in class_names {class_names}")
@@ -209,40 +313,35 @@ class XrayDataset(Dataset):
         self.data_dir = Path(data_dir)
         self.class_names = list(class_names)
         self.image_size = image_size
-        self.augment = train_augment() if augment else None
         self.mask_column = mask_column
-        self.labels = torch.tensor([self.class_names.index(c) for c in self.df["label"]])
         self.skipped: list[tuple[str, str]] = []
-        self.cache: np.ndarray | None = None
+        self.images: np.ndarray | None = None
+        self.rows = np.arange(len(self.df))        # item -> row of the decoded array
         if preload:
-            self._preload(progress)
-
-    def _preload(self, progress: bool) -> None:
-        S = self.image_size
-        cache = np.empty((len(self.df), S, S), np.uint8)
-        ok = np.ones(len(self.df), bool)
-        it = tqdm(self.df["path"], desc="decoding", disable=not progress, leave=False)
-        for i, rel in enumerate(it):
-            try:
-                cache[i] = load_resized(self.data_dir / rel, S)
-            except (ValueError, OSError) as e:
-                warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
-                self.skipped.append((rel, str(e)))
-                ok[i] = False
-        if not ok.all():
-            self.df = self.df[ok].reset_index(drop=True)
-            self.labels = self.labels[torch.from_numpy(ok)]
-            cache = cache[ok]
-        self.cache = cache
+            self.images, ok, self.skipped = decoded_images(self.df, self.data_dir, image_size,
+                                                           cache_dir, workers, progress)
+            self.rows = np.flatnonzero(ok)
+            self.df = self.df.iloc[self.rows].reset_index(drop=True)
+        self.labels = torch.tensor([self.class_names.index(c) for c in self.df["label"]],
+                                   dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.df)
 
     def image_uint8(self, i: int) -> np.ndarray:
-        """The resized uint8 ``(S, S)`` image of item ``i`` (cache or disk)."""
-        if self.cache is not None:
-            return self.cache[i]
+        """The resized uint8 ``(S, S)`` image of item ``i`` (decoded array or disk)."""
+        if self.images is not None:
+            return np.array(self.images[self.rows[i]])  # a copy: the memmap is read-only
         return load_resized(self.data_dir / self.df.at[i, "path"], self.image_size)
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """Batched fetch (the DataLoader calls this with a whole batch of indices): one fancy
+        index into the decoded array instead of one read per image."""
+        if self.images is None or self.mask_column:
+            return [self[i] for i in indices]
+        idx = np.asarray(indices)
+        imgs = torch.from_numpy(np.asarray(self.images[self.rows[idx]])).unsqueeze(1)  # (N,1,S,S)
+        return [(imgs[k], self.labels[i], int(i)) for k, i in enumerate(indices)]
 
     def __getitem__(self, i: int):
         try:
@@ -250,10 +349,7 @@ class XrayDataset(Dataset):
         except (ValueError, OSError) as e:
             warnings.warn(f"skipping unreadable image: {e}", stacklevel=2)
             return None
-        x = torch.from_numpy(np.ascontiguousarray(img)).unsqueeze(0).float().div_(255)  # (1,S,S)
-        if self.augment is not None:
-            x = self.augment(x).clamp_(0, 1)
-        item = (normalize(x), self.labels[i], i)
+        item = (torch.from_numpy(img).unsqueeze(0), self.labels[i], i)
         if self.mask_column:
             rel = self.df.at[i, self.mask_column] if self.mask_column in self.df else ""
             m = (load_mask(self.data_dir / rel, self.image_size) if rel
@@ -289,10 +385,10 @@ def _seed_worker(worker_id: int) -> None:
 def eval_loader(df: pd.DataFrame, data_dir: str | os.PathLike, class_names: list[str],
                 image_size: int, batch_size: int = 64, num_workers: int = 2,
                 preload: bool = True, mask_column: str | None = None, pin_memory: bool = False,
-                progress: bool = False) -> DataLoader:
-    """Unaugmented loader over ``df`` in its order (evaluation, prediction, Grad-CAM)."""
-    ds = XrayDataset(df, data_dir, class_names, image_size, augment=False, preload=preload,
-                     mask_column=mask_column, progress=progress)
+                cache_dir: str | os.PathLike | None = None, progress: bool = False) -> DataLoader:
+    """Loader over ``df`` in its order (evaluation, prediction, Grad-CAM); no augmentation."""
+    ds = XrayDataset(df, data_dir, class_names, image_size, preload=preload,
+                     mask_column=mask_column, cache_dir=cache_dir, progress=progress)
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_skip_none, worker_init_fn=_seed_worker,
                       pin_memory=pin_memory)
@@ -302,11 +398,14 @@ def make_loaders(manifest: pd.DataFrame, data_dir: str | os.PathLike, class_name
                  image_size: int, batch_size: int = 32, num_workers: int = 2, seed: int = 42,
                  preload: bool = True, max_per_class: int | None = None,
                  pin_memory: bool = False, splits: Iterable[str] = ("train", "val", "test"),
-                 progress: bool = False) -> dict[str, DataLoader]:
-    """One DataLoader per split present in the manifest.
+                 cache_dir: str | os.PathLike | None = None, progress: bool = False
+                 ) -> dict[str, DataLoader]:
+    """One DataLoader per split present in the manifest (images decoded once, see
+    ``decoded_images``; ``cache_dir`` keeps them on disk across runs).
 
-    ``train``: augmented, weighted sampler (seeded generator), capped by ``max_per_class``;
-    other splits: ``eval_loader``. Workers are seeded from the loader's generator.
+    ``train``: the weighted sampler (seeded generator), capped by ``max_per_class``; ``fit``
+    augments its batches on the device. Other splits: ``eval_loader``. Workers are seeded from
+    the loader's generator.
     """
     loaders = {}
     for split in splits:
@@ -316,11 +415,11 @@ def make_loaders(manifest: pd.DataFrame, data_dir: str | os.PathLike, class_name
         if split != "train":
             loaders[split] = eval_loader(df, data_dir, class_names, image_size, batch_size,
                                          num_workers, preload, pin_memory=pin_memory,
-                                         progress=progress)
+                                         cache_dir=cache_dir, progress=progress)
             continue
         df = cap_per_class(df, max_per_class, seed)
-        ds = XrayDataset(df, data_dir, class_names, image_size, augment=True, preload=preload,
-                         progress=progress)
+        ds = XrayDataset(df, data_dir, class_names, image_size, preload=preload,
+                         cache_dir=cache_dir, progress=progress)
         g = torch.Generator().manual_seed(seed)
         loaders[split] = DataLoader(
             ds, batch_size=batch_size, sampler=weighted_sampler(ds.labels, len(class_names), g),
@@ -451,11 +550,6 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device.type, enabled=False)
 
 
-def _to_device(x: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
-    fmt = torch.channels_last if channels_last and device.type == "cuda" else torch.preserve_format
-    return x.to(device, non_blocking=True, memory_format=fmt)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
              channels_last: bool = True) -> dict:
@@ -465,7 +559,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
     for batch in loader:
         if batch is None:
             continue
-        x, y = _to_device(batch[0], device, channels_last), batch[1].to(device)
+        x, y = prepare_batch(batch[0], device, False, channels_last), batch[1].to(device)
         with _autocast(device, amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
@@ -486,13 +580,56 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
         if batch is None:
             continue
         with _autocast(device, amp):
-            logits = model(_to_device(batch[0], device, channels_last))
+            logits = model(prepare_batch(batch[0], device, False, channels_last))
         ps.append(torch.softmax(logits.float(), 1).cpu().double())
         ys.append(batch[1])
         idx.append(batch[2])
     if not ys:
         raise ValueError("no image of the loader could be read")
     return torch.cat(ys).numpy(), torch.cat(ps).numpy(), torch.cat(idx).numpy()
+
+
+def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
+                scaler: torch.amp.GradScaler, device: torch.device, amp: bool = True,
+                channels_last: bool = True, desc: str = "train", progress: bool = False,
+                nan_hint: str = "", check_every: int = 20) -> dict:
+    """One pass over ``loader`` with on-device augmentation (``prepare_batch``).
+
+    Returns ``{"loss", "acc", "seen"}`` averaged over the samples actually seen. Loss and
+    accuracy accumulate on the device; the host syncs every ``check_every`` steps to check the
+    loss is finite (raising FloatingPointError with ``nan_hint``) and to update the bar.
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device,  # MPS has no float64
+                           dtype=torch.float32 if device.type == "mps" else torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for step, batch in enumerate(bar, start=1):
+        if batch is None:
+            continue
+        x = prepare_batch(batch[0], device, augment=True, channels_last=channels_last)
+        y = batch[1].to(device, non_blocking=True)
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if step % check_every == 0 or step == len(loader):
+            mean = loss_sum.item() / seen
+            if not math.isfinite(mean):
+                raise FloatingPointError(
+                    f"training loss became {mean} (after {seen} samples). {nan_hint}. Lower "
+                    f"the learning rate (now {opt.param_groups[0]['lr']:.2e}) or check the "
+                    f"inputs.")
+            bar.set_postfix(loss=f"{mean:.4f}", acc=f"{correct.item() / seen:.3f}")
+    n = max(seen, 1)
+    return {"loss": loss_sum.item() / n, "acc": correct.item() / n, "seen": seen}
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
@@ -577,41 +714,21 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     _write_history(history, hist_path)
     rows = history.to_dict("records")
 
+    # A compiled wrapper shares the parameters; checkpoints always save the plain module.
+    step_model = torch.compile(model) if config.compile else model
     for epoch in range(state["epoch"] + 1, config.epochs + 1):
         if state["finished"]:
             break
         t0 = time.perf_counter()
         _reseed_epoch(loaders["train"], config.seed, epoch)
-        model.train()
-        loss_sum, correct, seen = 0.0, 0, 0
-        bar = tqdm(loaders["train"], desc=f"{arch} epoch {epoch}/{config.epochs}",
-                   disable=not progress, leave=False)
-        for batch in bar:
-            if batch is None:
-                continue
-            x, y = _to_device(batch[0], device, cl), batch[1].to(device, non_blocking=True)
-            with _autocast(device, use_amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits.float(), y)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{arch}: training loss became {loss.item()} at epoch {epoch} (after "
-                    f"{seen} samples); the last good checkpoints are {last_path} and {best_path}."
-                    f" Lower the learning rate (now {opt.param_groups[0]['lr']:.2e}) or check "
-                    f"the inputs.")
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
-        val = evaluate(model, loaders["val"], device, use_amp, cl)
-        row = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1),
-               "train_acc": correct / max(seen, 1), "val_loss": val["loss"], "val_acc": val["acc"],
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
-               "train_seen": seen}
+        tr = train_epoch(step_model, loaders["train"], opt, scaler, device, use_amp, cl,
+                         desc=f"{arch} epoch {epoch}/{config.epochs}", progress=progress,
+                         nan_hint=f"{arch} epoch {epoch}: the last good checkpoints are "
+                                  f"{last_path} and {best_path}")
+        val = evaluate(step_model, loaders["val"], device, use_amp, cl)
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
+               "val_loss": val["loss"], "val_acc": val["acc"], "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0, "train_seen": tr["seen"]}
         sched.step()
         improved = val["loss"] < state["best_loss"] - config.min_delta
         if improved:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -110,3 +111,24 @@ def read_xray(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarr
         raise ValueError(f"{path}: not a decodable image ({e})") from e
     except OSError as e:
         raise ValueError(f"{path}: truncated or corrupt image data ({e})") from e
+
+
+def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """``read_xray`` then resize to ``(size, size)`` (area interpolation), as uint8 ``(S, S)``.
+
+    The 8-bit quantisation happens here, after resizing: this is where 16-bit data gives up its
+    extra precision (the network sees 8-bit-equivalent data, as in the study).
+    """
+    a = read_xray(path)
+    if a.shape != (size, size):
+        interp = cv2.INTER_AREA if min(a.shape) >= size else cv2.INTER_LINEAR
+        a = cv2.resize(a, (size, size), interpolation=interp)
+    return np.clip(a * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def load_resized_or_reason(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
+    """``(image, None)`` or ``(None, reason)`` for ``(path, size)``: a process-pool job."""
+    try:
+        return load_resized(job[0], job[1]), None
+    except (ValueError, OSError) as e:
+        return None, str(e)

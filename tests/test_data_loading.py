@@ -16,12 +16,14 @@ def test_dataset_items_and_masks(demo_dir, demo_manifest):
         ds = utils.XrayDataset(df, demo_dir, names, 48, preload=preload,
                                mask_column="lesion_mask_path")
         x, y, i, m = ds[0]
-        assert x.shape == (3, 48, 48) and x.dtype == torch.float32
+        assert x.shape == (1, 48, 48) and x.dtype == torch.uint8
         assert int(y) == names.index(df.iloc[0]["label"]) and i == 0
         assert m.shape == (48, 48) and m.dtype == torch.bool
-    # normalisation: ImageNet statistics, 3 identical gray channels
-    assert torch.allclose(utils.denormalize(x)[None].expand(3, -1, -1)[0],
-                          utils.denormalize(x), atol=1e-6)
+    xb = utils.prepare_batch(x[None], torch.device("cpu"))
+    assert xb.shape == (1, 3, 48, 48) and xb.dtype == torch.float32
+    mean = torch.tensor(utils.IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(utils.IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(xb[0] * std + mean, (x.float() / 255).expand(3, -1, -1))
     normal = [k for k in range(len(ds)) if ds.df.at[k, "label"] == "Normal"][0]
     assert not ds[normal][3].any()   # no lesion mask -> empty
 
@@ -33,7 +35,7 @@ def test_loaders_shapes_and_cap(demo_dir, demo_manifest):
     assert set(L) == {"train", "val", "test"}
     assert len(L["train"].dataset) == 16
     x, y, idx = next(iter(L["train"]))
-    assert x.shape == (8, 3, 32, 32) and y.dtype == torch.int64
+    assert x.shape == (8, 1, 32, 32) and x.dtype == torch.uint8 and y.dtype == torch.int64
     assert [len(b[1]) for b in L["val"]] == [8, 4]
 
 
@@ -85,3 +87,53 @@ def test_choose_device_and_image_statistics(demo_dir, demo_manifest):
     assert set(diffs["statistic"]) >= {"mean", "size", "mode"}
     assert not diffs.loc[diffs["statistic"].isin(["size", "mode"]), "flag"].any()
     assert utils.dataset_info(demo_dir)["synthetic"] is True
+
+
+def test_augment_batch_is_mild_seeded_and_device_independent():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 40, 40, generator=g)
+    torch.manual_seed(1)
+    a = utils.augment_batch(x.clone())
+    torch.manual_seed(1)
+    b = utils.augment_batch(x.clone())
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert 0 <= a.min() and a.max() <= 1
+    assert not torch.equal(a, x)
+    # small: the mean absolute change stays well below the image's own variation
+    assert (a - x).abs().mean() < 0.5 * (x - x.mean()).abs().mean() + 0.2
+    same = utils.augment_batch(x.clone(), max_rotate=0, max_translate=0, scale=(1, 1),
+                               brightness=0, contrast=0)
+    torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
+
+
+def test_decoded_cache_same_batches_invalidation_and_fallback(demo_dir, demo_manifest, tmp_path,
+                                                              monkeypatch):
+    import os
+    import shutil
+    names = utils.class_names_from(demo_manifest)
+    df = demo_manifest[demo_manifest["split"] == "train"]
+    plain = utils.XrayDataset(df, demo_dir, names, 40)                      # decode per item
+    cached = utils.XrayDataset(df, demo_dir, names, 40, preload=True, cache_dir=tmp_path / "c")
+    for i in range(len(df)):
+        assert torch.equal(plain[i][0], cached[i][0])
+    files = sorted((tmp_path / "c").glob("*.u8"))
+    assert len(files) == 1 and files[0].stat().st_size == len(df) * 40 * 40
+    # a second dataset reuses the file (no decoding: reading a broken decoder would fail)
+    monkeypatch.setattr(utils, "load_resized_or_reason", None)
+    again = utils.XrayDataset(df, demo_dir, names, 40, preload=True, cache_dir=tmp_path / "c")
+    assert torch.equal(again[3][0], cached[3][0])
+    monkeypatch.undo()
+    # another size or a touched file gives a new cache file
+    utils.XrayDataset(df, demo_dir, names, 32, preload=True, cache_dir=tmp_path / "c")
+    victim = demo_dir / df.iloc[0]["path"]
+    st = victim.stat()
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 1000))
+    utils.XrayDataset(df, demo_dir, names, 40, preload=True, cache_dir=tmp_path / "c")
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert len(list((tmp_path / "c").glob("*.u8"))) == 3
+    # no space: falls back to RAM with a warning, same images
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1, 1, 0))
+    with pytest.warns(UserWarning, match="cache not used"):
+        ram = utils.XrayDataset(df, demo_dir, names, 40, preload=True, cache_dir=tmp_path / "d")
+    assert isinstance(ram.images, np.ndarray) and not isinstance(ram.images, np.memmap)
+    assert torch.equal(ram[5][0], plain[5][0])

@@ -19,6 +19,8 @@ def run_dir(tmp_path_factory, demo_dir, demo_manifest):
 def _run(name, run_dir, demo_dir, **params):
     common = {"data_dir": str(demo_dir), "manifest_path": str(run_dir / "manifest.csv"),
               "out_dir": str(run_dir / "outputs")}
+    if not name.startswith("1_"):
+        common["cache_dir"] = str(run_dir / "cache")
     pm.execute_notebook(str(ROOT / name), str(run_dir / name), parameters={**common, **params},
                         cwd=str(ROOT), kernel_name="python3", progress_bar=False)
 
@@ -35,6 +37,7 @@ def test_notebooks_run_in_order(run_dir, demo_dir):
     assert (out / "CSVs" / "resnet18.csv").is_file()
     assert (out / "summary_plots" / "resnet18.png").is_file()
     assert (run_dir / "models" / "resnet18.pt").is_file()
+    assert list((run_dir / "cache").glob("decoded-*.u8"))
 
     _run("3_evaluate_results.ipynb", run_dir, demo_dir, archs=["resnet18"], num_workers=0,
          models_dir=models, n_boot=20, cam_per_class=1)

@@ -1,0 +1,274 @@
+"""Throughput benchmark: the study's data/training loop against this project's, on one machine.
+
+    python benchmark.py [--images N] [--size 224] [--archs vgg16 resnet18 densenet121]
+                        [--device cuda|cpu] [--out outputs/benchmark.json]
+
+On synthetic data shaped like the real database (299x299 8-bit grayscale PNGs from
+``demo_data.py``, trained at ``--size`` px) it measures images per second for
+
+- the baseline loader: what the study did every epoch (PIL decode -> RGB -> Resize -> ToTensor ->
+  Normalize, 2 DataLoader workers);
+- our loader once cached: decoded uint8 images memory-mapped from disk (``utils.decoded_images``),
+  batched augmentation + normalisation on the device (``utils.prepare_batch``); the one-off cache
+  build is timed separately;
+- per architecture, a full training step three ways: the baseline (baseline loader, fp32, plain
+  Adam), ours (``utils.train_epoch``: our loader, autocast + channels-last on CUDA, fused Adam),
+  and a bare model loop over pre-made device tensors with our settings (the ceiling: our step /
+  bare step shows what the pipeline adds);
+
+plus peak memory, and the achieved FLOP rate (FLOPs per training image from
+``torch.utils.flop_counter``) against a matrix-multiply peak measured in the same run. Prints the
+ratios and writes a JSON report. Defaults are small on a CPU and full size (20,685 images, one
+full epoch of ours per architecture) on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+import demo_data
+import networks
+import utils
+
+
+class StudyDataset(Dataset):
+    """The study's per-epoch pipeline (ImageFolder-style), kept only as the baseline."""
+
+    def __init__(self, paths: list[str], labels: list[int], size: int):
+        self.paths, self.labels = paths, labels
+        self.tf = T.Compose([T.Resize((size, size)), T.ToTensor(),
+                             T.Normalize(utils.IMAGENET_MEAN, utils.IMAGENET_STD)])
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        with Image.open(self.paths[i]) as im:
+            return self.tf(im.convert("RGB")), self.labels[i]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: torch.device) -> dict:
+    """Best-of-5 dense matrix multiply rate: bf16 8192^2 on CUDA, fp32 2048^2 on a CPU."""
+    n, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (2048, torch.float32)
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    _sync(device)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return {"dtype": str(dtype).replace("torch.", ""), "n": n, "tflops": 2 * n ** 3 / best / 1e12}
+
+
+def train_flops_per_image(arch: str, size: int) -> float:
+    """FLOPs of one forward + backward pass of one image (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model = networks.build_model(arch, 4, weights=None)
+    x = torch.randn(1, 3, size, size)
+    with FlopCounterMode(display=False) as fc:
+        model(x).sum().backward()
+    return float(fc.get_total_flops())
+
+
+def loader_rate(loader, device, consume, max_batches: int | None = None) -> tuple[float, int]:
+    """Images per second for one pass of ``loader``; ``consume(batch)`` does the device work."""
+    n, t = 0, time.perf_counter()
+    for k, batch in enumerate(loader):
+        consume(batch)
+        n += len(batch[1])
+        if max_batches and k + 1 >= max_batches:
+            break
+    _sync(device)
+    return n / (time.perf_counter() - t), n
+
+
+def bare_rate(model, opt, device, batch, size, steps, amp, cl) -> float:
+    """Images per second of forward/backward/step on pre-made device tensors."""
+    x = torch.randn(batch, 3, size, size, device=device)
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 4, (batch,), device=device)
+    model.train()
+
+    def step():
+        with utils._autocast(device, amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    step()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return batch * steps / (time.perf_counter() - t)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None)
+    p.add_argument("--images", type=int, default=None,
+                   help="synthetic images (default: 20,685 on a GPU, 512 on a CPU)")
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--archs", nargs="+", default=["vgg16", "resnet18", "densenet121"])
+    p.add_argument("--batch-size", type=int, default=None, help="default: 128 GPU, 16 CPU")
+    p.add_argument("--train-batches", type=int, default=None,
+                   help="batches per training-step measurement (default: a full epoch of ours "
+                        "on a GPU, 3 on a CPU)")
+    p.add_argument("--workers", type=int, default=None, help="ours (default: min(8, cores))")
+    p.add_argument("--work-dir", default=None, help="where the synthetic data goes (temp)")
+    p.add_argument("--out", default="outputs/benchmark.json")
+    a = p.parse_args(argv)
+    device = utils.choose_device(a.device)
+    gpu = device.type == "cuda"
+    n_images = a.images or (20685 if gpu else 512)
+    bs = a.batch_size or (128 if gpu else 16)
+    # ours: batched reads from the page cache are cheap, so on a CPU the main process does them
+    # (workers would only add inter-process copies); a GPU host uses workers to overlap.
+    workers = a.workers if a.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 0)
+    amp = cl = gpu
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
+    report = {"machine": {"device": torch.cuda.get_device_name() if gpu else platform.processor()
+                          or platform.machine(), "cpu_cores": os.cpu_count(),
+                          "torch": str(torch.__version__), "python": platform.python_version()},
+              "images": n_images, "size": a.size, "batch_size": bs, "workers_ours": workers}
+    print(f"benchmark on {report['machine']['device']} ({device}), {n_images} images, "
+          f"{a.size} px, batch {bs}", flush=True)
+
+    data = work / "data"
+    if not (data / demo_data.MARKER_FILE).is_file():
+        per = {c: n_images // 4 + (i < n_images % 4) for i, c in enumerate(demo_data.CLASSES)}
+        demo_data.generate(data, counts=per, seed=0, verbose=True)
+    rows = [(f"{c}/images/{p.name}", c) for c in demo_data.CLASSES
+            for p in sorted((data / c / "images").iterdir())]
+    df = pd.DataFrame(rows, columns=["path", "label"]).assign(split="train")
+    names = utils.class_names_from(df)
+    labels = [names.index(c) for c in df["label"]]
+
+    report["matmul_peak"] = peak = matmul_peak(device)
+    print(f"matmul peak: {peak['tflops']:.2f} TFLOP/s ({peak['dtype']})", flush=True)
+
+    base_ds = StudyDataset([str(data / p) for p in df["path"]], labels, a.size)
+    base_loader = DataLoader(base_ds, batch_size=bs, shuffle=True, num_workers=2,
+                             generator=torch.Generator().manual_seed(0))
+    t = time.perf_counter()
+    ours_ds = utils.XrayDataset(df, data, names, a.size, preload=True, cache_dir=work / "cache",
+                                workers=os.cpu_count())
+    report["cache_build_seconds"] = time.perf_counter() - t
+    report["cache_bytes"] = int(np.prod(ours_ds.images.shape))
+    ours_loader = DataLoader(ours_ds, batch_size=bs, shuffle=True, num_workers=workers,
+                             pin_memory=gpu, collate_fn=utils.collate_skip_none,
+                             persistent_workers=workers > 0, drop_last=True,
+                             prefetch_factor=4 if workers else None,
+                             generator=torch.Generator().manual_seed(0))
+    max_b = 30 if gpu else max(1, 256 // bs)   # loader passes: 3,840 images on a GPU
+    base_rate, _ = loader_rate(base_loader, device, lambda b: b[0].to(device), max_b)
+    loader_rate(ours_loader, device, lambda b: None, 2)   # start workers, page the cache in
+    # Like for like: the study's loader does no augmentation, so "ours" is the cached read +
+    # normalisation on the device; the augmented rate is reported beside it.
+    ours_rate, _ = loader_rate(
+        ours_loader, device, lambda b: utils.prepare_batch(b[0], device, False, cl), max_b)
+    aug_rate, _ = loader_rate(
+        ours_loader, device, lambda b: utils.prepare_batch(b[0], device, True, cl), max_b)
+    report["loader"] = {"baseline_images_per_s": base_rate, "ours_images_per_s": ours_rate,
+                        "ratio": ours_rate / base_rate, "ours_augmented_images_per_s": aug_rate}
+    print(f"loader: baseline {base_rate:.0f} img/s, ours (cached) {ours_rate:.0f} img/s: "
+          f"{ours_rate / base_rate:.1f}x; with batched augmentation on {device.type} "
+          f"{aug_rate:.0f} img/s (cache built once in {report['cache_build_seconds']:.1f} s)",
+          flush=True)
+
+    train_batches = a.train_batches or (None if gpu else 3)
+    report["training"] = {}
+    for arch in a.archs:
+        r = {}
+        flops = train_flops_per_image(arch, a.size)
+        # baseline: study loader, fp32, plain (for-each) Adam
+        torch.manual_seed(0)
+        model = networks.build_model(arch, 4, weights=None).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+        nb = train_batches or max(1, 2048 // bs)
+
+        def base_step(b):
+            loss = F.cross_entropy(model(b[0].to(device)), b[1].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        base_step(next(iter(base_loader)))
+        r["baseline_images_per_s"], _ = loader_rate(base_loader, device, base_step, nb)
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        # ours: utils.train_epoch over our cached loader
+        torch.manual_seed(0)
+        model = networks.build_model(arch, 4, weights=None).to(
+            device, memory_format=torch.channels_last if cl else torch.preserve_format)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        sub = ours_loader
+        if train_batches:
+            sub = DataLoader(torch.utils.data.Subset(ours_ds, range(train_batches * bs)),
+                             batch_size=bs, num_workers=0, collate_fn=utils.collate_skip_none)
+        warm = DataLoader(torch.utils.data.Subset(ours_ds, range(2 * bs)), batch_size=bs)
+        utils.train_epoch(model, warm, opt, scaler, device, amp, cl)   # cudnn autotune, caches
+        _sync(device)
+        t = time.perf_counter()
+        res = utils.train_epoch(model, sub, opt, scaler, device, amp, cl)
+        _sync(device)
+        secs = time.perf_counter() - t
+        r["ours_images_per_s"] = res["seen"] / secs
+        if not train_batches:
+            r["ours_epoch_seconds"] = secs
+            r["ours_epoch_images"] = res["seen"]
+        r["bare_images_per_s"] = bare_rate(model, opt, device, bs, a.size,
+                                           train_batches or 30, amp, cl)
+        if gpu:
+            r["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        r["train_flops_per_image"] = flops
+        r["achieved_tflops"] = flops * r["ours_images_per_s"] / 1e12
+        r["fraction_of_matmul_peak"] = r["achieved_tflops"] / peak["tflops"]
+        r["ours_vs_baseline"] = r["ours_images_per_s"] / r["baseline_images_per_s"]
+        r["ours_vs_bare"] = r["ours_images_per_s"] / r["bare_images_per_s"]
+        report["training"][arch] = r
+        print(f"{arch}: baseline {r['baseline_images_per_s']:.1f} img/s, ours "
+              f"{r['ours_images_per_s']:.1f} ({r['ours_vs_baseline']:.2f}x baseline, "
+              f"{r['ours_vs_bare']:.2f}x bare loop {r['bare_images_per_s']:.1f}), "
+              f"{r['achieved_tflops']:.2f} TFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% "
+              f"of the matmul peak" + (f", epoch {r['ours_epoch_seconds']:.1f} s"
+                                       if "ours_epoch_seconds" in r else ""), flush=True)
+    report["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if gpu and all("ours_epoch_seconds" in r for r in report["training"].values()):
+        full = sum(r["ours_epoch_seconds"] / r["ours_epoch_images"] * 20685
+                   for r in report["training"].values())
+        report["three_models_25_epochs_minutes_estimate"] = full * 25 / 60
+    utils.write_json_atomic(report, a.out)
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
