@@ -133,6 +133,9 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--images", type=int, default=None,
                    help="synthetic images (default: 20,685 on a GPU, 512 on a CPU)")
+    p.add_argument("--unique", type=int, default=None,
+                   help="distinct images to generate; the manifest cycles through them up to "
+                        "--images rows (every row is still decoded). Default: 2,048 on a GPU")
     p.add_argument("--size", type=int, default=224)
     p.add_argument("--archs", nargs="+", default=["vgg16", "resnet18", "densenet121"])
     p.add_argument("--batch-size", type=int, default=None, help="default: 128 GPU, 16 CPU")
@@ -162,12 +165,15 @@ def main(argv=None) -> int:
           f"{a.size} px, batch {bs}", flush=True)
 
     data = work / "data"
+    n_unique = min(n_images, a.unique or (2048 if gpu else n_images))
     if not (data / demo_data.MARKER_FILE).is_file():
-        per = {c: n_images // 4 + (i < n_images % 4) for i, c in enumerate(demo_data.CLASSES)}
+        per = {c: n_unique // 4 + (i < n_unique % 4) for i, c in enumerate(demo_data.CLASSES)}
         demo_data.generate(data, counts=per, seed=0, verbose=True)
     rows = [(f"{c}/images/{p.name}", c) for c in demo_data.CLASSES
             for p in sorted((data / c / "images").iterdir())]
+    rows = [rows[i % len(rows)] for i in range(n_images)]
     df = pd.DataFrame(rows, columns=["path", "label"]).assign(split="train")
+    report["unique_images"] = n_unique
     names = utils.class_names_from(df)
     labels = [names.index(c) for c in df["label"]]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import json
 import hashlib
 import math
@@ -141,6 +142,9 @@ def augment_batch(x: torch.Tensor, max_rotate: float = 7.0, max_translate: float
     """
     n = x.shape[0]
     r = torch.rand(n, 6, dtype=torch.float32)                     # all randomness, (N, 6)
+    if x.device.type == "cuda":   # one pinned, asynchronous copy: no host-device sync per batch
+        r = r.pin_memory()
+    r = r.to(x.device, non_blocking=True)
     angle = (r[:, 0] * 2 - 1) * math.radians(max_rotate)
     s = scale[0] + r[:, 1] * (scale[1] - scale[0])
     t = (r[:, 2:4] * 2 - 1) * max_translate * 2                   # grid units span [-1, 1]
@@ -148,12 +152,12 @@ def augment_batch(x: torch.Tensor, max_rotate: float = 7.0, max_translate: float
     c = 1 + (r[:, 5] * 2 - 1) * contrast
     cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
     theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1),
-                         torch.stack([sin, cos, t[:, 1]], 1)], 1).to(x.device)   # (N, 2, 3)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+                         torch.stack([sin, cos, t[:, 1]], 1)], 1)             # (N, 2, 3)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    x = x * b.to(x.device).view(n, 1, 1, 1)
+    x = x * b.view(n, 1, 1, 1)
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * c.to(x.device).view(n, 1, 1, 1) + mean
+    x = (x - mean) * c.view(n, 1, 1, 1) + mean
     return x.clamp_(0, 1)
 
 
@@ -175,11 +179,18 @@ def prepare_batch(x: torch.Tensor, device: torch.device, augment: bool = False,
     return x
 
 
+@functools.lru_cache(maxsize=16)
+def _norm_constants(mean: tuple, std: tuple, device: torch.device, dtype: torch.dtype):
+    # Made once per device: building them per batch would copy (and sync) host -> GPU each time.
+    s = 1 / torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
+    m = -torch.tensor(mean, dtype=torch.float64).view(3, 1, 1) * s
+    return m.to(device, dtype), s.to(device, dtype)
+
+
 def normalize(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """Gray ``(..., 1, S, S)`` in [0, 1] -> 3-channel ImageNet-normalised ``(..., 3, S, S)``,
     in one pass: ``x / std_c - mean_c / std_c`` broadcast over the three channels."""
-    s = 1 / torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-    m = -torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1) * s
+    m, s = _norm_constants(tuple(mean), tuple(std), x.device, x.dtype)
     return torch.addcmul(m, x, s)
 
 
