@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -38,6 +37,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from xray_io import process_pool
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 # Class sizes of the COVID-19 Radiography Database (Kaggle release with 21,165 images).
@@ -262,7 +263,7 @@ def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, s
         for job in jobs:
             _write_one(job)
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=32):
                 pass
     seconds = time.perf_counter() - t0

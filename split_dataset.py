@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 import tempfile
@@ -46,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_io import is_image_name, read_xray
+from xray_io import is_image_name, process_pool, read_xray
 
 SPLITS = ("train", "val", "test")
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir"}
@@ -160,7 +159,7 @@ def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int 
     if workers == 1:
         results = [_decode_digest(p) for p in full]
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        with process_pool(workers) as pool:
             results = pool.map(_decode_digest, full, chunksize=64)
     return [r[0] for r in results], [r[1] for r in results]
 

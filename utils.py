@@ -14,7 +14,6 @@ import functools
 import json
 import hashlib
 import math
-import multiprocessing
 import os
 import platform
 import random
@@ -39,7 +38,7 @@ from tqdm.auto import tqdm
 import networks
 from split_dataset import write_csv_atomic
 from metrics import classification_report  # noqa: F401  (public name, see DESIGN.md)
-from xray_io import load_resized, load_resized_or_reason, read_xray  # noqa: F401
+from xray_io import load_resized, load_resized_or_reason, process_pool, read_xray  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -240,7 +239,7 @@ def _decode_all(paths: list[str], size: int, workers: int | None, progress: bool
         it = map(load_resized_or_reason, jobs)
         yield from tqdm(it, total=len(jobs), desc="decoding", disable=not progress, leave=False)
         return
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with process_pool(workers) as pool:
         it = pool.imap(load_resized_or_reason, jobs, chunksize=64)
         yield from tqdm(it, total=len(jobs), desc="decoding", disable=not progress, leave=False)
 

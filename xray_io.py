@@ -19,6 +19,15 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".
 MAX_PIXELS = 60_000_000
 
 
+def process_pool(workers: int):
+    """A process pool for decoding. Linux forks (like PyTorch's DataLoader workers), so scripts
+    need no ``if __name__ == "__main__"`` guard; elsewhere it spawns."""
+    import multiprocessing
+    import sys
+    method = "fork" if sys.platform.startswith("linux") else "spawn"
+    return multiprocessing.get_context(method).Pool(workers)
+
+
 def is_image_name(name: str) -> bool:
     """Whether a file name has one of ``IMAGE_EXTENSIONS`` (any case)."""
     return name.lower().endswith(IMAGE_EXTENSIONS)
