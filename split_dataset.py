@@ -37,7 +37,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -45,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_io import is_image_name, process_pool, read_xray
+from xray_io import atomic_write, is_image_name, process_pool, read_xray
 
 SPLITS = ("train", "val", "test")
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir"}
@@ -245,16 +244,8 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
 
 def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write ``df`` as CSV (``\\n`` line ends, no index) via a temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            df.to_csv(f, index=False, lineterminator="\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        df.to_csv(f, index=False, lineterminator="\n")
 
 
 def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
@@ -340,9 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     write_csv_atomic(manifest, out)
     rej = pd.DataFrame(report["rejects"], columns=["path", "reason"])
     write_csv_atomic(rej, rejects_path(out))
-    tmp = info_path(out).with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(params, indent=2) + "\n")
-    os.replace(tmp, info_path(out))
+    with atomic_write(info_path(out)) as tmp:
+        tmp.write_text(json.dumps(params, indent=2) + "\n")
     print(split_table(manifest).to_string())
     n_dup = int(manifest.duplicated("group", keep=False).sum())
     print(f"{len(manifest)} images in {out} ({report['seconds']:.1f} s, seed {a.seed}); "

@@ -18,7 +18,6 @@ import os
 import platform
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -38,7 +37,8 @@ from tqdm.auto import tqdm
 import networks
 from split_dataset import write_csv_atomic
 from metrics import classification_report  # noqa: F401  (public name, see DESIGN.md)
-from xray_io import load_resized, load_resized_or_reason, process_pool, read_xray  # noqa: F401
+from xray_io import (atomic_write, load_resized, load_resized_or_reason, process_pool,  # noqa: F401
+                     read_xray)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -503,16 +503,8 @@ def class_differences(stats: pd.DataFrame, threshold: float = 0.8) -> pd.DataFra
 
 # --------------------------------------------------------------------------- checkpoints
 def _atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cpu_state(model: nn.Module) -> dict:
@@ -796,8 +788,6 @@ def summarize_history(history: pd.DataFrame) -> dict:
 
 def write_json_atomic(obj, path: str | os.PathLike) -> None:
     """``json.dump`` (indented, NaN written as null) via a temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def clean(o):
         if isinstance(o, float) and not math.isfinite(o):
@@ -810,8 +800,5 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
             return clean(o.item())
         return o
 
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(clean(obj), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")

@@ -6,7 +6,9 @@ Kept beside ``utils.py`` (and re-exported there as ``utils.read_xray``) so that
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -17,6 +19,22 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".
 # A chest radiograph is at most ~4300 x 4300 pixels; refuse anything claiming more than this
 # before allocating memory (PIL's own bomb check only raises at twice its warning limit).
 MAX_PIXELS = 60_000_000
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on one
+    file system), on failure delete it. Readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def process_pool(workers: int):
