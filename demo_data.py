@@ -4,16 +4,20 @@ THIS IS NOT MEDICAL DATA. The images are drawn from simple geometric anatomy (bo
 heart/mediastinum, ribs, clavicles, spine, diaphragm) plus a class "finding" that loosely follows
 radiology:
 
-- ``Lung_Opacity``: 1-2 focal dense consolidations, any zone, mostly one lung;
-- ``COVID``: bilateral, peripheral, lower-zone ground-glass opacities;
-- ``Viral Pneumonia``: bilateral perihilar streaky (interstitial) pattern;
+- ``Lung_Opacity``: multifocal dense consolidation, one large blob and one or two smaller ones,
+  at least one in each lung, any zone;
+- ``COVID``: bilateral, peripheral, lower-zone ground-glass opacity covering roughly a quarter to
+  a half of each lower lung;
+- ``Viral Pneumonia``: bilateral perihilar interstitial opacity (haze and radiating streaks);
 - ``Normal``: no finding.
 
-Nuisance variation (patient size, position, rotation, exposure, contrast, noise, blur, an L/R
-marker and corner text) is drawn independently of the class. Each image is finally rescaled to a
-mean and standard deviation drawn independently of the class, so global image statistics do not
-separate the classes and a model has to look at the findings. Results on this data say that the
-pipeline works, nothing about COVID-19.
+Every finding is drawn visible at 64-128 px and comes with its lesion mask. Nuisance variation
+(patient size, position, rotation, exposure, contrast, noise, blur, an L/R marker and corner
+text) is drawn independently of the class. Each image is finally rescaled to a mean and standard
+deviation drawn independently of the class (measured outside the finding, so the finding does
+not change how the rest of the image looks), so global image statistics do not separate the
+classes and a model has to look at the findings. Results on this data say that the pipeline
+works, nothing about COVID-19.
 
 Layout written (the newest Kaggle release's, so the demo and real data share one code path)::
 
@@ -22,7 +26,8 @@ Layout written (the newest Kaggle release's, so the demo and real data share one
     OUT/<class>/masks/<class>-<i>.png            # lung mask, 0/255 (like Kaggle's masks/)
     OUT/<class>/lesion_masks/<class>-<i>.png     # finding mask, 0/255 (not for Normal)
 
-CLI: ``python demo_data.py OUT [--scale 0.1] [--seed 0] [--size 299]``.
+CLI: ``python demo_data.py OUT [--scale 0.1] [--seed 0] [--size 299] [--force]`` (a folder that
+already holds the same dataset is kept).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 # Class sizes of the COVID-19 Radiography Database (Kaggle release with 21,165 images).
 REAL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
 MARKER_FILE = "demo_dataset.json"
+# Bumped whenever the drawing changes, so an older demo folder is redrawn rather than reused.
+GENERATOR_VERSION = 2
 
 
 def scaled_counts(scale: float) -> dict[str, int]:
@@ -146,42 +153,55 @@ def render_phantom(label: str, rng: np.random.Generator, size: int = 299
                  (int(S / 2 + side * 105 * u), int(rng.uniform(34, 44) * u)), 0.6, max(1, int(7 * u)))
     img += 0.16 * cv2.GaussianBlur(bones, (0, 0), 1.2 * u) * body
 
-    # The finding.
+    # The finding: sized and dense enough that a radiologist would call it visible (and a CNN
+    # trained from scratch at 64-128 px can see it), placed where the disease puts it.
     finding = np.zeros((S, S), np.float32)
     lm = lung_mask.astype(np.float32)
     if label == "Lung_Opacity":
-        n = rng.integers(1, 3)
-        side = rng.choice((96, 203))
-        for i in range(n):
-            cx = side if (i == 0 or rng.random() < 0.75) else 299 - side
-            cx = (cx + rng.uniform(-22, 22)) * u
-            cy = rng.uniform(70, 200) * u
-            r = rng.uniform(15, 24) * u
-            _add_blob(finding, cx, cy, r, r * rng.uniform(0.8, 1.3), rng.uniform(0, 180), rng)
-        finding *= 0.30
+        # Multifocal dense consolidation: one large lobar/segmental blob and one or two smaller
+        # ones, at least one in each lung (so "one lung is clear" does not give the class away),
+        # any zone, nearly as dense as soft tissue.
+        first = rng.choice((96, 203))
+        for i in range(rng.integers(2, 4)):
+            side = first if i == 0 else (299 - first if i == 1 else rng.choice((96, 203)))
+            for _ in range(8):  # redraw a blob that would sit mostly behind the heart
+                blob = np.zeros((S, S), np.float32)
+                cx = (side + rng.uniform(-20, 20)) * u
+                cy = rng.uniform(75, 190) * u
+                r = rng.uniform(24, 34) * u if i == 0 else rng.uniform(14, 22) * u
+                _add_blob(blob, cx, cy, r, r * rng.uniform(0.8, 1.3), rng.uniform(0, 180), rng)
+                if (blob * lm).sum() >= 0.7 * blob.sum():
+                    break
+            np.maximum(finding, blob, out=finding)
+        finding *= 0.34
     elif label == "COVID":
+        # Bilateral, peripheral, lower-zone ground glass: patchy, hazy (vessels and ribs still
+        # show through), covering roughly a quarter to a half of each lower lung.
         for cx0 in (96, 203):
             lateral = -1 if cx0 < 150 else 1
-            for _ in range(rng.integers(2, 4)):
-                cx = (cx0 + lateral * rng.uniform(22, 38)) * u
-                cy = rng.uniform(150, 205) * u
-                _add_blob(finding, cx, cy, rng.uniform(12, 18) * u, rng.uniform(18, 28) * u, 0, rng)
-        finding *= 0.17 * (1 + 0.4 * _smooth_noise(rng, S, 12))
+            for _ in range(rng.integers(4, 7)):
+                cx = (cx0 + lateral * rng.uniform(18, 40)) * u
+                cy = rng.uniform(140, 210) * u
+                _add_blob(finding, cx, cy, rng.uniform(16, 24) * u, rng.uniform(20, 32) * u, 0,
+                          rng)
+        finding *= 0.22 * (1 + 0.35 * _smooth_noise(rng, S, 12))
     elif label == "Viral Pneumonia":
+        # Bilateral perihilar interstitial opacity: a haze around each hilum with streaks
+        # radiating outwards (peribronchial cuffing), sparing the periphery.
         streaks = np.zeros((S, S), np.float32)
         for hx in (118, 181):
             lateral = -1 if hx < 150 else 1
             hy = rng.uniform(118, 135)
-            for _ in range(rng.integers(9, 14)):
+            for _ in range(rng.integers(10, 15)):
                 ang = rng.uniform(-70, 70) * np.pi / 180
-                ln = rng.uniform(25, 50)
+                ln = rng.uniform(30, 55)
                 ex, ey = hx + lateral * ln * np.cos(ang), hy + ln * np.sin(ang)
                 cv2.line(streaks, (int(hx * u), int(hy * u)), (int(ex * u), int(ey * u)), 1.0,
-                         max(1, int(2.5 * u)))
+                         max(1, int(3 * u)))
             haze = np.zeros((S, S), np.float32)
-            _add_blob(haze, (hx + lateral * 18) * u, hy * u, 22 * u, 30 * u, 0, rng)
-            streaks += 0.5 * haze
-        finding = 0.22 * cv2.GaussianBlur(np.clip(streaks, 0, 1), (0, 0), 1.5 * u)
+            _add_blob(haze, (hx + lateral * 20) * u, hy * u, 26 * u, 36 * u, 0, rng)
+            streaks += 0.7 * haze
+        finding = 0.26 * cv2.GaussianBlur(np.clip(streaks, 0, 1), (0, 0), 1.5 * u)
     finding *= lm
     img += finding
     lesion = finding > 0.04
@@ -202,8 +222,11 @@ def render_phantom(label: str, rng: np.random.Generator, size: int = 299
     img = cv2.GaussianBlur(img, (0, 0), blur)
     oy, ox = rng.integers(0, S, 2)
     img += rng.uniform(0.005, 0.025) * _noise_bank(S)[oy:oy + S, ox:ox + S]
-    # Class-independent global statistics: rescale to a random target mean/std.
-    img = (img - img.mean()) / (img.std() + 1e-6)
+    # Exposure/windowing drawn independently of the class: rescale to a random target mean/std,
+    # measured outside the finding. (Measured over the whole image, a bright finding would darken
+    # and flatten everything else, and a model could read the class from the heart's contrast.)
+    ref = img[lesion_out == 0]
+    img = (img - ref.mean()) / (ref.std() + 1e-6)
     img = img * rng.uniform(0.17, 0.23) + rng.uniform(0.42, 0.55)
     out = np.clip(img * 255, 0, 255).astype(np.uint8)
     corners = [(int(8 * u), int(24 * u)), (S - int(26 * u), int(24 * u)),
@@ -267,8 +290,8 @@ def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, s
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=32):
                 pass
     seconds = time.perf_counter() - t0
-    info = {"name": "synthetic demo phantoms (demo_data.py)", "synthetic": True, "seed": seed,
-            "size": size, "counts": counts}
+    info = {"name": "synthetic demo phantoms (demo_data.py)", "synthetic": True,
+            "version": GENERATOR_VERSION, "seed": seed, "size": size, "counts": counts}
     (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.txt").write_text(
         "SYNTHETIC demo dataset written by demo_data.py: geometric chest X-ray phantoms, not\n"
@@ -292,8 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=299, help="image side in pixels (default 299)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--force", action="store_true",
+                   help="redraw even when OUT already holds this exact dataset")
     a = p.parse_args(argv)
-    counts = {c: a.per_class for c in CLASSES} if a.per_class else None
+    counts = {c: a.per_class for c in CLASSES} if a.per_class else scaled_counts(a.scale)
+    marker = Path(a.out_dir) / MARKER_FILE
+    if marker.is_file() and not a.force:
+        old = json.loads(marker.read_text())
+        if (old.get("version"), old.get("seed"), old.get("size"), old.get("counts")) == \
+                (GENERATOR_VERSION, a.seed, a.size, counts):
+            print(f"demo dataset already in {a.out_dir} (seed {a.seed}); --force redraws it")
+            return 0
     generate(a.out_dir, counts=counts, seed=a.seed, size=a.size, scale=a.scale, workers=a.workers)
     return 0
 

@@ -145,11 +145,30 @@ def normalize_maps(cams: np.ndarray, eps: float = 1e-7) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- localization
-def pointing_game(cam: np.ndarray, mask: np.ndarray) -> bool:
-    """Whether the map's peak pixel (first in row-major order) lies inside the bool mask."""
+def margin_pixels(image_size: int, margin: float) -> int:
+    """The pointing game's tolerance in pixels of a ``image_size`` map: ``margin`` is a fraction
+    of the image side (Zhang et al.'s 15 px at the database's 299 px is ``15 / 299``)."""
+    if margin < 0:
+        raise ValueError(f"margin must be a fraction >= 0 of the image side, got {margin}")
+    return int(round(margin * image_size))
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Bool mask grown by ``pixels`` (a disc; 0 returns the mask unchanged)."""
+    mask = np.asarray(mask, bool)
+    if pixels <= 0:
+        return mask
+    import cv2  # noqa: PLC0415  (only needed with a tolerance)
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+def pointing_game(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
+    """Whether the map's peak pixel (first in row-major order) lies inside the bool mask, or
+    within ``tolerance`` pixels of it (the original pointing game's margin)."""
     if cam.shape != mask.shape:
         raise ValueError(f"cam {cam.shape} and mask {mask.shape} must have the same shape")
-    return bool(mask.flat[int(np.argmax(cam))])
+    return bool(dilate(mask, tolerance).flat[int(np.argmax(cam))])
 
 
 def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
@@ -160,41 +179,83 @@ def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
     return float(cam[mask].sum()) / total if total > 0 else float("nan")
 
 
-def localization_scores(cams: np.ndarray, masks: np.ndarray) -> pd.DataFrame:
-    """Per image: ``hit`` (pointing game), ``energy`` (in-mask fraction) and ``chance`` (mask
-    area fraction: what a uniform map scores on energy and a random peak on pointing).
-    Images with an empty mask are skipped (``cams`` (N,H,W), ``masks`` bool (N,H,W))."""
+SCORE_COLUMNS = ["index", "hit", "hit_strict", "energy", "chance", "chance_strict"]
+
+
+def localization_scores(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> pd.DataFrame:
+    """Per image with a non-empty mask and a non-constant map:
+
+    ``hit`` (pointing game with ``tolerance`` pixels), ``hit_strict`` (no tolerance), ``energy``
+    (in-mask fraction of the map), ``chance`` (area fraction of the mask grown by ``tolerance``:
+    what a random peak scores on ``hit``) and ``chance_strict`` (the mask's own area fraction:
+    what a random peak scores on ``hit_strict`` and a uniform map on ``energy``). A constant map
+    has no peak; it is left out rather than scored at its first pixel. ``cams`` (N,H,W),
+    ``masks`` bool (N,H,W).
+    """
     rows = []
     for i, (c, m) in enumerate(zip(cams, masks)):
         m = np.asarray(m, bool)
-        if m.any():
-            rows.append({"index": i, "hit": pointing_game(c, m), "energy": energy_in_mask(c, m),
-                         "chance": float(m.mean())})
-    return pd.DataFrame(rows, columns=["index", "hit", "energy", "chance"])
+        if not m.any() or float(c.max()) <= float(c.min()):
+            continue
+        grown = dilate(m, tolerance)
+        peak = int(np.argmax(c))
+        rows.append({"index": i, "hit": bool(grown.flat[peak]), "hit_strict": bool(m.flat[peak]),
+                     "energy": energy_in_mask(c, m), "chance": float(grown.mean()),
+                     "chance_strict": float(m.mean())})
+    return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
-def summarize_localization(scores: pd.DataFrame) -> dict:
-    """``{"n", "pointing_game", "energy_in_mask", "chance"}`` means of ``localization_scores``."""
+def summarize_localization(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Means of ``localization_scores`` with 95% percentile-bootstrap intervals (images
+    resampled with replacement, ``seed``ed): ``n``, ``pointing_game`` (+ ``_ci``),
+    ``pointing_game_strict`` (+ ``_ci``), ``energy_in_mask`` (+ ``_ci``), ``chance``,
+    ``chance_strict``. With no scored image every value is None and ``n`` is 0."""
+    keys = {"pointing_game": "hit", "pointing_game_strict": "hit_strict",
+            "energy_in_mask": "energy"}
     if scores.empty:
-        return {"n": 0, "pointing_game": None, "energy_in_mask": None, "chance": None}
-    return {"n": int(len(scores)), "pointing_game": float(scores["hit"].mean()),
-            "energy_in_mask": float(scores["energy"].mean()),
-            "chance": float(scores["chance"].mean())}
+        out = {"n": 0, "chance": None, "chance_strict": None}
+        for k in keys:
+            out[k], out[k + "_ci"] = None, None
+        return out
+    out = {"n": int(len(scores)), "chance": float(scores["chance"].mean()),
+           "chance_strict": float(scores["chance_strict"].mean())}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(scores), size=(n_boot, len(scores)))  # (B, n)
+    for k, col in keys.items():
+        v = scores[col].to_numpy(float)
+        out[k] = float(v.mean())
+        boots = v[idx].mean(1) if n_boot else v[None].mean(1)
+        out[k + "_ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+    return out
 
 
-def localize_loader(cam: GradCAM, loader, prepare) -> pd.DataFrame:
+def localize_loader(cam: GradCAM, loader, prepare, tolerance: int = 0,
+                    target: str = "true") -> pd.DataFrame:
     """``localization_scores`` over a loader whose items carry a mask (``utils.eval_loader(...,
-    mask_column=...)``), CAM target = predicted class, batch by batch. ``prepare`` maps a loader
-    batch of images to the model's input (e.g. ``utils.prepare_batch`` on the device).
-    ``index`` = dataset row."""
+    mask_column=...)``), batch by batch. ``target``: ``"true"`` (the map for the image's true
+    class: where is the evidence for the finding that is there) or ``"predicted"``. ``prepare``
+    maps a loader batch of images to the model's input (e.g. ``utils.prepare_batch`` on the
+    device). Columns as ``localization_scores`` plus ``label`` and ``predicted`` (class
+    indices); ``index`` = dataset row."""
+    if target not in ("true", "predicted"):
+        raise ValueError(f"target must be 'true' or 'predicted', got {target!r}")
     frames = []
     for batch in loader:
         if batch is None:
             continue
-        x, _, idx, masks = batch
-        _, maps = cam(prepare(x))
-        s = localization_scores(maps, masks.numpy())
-        s["index"] = idx.numpy()[s["index"].to_numpy(int)] if len(s) else s["index"]
+        x, y, idx, masks = batch
+        inputs = prepare(x)
+        if target == "true":
+            with torch.no_grad():
+                predicted = cam.model(inputs).argmax(1).cpu()
+            _, maps = cam(inputs, targets=y)
+        else:
+            predicted, maps = cam(inputs)
+        s = localization_scores(maps, masks.numpy(), tolerance)
+        rows = s["index"].to_numpy(int)
+        s["label"], s["predicted"] = y.numpy()[rows], predicted.numpy()[rows]
+        s["index"] = idx.numpy()[rows]
         frames.append(s)
-    return pd.concat(frames, ignore_index=True) if frames else localization_scores(
-        np.zeros((0, 1, 1)), np.zeros((0, 1, 1), bool))
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS + ["label", "predicted"])
+    return pd.concat(frames, ignore_index=True)

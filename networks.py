@@ -177,10 +177,31 @@ def build_model(arch: str, num_classes: int, weights: str | os.PathLike | None =
     return a.wrap(model)
 
 
-def cam_target_layer(model: nn.Module, arch: str) -> nn.Module:
-    """The layer whose activations Grad-CAM uses for ``arch`` (post-ReLU, never modified in place
-    afterwards): VGG's last conv ReLU, ResNet's ``layer4``, DenseNet's ``final_relu``."""
-    return _arch(arch).cam_layer(model)
+def cam_target_layer(model: nn.Module, arch: str, layer: str | None = None) -> nn.Module:
+    """The layer whose activations Grad-CAM uses for ``arch``.
+
+    ``layer=None``: the study's choice, the last convolutional block (post-ReLU, never modified
+    in place afterwards): VGG's last conv ReLU, ResNet's ``layer4``, DenseNet's ``final_relu``.
+    ``layer``: a submodule path such as ``"layer3"`` or ``"features.22"``, for finer maps on
+    small inputs (each block halves the resolution: at 64 px ResNet's ``layer4`` is 2x2).
+    Raises ValueError naming the valid paths when ``layer`` is not a submodule.
+    """
+    if layer is None:
+        return _arch(arch).cam_layer(model)
+    names = dict(model.named_modules())
+    if layer not in names or layer == "":
+        top = [n for n in names if n and n.count(".") <= 1]
+        raise ValueError(f"{arch} has no submodule {layer!r}; valid paths include: "
+                         f"{', '.join(top[:40])}{' ...' if len(top) > 40 else ''}")
+    return names[layer]
+
+
+def module_path(model: nn.Module, module: nn.Module) -> str:
+    """The dotted submodule path of ``module`` inside ``model`` (e.g. ``"layer4"``)."""
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
 
 
 def scratch_lr(arch: str) -> float:

@@ -123,11 +123,14 @@ def _to_uint8_gray(gray: np.ndarray) -> np.ndarray:
 
 
 def overlay_cam(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
-                colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+                colormap: int = cv2.COLORMAP_JET, outline: np.ndarray | None = None,
+                peak: bool = False) -> np.ndarray:
     """Blend a CAM over a radiograph: RGB uint8 ``(H, W, 3)``.
 
     ``gray``: ``(H, W)`` uint8 or float in [0, 1]; ``cam``: ``(h, w)`` in [0, 1] (resized to the
     image if needed). OpenCV colour maps come out BGR; they are converted to RGB here, once.
+    ``outline``: a bool mask (e.g. the lesion) whose contour is drawn in white; ``peak``: mark
+    the map's maximum (what the pointing game scores) with a white ring.
     """
     g = _to_uint8_gray(gray)
     cam = np.asarray(cam, np.float32)
@@ -136,17 +139,28 @@ def overlay_cam(gray: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
     heat = cv2.applyColorMap((np.clip(cam, 0, 1) * 255).astype(np.uint8), colormap)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     base = np.repeat(g[..., None], 3, axis=2)
-    return (alpha * heat + (1 - alpha) * base + 0.5).astype(np.uint8)
+    out = (alpha * heat + (1 - alpha) * base + 0.5).astype(np.uint8)
+    if outline is not None:
+        out = overlay_mask(out, outline, color=(255, 255, 255), alpha=0.0)
+    if peak and cam.max() > cam.min():
+        y, x = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        r = max(2, round(0.03 * max(cam.shape)))
+        cv2.circle(out, (int(x), int(y)), r, (255, 255, 255), max(1, r // 3))
+    return out
 
 
 def overlay_mask(gray: np.ndarray, mask: np.ndarray, color=(0, 200, 0), alpha: float = 0.35
                  ) -> np.ndarray:
-    """A bool mask tinted over a radiograph (RGB uint8), with its outline drawn solid."""
-    g = _to_uint8_gray(gray)
+    """A bool mask tinted over a radiograph (RGB uint8), with its outline drawn solid.
+
+    ``gray``: ``(H, W)`` gray or an RGB ``(H, W, 3)`` image (e.g. a CAM overlay); ``alpha=0``
+    draws the outline only."""
+    g = np.asarray(gray)
+    g = g if g.ndim == 3 else _to_uint8_gray(g)
     m = np.asarray(mask, bool)
-    if m.shape != g.shape:
-        m = cv2.resize(m.astype(np.uint8), g.shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-    out = np.repeat(g[..., None], 3, axis=2).astype(np.float32)
+    if m.shape != g.shape[:2]:
+        m = cv2.resize(m.astype(np.uint8), g.shape[1::-1], interpolation=cv2.INTER_NEAREST) > 0
+    out = (g if g.ndim == 3 else np.repeat(g[..., None], 3, axis=2)).astype(np.float32)
     out[m] = (1 - alpha) * out[m] + alpha * np.asarray(color, np.float32)
     out = out.astype(np.uint8)
     contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)

@@ -34,22 +34,48 @@ def results_markdown(m: dict, assets: dict[str, str]) -> str:
     lines.append(f"Dataset: {ds['name']}; generated {m.get('created', '?')} by notebook 3 "
                  f"(`outputs/metrics.json`). 95% intervals: Wilson for accuracy, bootstrap for "
                  f"the rest.\n")
-    lines.append("| model | test n | accuracy | balanced accuracy | macro F1 | macro AUC | "
-                 "pointing game (chance) | CAM energy in mask |")
-    lines.append("|---|---|---|---|---|---|---|---|")
+    lines.append("| model | test n | accuracy | balanced accuracy | macro F1 | macro AUC |")
+    lines.append("|---|---|---|---|---|---|")
     for arch, r in m["archs"].items():
-        t, loc = r["test"], r.get("localization") or {}
-        if loc.get("n"):
-            pg = f"{loc['pointing_game']:.2f} ({loc['chance']:.2f})"
-            en = f"{loc['energy_in_mask']:.2f} ({loc['mask'].replace('_path', '')})"
-        else:
-            pg = en = "n/a"
+        t = r["test"]
         lines.append(f"| {arch} | {t['n']} | {_ci(t, 'accuracy')} | "
                      f"{_ci(t, 'balanced_accuracy')} | {_ci(t, 'macro_f1')} | "
-                     f"{_ci(t, 'macro_auc')} | {pg} | {en} |")
+                     f"{_ci(t, 'macro_auc')} |")
+    lines.append("")
+    locs = {a: r.get("localization") or {} for a, r in m["archs"].items()}
+    if any(loc.get("n") for loc in locs.values()):
+        lines.append(localization_markdown(locs))
     lines.append("")
     for caption, path in assets.items():
         lines.append(f"![{caption}]({path})\n")
+    return "\n".join(lines)
+
+
+def localization_markdown(locs: dict[str, dict]) -> str:
+    """The localization table: per model, Grad-CAM layer and scores with intervals vs chance."""
+    first = next(loc for loc in locs.values() if loc.get("n"))
+    mask = first["mask"].replace("_path", "").replace("_", " ")
+    margin = first.get("margin")
+    lines = [f"Localization on the test split ({first['n']} images with a {mask}; each map for the "
+             f"image's {first.get('target', 'predicted class')}). Pointing game: is the map's "
+             f"peak inside the mask"
+             + (f", within the original game's margin ({margin * 299:.0f} px at 299 px)"
+                if margin else "") + "? Chance: the area fraction of the (margin-grown) mask.\n",
+             "| model | input | Grad-CAM layer (map) | pointing game (chance) | "
+             "without margin (chance) | CAM energy in mask (chance) | pointing game per class |",
+             "|---|---|---|---|---|---|---|"]
+    for arch, loc in locs.items():
+        if not loc.get("n"):
+            lines.append(f"| {arch} | | | n/a | n/a | n/a | |")
+            continue
+        per = ", ".join(f"{c} {v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items())
+        size = loc.get("image_size")
+        lines.append(
+            f"| {arch} | {size} px | `{loc.get('layer', '?')}` | "
+            f"{_ci(loc, 'pointing_game')} ({loc['chance']:.2f}) | "
+            f"{_ci(loc, 'pointing_game_strict')} ({loc['chance_strict']:.2f}) | "
+            f"{_ci(loc, 'energy_in_mask')} ({loc['chance_strict']:.2f}) | {per} |")
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -231,6 +231,22 @@ def _cache_key(df: pd.DataFrame, data_dir: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def data_fingerprint(manifest: pd.DataFrame, data_dir: str | os.PathLike) -> str:
+    """A key that changes when the split or any listed file changes: every row's path, label and
+    split with the file's byte size and modification time. ``fit`` stores it in the checkpoint
+    and resumes only on the same key (a re-split or redrawn data never reuses a model)."""
+    data_dir = Path(data_dir)
+    h = hashlib.blake2b(digest_size=12)
+    for rel, label, split in sorted(zip(manifest["path"], manifest["label"], manifest["split"])):
+        try:
+            st = (data_dir / rel).stat()
+            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{rel}\0{label}\0{split}\0{stamp}\n".encode())
+    return h.hexdigest()
+
+
 def _decode_all(paths: list[str], size: int, workers: int | None, progress: bool):
     """Decode + resize every path (process pool for many files); yields (image|None, reason)."""
     jobs = [(p, size) for p in paths]
@@ -666,8 +682,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     validation loss improved by more than ``min_delta``. Training stops after ``patience``
     epochs without improvement and the best weights are restored into ``model``.
 
-    With ``resume=True`` a matching ``<arch>_last.pt`` continues where it stopped (a finished
-    run is not retrained). A NaN/inf training loss raises FloatingPointError; the checkpoints of
+    With ``resume=True`` a matching ``<arch>_last.pt`` (same config, class names and
+    ``extra_meta``, e.g. a ``data_fingerprint``) continues where it stopped (a finished run is
+    not retrained). A NaN/inf training loss raises FloatingPointError; the checkpoints of
     the last good epoch stay. Returns the history DataFrame.
     """
     cfg = dataclasses.asdict(config)
@@ -698,7 +715,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
 
     if resume and last_path.is_file():
         last = torch.load(last_path, map_location="cpu", weights_only=True)
-        if _config_key(last["meta"]["config"]) == _config_key(cfg) and \
+        same_data = all(last["meta"].get(k) == v for k, v in (extra_meta or {}).items())
+        if _config_key(last["meta"]["config"]) == _config_key(cfg) and same_data and \
                 last["meta"]["class_names"] == list(class_names):
             model.load_state_dict(last["model_state"])
             opt.load_state_dict(last["optimizer_state"])
@@ -711,7 +729,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
             else:
                 print(f"{arch}: resuming after epoch {state['epoch']}")
         else:
-            print(f"{arch}: {last_path} was trained with another config; starting afresh")
+            print(f"{arch}: {last_path} was trained with another config or other data; "
+                  f"starting afresh")
     history = _read_history(hist_path, upto=state["epoch"])
     _write_history(history, hist_path)
     rows = history.to_dict("records")

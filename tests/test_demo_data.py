@@ -1,9 +1,12 @@
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import demo_data
+import split_dataset
+import utils
 
 
 def test_layout_and_marker(demo_dir):
@@ -61,3 +64,61 @@ def test_no_global_brightness_cue():
 def test_scaled_counts_follow_real_proportions():
     c = demo_data.scaled_counts(0.1)
     assert c == {"COVID": 362, "Lung_Opacity": 601, "Normal": 1019, "Viral Pneumonia": 134}
+
+
+def _geometry(label, n=24, seed=5):
+    """Per image: lesion share of the lung, lesion contrast (mean inside lesion minus the rest of
+    the lung, intensities in [0, 1]), lesion in both lungs, mean vertical position of the lesion
+    in the lung (0 apex, 1 base), mean distance from the midline (0 midline, 1 lateral edge)."""
+    rows = []
+    for i in range(n):
+        img, lung, les = demo_data.render_phantom(label, np.random.default_rng([seed, i]))
+        img, lung, les = img / 255.0, lung > 0, les > 0
+        ys, xs = np.nonzero(lung)
+        mid, half = (xs.min() + xs.max()) / 2, (xs.max() - xs.min()) / 2
+        ly, lx = np.nonzero(les)
+        rows.append({"share": les.sum() / lung.sum(),
+                     "contrast": img[les & lung].mean() - img[lung & ~les].mean(),
+                     "both": (lx < mid).any() and (lx > mid).any(),
+                     "vertical": ((ly - ys.min()) / (ys.max() - ys.min())).mean(),
+                     "lateral": (np.abs(lx - mid) / half).mean()})
+    return {k: np.array([r[k] for r in rows]) for k in rows[0]}
+
+
+@pytest.mark.parametrize("label", ["COVID", "Lung_Opacity", "Viral Pneumonia"])
+def test_findings_are_visible_sized_and_where_the_disease_puts_them(label):
+    g = _geometry(label)
+    assert (g["contrast"] > 0.1).all(), g["contrast"].min()     # >= 25 grey levels brighter
+    assert (g["share"] > 0.15).all() and (g["share"] < 0.5).all(), g["share"]
+    assert g["both"].all()                                      # all three are bilateral here
+    if label == "COVID":      # peripheral, lower zone
+        assert (g["vertical"] > 0.55).all() and (g["lateral"] > 0.65).all()
+    if label == "Viral Pneumonia":  # perihilar: central, mid zone
+        assert (g["lateral"] < 0.65).all() and (abs(g["vertical"] - 0.45) < 0.15).all()
+    if label == "Lung_Opacity":     # any zone: positions spread over the lung
+        assert np.ptp(g["vertical"]) > 0.25
+
+
+def test_no_statistic_of_notebook_1_gives_the_class_away(tmp_path):
+    """Notebook 1's shortcut table (utils.class_differences) flags nothing on the demo data."""
+    demo_data.generate(tmp_path / "d", counts={c: 40 for c in demo_data.CLASSES}, seed=3,
+                       workers=1, verbose=False)
+    manifest = split_dataset.make_split(tmp_path / "d", val=4, test=4, seed=0, workers=1)
+    stats = utils.image_statistics(manifest, tmp_path / "d", per_class=40, seed=0)
+    assert len(stats) == 160
+    diffs = utils.class_differences(stats).set_index("statistic")
+    assert not diffs["flag"].any(), diffs
+    numeric = diffs.loc[["mean", "std", "p05", "p95", "border_mean"], "difference"]
+    assert (numeric < 0.8).all(), numeric
+
+
+def test_cli_keeps_an_identical_dataset_and_redraws_another(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert demo_data.main([str(out), "--per-class", "2", "--seed", "4", "--workers", "1"]) == 0
+    first = (out / "COVID" / "images" / "COVID-1.png").stat().st_mtime_ns
+    assert demo_data.main([str(out), "--per-class", "2", "--seed", "4", "--workers", "1"]) == 0
+    assert "already in" in capsys.readouterr().out
+    assert (out / "COVID" / "images" / "COVID-1.png").stat().st_mtime_ns == first
+    assert demo_data.main([str(out), "--per-class", "2", "--seed", "5", "--workers", "1"]) == 0
+    info = json.loads((out / demo_data.MARKER_FILE).read_text())
+    assert info["seed"] == 5 and info["version"] == demo_data.GENERATOR_VERSION

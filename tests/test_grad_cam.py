@@ -1,6 +1,8 @@
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from torch import nn
 from pytorch_grad_cam import GradCAM as RefGradCAM
 from pytorch_grad_cam import GradCAMPlusPlus as RefGradCAMPP
 from pytorch_grad_cam import HiResCAM as RefHiResCAM
@@ -108,13 +110,94 @@ def test_localization_scores():
     mask = np.zeros((2, 10, 10), bool)
     mask[:, 0:5, 0:5] = True
     s = grad_cam.localization_scores(cam, mask)
-    assert s["hit"].tolist() == [True, False]
+    assert s["hit"].tolist() == [True, False] and s["hit_strict"].tolist() == [True, False]
     np.testing.assert_allclose(s["energy"], [1.0, 0.5 / 1.5])
     np.testing.assert_allclose(s["chance"], [0.25, 0.25])
     summ = grad_cam.summarize_localization(s)
     assert summ["pointing_game"] == 0.5 and summ["n"] == 2
     empty = grad_cam.localization_scores(cam, np.zeros_like(mask))
     assert empty.empty and grad_cam.summarize_localization(empty)["n"] == 0
+
+
+def test_pointing_game_margin_and_its_chance():
+    mask = np.zeros((20, 20), bool)
+    mask[5:10, 5:10] = True                      # 25 px of 400
+    cam = np.zeros((20, 20), np.float32)
+    cam[12, 7] = 1.0                             # 3 rows below the mask
+    assert not grad_cam.pointing_game(cam, mask)
+    assert not grad_cam.pointing_game(cam, mask, tolerance=2)
+    assert grad_cam.pointing_game(cam, mask, tolerance=3)
+    s = grad_cam.localization_scores(cam[None], mask[None], tolerance=3)
+    assert s["hit"].tolist() == [True] and s["hit_strict"].tolist() == [False]
+    assert s["chance_strict"].item() == 25 / 400
+    # chance of the margin game = area of the grown mask (a 5x5 square grown by a radius-3 disc)
+    assert s["chance"].item() == grad_cam.dilate(mask, 3).mean()
+    assert 25 / 400 < s["chance"].item() < 121 / 400
+    assert grad_cam.margin_pixels(299, 15 / 299) == 15 and grad_cam.margin_pixels(128, 15 / 299) == 6
+    with pytest.raises(ValueError, match="fraction"):
+        grad_cam.margin_pixels(64, -1)
+
+
+def test_constant_maps_are_not_scored():
+    """A constant map has no peak: scoring its first pixel would count a hit whenever the mask
+    touches the top-left corner."""
+    mask = np.zeros((2, 8, 8), bool)
+    mask[:, :3, :3] = True
+    cam = np.zeros((2, 8, 8), np.float32)
+    cam[1, 6, 6] = 1.0
+    s = grad_cam.localization_scores(cam, mask)
+    assert s["index"].tolist() == [1] and s["hit"].tolist() == [False]
+
+
+def test_summary_intervals_bracket_the_mean_and_are_seeded():
+    rng = np.random.default_rng(0)
+    s = pd.DataFrame({"hit": rng.random(200) < 0.6, "hit_strict": rng.random(200) < 0.3,
+                      "energy": rng.random(200), "chance": 0.2, "chance_strict": 0.05})
+    a = grad_cam.summarize_localization(s, n_boot=500, seed=1)
+    assert a == grad_cam.summarize_localization(s, n_boot=500, seed=1)
+    for k in ("pointing_game", "pointing_game_strict", "energy_in_mask"):
+        lo, hi = a[k + "_ci"]
+        assert lo < a[k] < hi and hi - lo < 0.2
+    # n = 200 Bernoulli(p): the interval's width is about 2 * 1.96 * sqrt(p (1 - p) / n)
+    p = a["pointing_game"]
+    width = a["pointing_game_ci"][1] - a["pointing_game_ci"][0]
+    assert abs(width - 3.92 * np.sqrt(p * (1 - p) / 200)) < 0.03
+    assert a["chance"] == 0.2 and a["chance_strict"] == 0.05
+
+
+class _Quadrant(nn.Module):
+    """Class k's logit = mean activation in quadrant k: HiResCAM for class k lies in quadrant k."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1)
+        nn.init.ones_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        self.act = nn.ReLU()
+
+    def forward(self, x):
+        a = self.act(self.conv(x))  # (N, 1, 8, 8)
+        return torch.stack([a[:, 0, :4, :4].mean((1, 2)), a[:, 0, :4, 4:].mean((1, 2)),
+                            a[:, 0, 4:, :4].mean((1, 2)), a[:, 0, 4:, 4:].mean((1, 2))], 1)
+
+
+def test_localize_loader_scores_the_true_class_map():
+    model = _Quadrant()
+    x = torch.ones(2, 3, 8, 8)
+    x[:, :, :4, :4] = 3.0                      # quadrant 0 brightest: predicted class 0
+    y = torch.tensor([3, 0])
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 4:, 4:] = True                    # the "finding" of class 3
+    loader = [(x, y, torch.tensor([10, 11]), masks)]
+    with grad_cam.GradCAM(model, model.act, "hirescam") as cam:
+        true = grad_cam.localize_loader(cam, loader, lambda b: b, target="true")
+        pred = grad_cam.localize_loader(cam, loader, lambda b: b, target="predicted")
+    assert true["index"].tolist() == [10, 11] and true["predicted"].tolist() == [0, 0]
+    assert true["label"].tolist() == [3, 0]
+    assert true["hit"].tolist() == [True, False]    # image 10: class 3's map is in quadrant 3
+    assert pred["hit"].tolist() == [False, False]   # the predicted class 0 points at quadrant 0
+    with pytest.raises(ValueError, match="target"):
+        grad_cam.localize_loader(cam, loader, lambda b: b, target="other")
 
 
 def test_overlay_puts_red_at_the_peak():

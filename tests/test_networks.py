@@ -78,3 +78,19 @@ def test_wrong_weights_file_raises(tmp_path):
         networks.build_model("vgg16", 4, weights=tmp_path / "r.pth")
     with pytest.raises(FileNotFoundError, match="not found"):
         networks.build_model("vgg16", 4, weights=tmp_path / "missing.pth")
+
+
+def test_cam_layer_by_name_and_its_path():
+    m = networks.build_model("resnet18", 4, weights=None)
+    assert networks.cam_target_layer(m, "resnet18", "layer3") is m.layer3
+    assert networks.module_path(m, networks.cam_target_layer(m, "resnet18")) == "layer4"
+    v = networks.build_model("vgg16", 4, weights=None)
+    assert networks.module_path(v, networks.cam_target_layer(v, "vgg16")) == "features.29"
+    d = networks.build_model("densenet121", 4, weights=None)
+    assert networks.module_path(d, networks.cam_target_layer(d, "densenet121")) == "final_relu"
+    assert networks.cam_target_layer(d, "densenet121", "features.denseblock3") \
+        is d.features.denseblock3
+    with pytest.raises(ValueError, match="no submodule 'layer9'.*layer4"):
+        networks.cam_target_layer(m, "resnet18", "layer9")
+    with pytest.raises(ValueError, match="not a submodule"):
+        networks.module_path(m, nn.Linear(2, 2))
