@@ -57,3 +57,21 @@ def test_notebooks_run_in_order(run_dir, demo_dir):
         assert (out / "confusion_matrices" / f).is_file()
     assert (out / "grad_cam" / "comparison.png").is_file()
     assert (out / "roc" / "resnet18.png").is_file()
+
+
+def test_same_seed_trains_the_same_model_in_a_new_kernel(run_dir, demo_dir):
+    """Each papermill run is a fresh process whose torch generator starts from a random seed;
+    notebook 2 seeds before building each model, so two runs give identical weights/history."""
+    import pandas as pd
+    import torch
+
+    for name in ("a", "b"):
+        _run("2_finetune_models.ipynb", run_dir, demo_dir, archs=["resnet18"], image_size=32,
+             epochs=2, batch_size=8, num_workers=0, models_dir=str(run_dir / f"models_{name}"),
+             out_dir=str(run_dir / f"out_{name}"), weights="none", seed=3)
+    cols = ["train_loss", "train_acc", "val_loss", "val_acc"]
+    a, b = (pd.read_csv(run_dir / f"out_{n}" / "CSVs" / "resnet18.csv")[cols] for n in "ab")
+    pd.testing.assert_frame_equal(a, b)
+    wa, wb = (torch.load(run_dir / f"models_{n}" / "resnet18_last.pt", weights_only=True)
+              ["model_state"] for n in "ab")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
