@@ -26,8 +26,8 @@ DATA_DIR := $(DEMO_DIR)
 SPLIT_ARGS ?= --val 30 --test 30
 TRAIN_PARAMS ?= -p weights auto -p batch_size 16 -p max_per_class 150 -p num_workers 0 \
 	-y "image_size: {vgg16: 64, resnet18: 128, densenet121: 128}" \
-	-y "epochs: {vgg16: 10, resnet18: 7, densenet121: 6}" \
-	-y "patience: {vgg16: 10, resnet18: 3, densenet121: 3}"
+	-y "epochs: {vgg16: 11, resnet18: 7, densenet121: 5}" \
+	-y "patience: {vgg16: 11, resnet18: 3, densenet121: 3}"
 EVAL_PARAMS ?= -p num_workers 0 -y "cam_layers: {vgg16: features.29, resnet18: layer3, densenet121: features.denseblock3}"
 else
 DATA_DIR := $(DATA)

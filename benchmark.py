@@ -114,7 +114,7 @@ def bare_rate(model, opt, device, batch, size, steps, amp, cl) -> float:
     model.train()
 
     def step():
-        with utils._autocast(device, amp):
+        with utils.autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -43,6 +43,7 @@ class GradCAM:
     def _reset(self) -> None:
         self.activation: torch.Tensor | None = None  # (N, K, h, w), detached
         self.gradient: torch.Tensor | None = None    # (N, K, h, w), detached
+        self.logits: torch.Tensor | None = None      # (N, C), detached: the last call's outputs
         self._output: torch.Tensor | None = None      # live output, only during a call
 
     def _forward_hook(self, module, inputs, output) -> None:
@@ -90,7 +91,8 @@ class GradCAM:
         ``targets``: None (each image's predicted class), an int (the same class for all) or one
         class per image. Returns ``(classes LongTensor (N,) on the CPU, cams float32 (N, H, W))``:
         min-max normalised per image to [0, 1] (all-zero maps stay 0 and warn), or the raw
-        upsampled ReLU maps with ``normalize=False``. Works inside ``torch.no_grad()``.
+        upsampled ReLU maps with ``normalize=False``. Works inside ``torch.no_grad()``. The
+        model's outputs for the batch stay in ``self.logits`` (detached) until the next call.
         """
         if not self._handles:
             raise RuntimeError("use GradCAM as a context manager: with GradCAM(model, layer) as cam")
@@ -102,6 +104,7 @@ class GradCAM:
                 x = images.detach().requires_grad_(True)  # a graph even if weights are frozen
                 logits = self.model(x)
                 classes = self._targets(targets, logits)
+                logits_out = logits.detach()
                 if self._output is None:
                     raise RuntimeError("the target layer was not run by the model's forward")
                 score = logits.gather(1, classes[:, None]).sum()
@@ -110,6 +113,7 @@ class GradCAM:
         finally:
             self._output = None
             self.model.train(was_training)
+        self.logits = logits_out  # kept after the call: predictions need no second forward
         cams = F.interpolate(cams[:, None], size=images.shape[-2:], mode="bilinear",
                              align_corners=False)[:, 0]                          # (N, H, W)
         cams = cams.detach().cpu().numpy().astype(np.float32)
@@ -245,12 +249,8 @@ def localize_loader(cam: GradCAM, loader, prepare, tolerance: int = 0,
             continue
         x, y, idx, masks = batch
         inputs = prepare(x)
-        if target == "true":
-            with torch.no_grad():
-                predicted = cam.model(inputs).argmax(1).cpu()
-            _, maps = cam(inputs, targets=y)
-        else:
-            predicted, maps = cam(inputs)
+        _, maps = cam(inputs, targets=y if target == "true" else None)
+        predicted = cam.logits.argmax(1).cpu()
         s = localization_scores(maps, masks.numpy(), tolerance)
         rows = s["index"].to_numpy(int)
         s["label"], s["predicted"] = y.numpy()[rows], predicted.numpy()[rows]

@@ -1,7 +1,7 @@
 """Figure builders: each takes data (and optionally an Axes) and returns the Figure.
 
 No metrics are computed here, no paths are hard-coded and nothing calls ``plt.show()``;
-``save_figure`` is the one helper that writes files.
+``save_figure`` (figures) and ``save_image`` (RGB arrays) are the helpers that write files.
 """
 
 from __future__ import annotations
@@ -16,6 +16,17 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+
+
+def save_image(rgb: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write an RGB uint8 ``(H, W, 3)`` picture as PNG (folders created); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - cv2 fails only on invalid arrays
+        raise ValueError(f"could not encode a {rgb.shape} {rgb.dtype} array as PNG for {path}")
+    path.write_bytes(buf.tobytes())
+    return path
 
 
 def _fig_ax(ax=None, figsize=(5, 4)):
@@ -190,6 +201,30 @@ def cam_comparison(images: Sequence[np.ndarray], overlays: dict[str, Sequence[np
     fig.suptitle(suptitle)
     fig.tight_layout()
     return fig
+
+
+def cam_strip(gray: np.ndarray, overlays: Sequence[np.ndarray], captions: Sequence[str],
+              title: str = "", tile: int = 256) -> np.ndarray:
+    """One picture per radiograph (``predict.py``): the image, then each model's overlay,
+    side by side at ``tile`` px, each under its caption, the whole under ``title``. Drawn with
+    OpenCV (no Matplotlib figure per image). Returns RGB uint8 ``(H, W, 3)``."""
+    if len(overlays) != len(captions):
+        raise ValueError(f"{len(overlays)} overlays but {len(captions)} captions")
+    bar, font = 22, cv2.FONT_HERSHEY_SIMPLEX
+    g = cv2.resize(_to_uint8_gray(gray), (tile, tile), interpolation=cv2.INTER_AREA)
+    panels = [np.repeat(g[..., None], 3, axis=2)]
+    panels += [cv2.resize(np.asarray(o, np.uint8), (tile, tile), interpolation=cv2.INTER_LINEAR)
+               for o in overlays]
+    cols = []
+    for panel, text in zip(panels, ["image", *captions]):
+        head = np.full((bar, tile, 3), 255, np.uint8)
+        cv2.putText(head, text[:40], (4, bar - 7), font, 0.42, (0, 0, 0), 1, cv2.LINE_AA)
+        cols.append(np.concatenate([head, panel], 0))
+    body = np.concatenate(cols, 1)
+    top = np.full((bar, body.shape[1], 3), 255, np.uint8)
+    cv2.putText(top, title[-int(body.shape[1] / 7.5):], (4, bar - 7), font, 0.42, (0, 0, 0), 1,
+                cv2.LINE_AA)
+    return np.concatenate([top, body], 0)
 
 
 def box_by_class(df: pd.DataFrame, value: str, by: str = "label", title: str = "", ax=None

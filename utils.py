@@ -561,7 +561,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
 
 
 # --------------------------------------------------------------------------- training
-def _autocast(device: torch.device, enabled: bool):
+def autocast(device: torch.device, enabled: bool = True):
+    """Mixed precision on CUDA (bf16 where supported, else fp16) when ``enabled``; elsewhere a
+    no-op context (CPU and MPS run fp32)."""
     if device.type == "cuda" and enabled:
         dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.autocast("cuda", dtype=dtype)
@@ -578,7 +580,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         if batch is None:
             continue
         x, y = prepare_batch(batch[0], device, False, channels_last), batch[1].to(device)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -597,7 +599,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: boo
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         if batch is None:
             continue
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(prepare_batch(batch[0], device, False, channels_last))
         ps.append(torch.softmax(logits.float(), 1).cpu().double())
         ys.append(batch[1])
@@ -628,7 +630,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
             continue
         x = prepare_batch(batch[0], device, augment=True, channels_last=channels_last)
         y = batch[1].to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)

@@ -1,0 +1,299 @@
+"""Classify new chest radiographs with trained checkpoints and show where each model looked.
+
+SYNOPSIS
+    python predict.py MODEL.pt [MODEL.pt ...] INPUT [INPUT ...] [--out DIR]
+                      [--cam gradcam|gradcam++|hirescam|none] [--cam-layer LAYER]
+                      [--batch-size N] [--device D] [--split SPLIT] [--data-dir DIR]
+
+DESCRIPTION
+    Every argument ending in .pt or .pth is a model: a checkpoint written by notebook 2
+    (utils.save_checkpoint). It carries everything needed: architecture, class names, image size
+    and normalisation, so nothing else is asked for. Every other argument is an input:
+
+      an image file   PNG, JPEG, TIFF, BMP or DICOM (.dcm), any bit depth or colour mode
+      a folder        searched recursively for files with those extensions (others are ignored)
+      a manifest CSV  written by split_dataset.py; its rows of --split are predicted, paths
+                      relative to --data-dir (default: the folder recorded in the manifest's .json)
+
+    With several models each image gets every model's probabilities and their mean (an
+    ensemble); the models must share one class list.
+
+OUTPUT
+    DIR/predictions.csv (written atomically), one row per input file:
+      path, status ("ok" or why the file could not be read), [label: the manifest's class],
+      predicted, probability (the ensemble's, or the single model's), then per model
+      <model>_predicted and <model>_<class> for each class, and with several models
+      ensemble_predicted and ensemble_<class>; cam (the PNG written for the row).
+    DIR/cams/<n>_<name>.png unless --cam none: the radiograph and each model's map over it,
+      titled with the model's call and probability, the map's peak ringed.
+    A file that cannot be read is a row with its reason, never a crash.
+
+EXIT STATUS
+    0  at least one image was read and predicted
+    1  no input image could be read
+    2  a model file is missing or not a checkpoint, the models' class lists differ, or the
+       arguments are wrong (the message names the file and what was expected)
+
+EXAMPLES
+    python predict.py models/resnet18.pt patient.dcm
+    python predict.py models/*.pt ../shared/realcxr --out outputs/predictions --cam gradcam++
+    python predict.py models/resnet18.pt outputs/manifest.csv --split test --cam none
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import grad_cam
+import networks
+import plot_utils
+import utils
+from split_dataset import info_path
+from xray_io import IMAGE_EXTENSIONS, read_xray
+
+MODEL_SUFFIXES = (".pt", ".pth")
+
+
+def collect_inputs(inputs: list[str], split: str = "test", data_dir: str | None = None
+                   ) -> pd.DataFrame:
+    """The files to predict: ``path`` (as shown in the CSV), ``file`` (to open) and ``label``
+    (the manifest's class, else empty), in argument order; folders sorted, recursive.
+    Raises ValueError for an input that does not exist or a manifest without ``split`` rows."""
+    rows = []
+    for arg in inputs:
+        p = Path(arg)
+        if p.suffix.lower() == ".csv" and p.is_file():
+            manifest = utils.read_manifest(p)
+            root = data_dir
+            if root is None and info_path(p).is_file():
+                root = json.loads(info_path(p).read_text()).get("data_dir")
+            if root is None:
+                raise ValueError(f"{p}: a manifest's paths are relative to its dataset folder; "
+                                 f"pass --data-dir (no {info_path(p).name} beside it says where)")
+            part = manifest[manifest["split"] == split]
+            if part.empty:
+                raise ValueError(f"{p}: no rows with split {split!r}; it has "
+                                 f"{sorted(manifest['split'].unique())}")
+            rows += [{"path": r, "file": str(Path(root) / r), "label": lab}
+                     for r, lab in zip(part["path"], part["label"])]
+        elif p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+            rows += [{"path": str(f), "file": str(f), "label": ""} for f in found]
+        elif p.exists() or p.is_symlink():
+            rows.append({"path": str(p), "file": str(p), "label": ""})
+        else:
+            raise ValueError(f"input {arg} does not exist (expected an image file, a folder or "
+                             f"a manifest .csv)")
+    return pd.DataFrame(rows, columns=["path", "file", "label"])
+
+
+def load_models(paths: list[str], device: torch.device) -> dict[str, tuple[torch.nn.Module, dict]]:
+    """``{name: (model, meta)}`` from checkpoints (name = file stem, made unique). Raises
+    ValueError naming the file when one is not a checkpoint or the class lists differ."""
+    models: dict[str, tuple[torch.nn.Module, dict]] = {}
+    for p in paths:
+        try:
+            model, meta = utils.load_checkpoint(p, device)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+        except (ValueError, RuntimeError, KeyError, TypeError, OSError, EOFError,
+                pickle.UnpicklingError) as e:
+            raise ValueError(f"{p}: not a model checkpoint written by notebook 2 / "
+                             f"utils.save_checkpoint (expected a dict with 'model_state' and "
+                             f"'meta'; {type(e).__name__}: {e})") from None
+        name, k = Path(p).stem, 2
+        while name in models:
+            name, k = f"{Path(p).stem}-{k}", k + 1
+        first = next(iter(models.values()), None)
+        if first is not None and meta["class_names"] != first[1]["class_names"]:
+            raise ValueError(f"{p} predicts {meta['class_names']} but {paths[0]} predicts "
+                             f"{first[1]['class_names']}: an ensemble needs one class list")
+        models[name] = (model, meta)
+    return models
+
+
+def _decode(file: str, sizes: tuple[int, ...]) -> tuple[dict[int, np.ndarray] | None, np.ndarray | None, str]:
+    """``({size: uint8 (S, S)}, gray float32 for the picture, "ok")`` or ``(None, None, reason)``."""
+    try:
+        a = read_xray(file)
+    except (ValueError, OSError) as e:
+        return None, None, str(e)
+    out = {}
+    for s in sizes:
+        interp = cv2.INTER_AREA if min(a.shape) >= s else cv2.INTER_LINEAR
+        r = a if a.shape == (s, s) else cv2.resize(a, (s, s), interpolation=interp)
+        out[s] = np.clip(r * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out, a, "ok"
+
+
+def _batches(files: list[str], sizes: tuple[int, ...], batch_size: int, keep_gray: bool):
+    """Decoded batches, the next one decoded in a background thread while the models run
+    (PIL and OpenCV release the GIL), so decoding overlaps the forward passes."""
+    def load(chunk):
+        return [_decode(f, sizes) for f in chunk]
+
+    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+    with ThreadPoolExecutor(max_workers=1) as ex:
+        pending = ex.submit(load, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            batch = pending.result()
+            pending = ex.submit(load, chunks[k + 1]) if k + 1 < len(chunks) else None
+            if not keep_gray:
+                batch = [(imgs, None, status) for imgs, _, status in batch]
+            yield batch
+
+
+def _safe_name(path: str) -> str:
+    stem = Path(path).stem
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
+
+
+def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.DataFrame,
+                  device: torch.device, out_dir: Path, cam: str = "gradcam",
+                  cam_layer: str | None = None, batch_size: int = 32, progress: bool = True
+                  ) -> pd.DataFrame:
+    """Predict every row of ``collect_inputs``'s table; returns the predictions table (see the
+    module docstring) and writes the CAM pictures under ``out_dir/cams`` unless ``cam`` is
+    ``"none"``."""
+    if cam != "none" and cam not in grad_cam.METHODS:
+        raise ValueError(f"--cam {cam!r}: expected one of {', '.join(grad_cam.METHODS)}, none")
+    names = list(models)
+    class_names = models[names[0]][1]["class_names"]
+    sizes = tuple(sorted({m[1]["image_size"] for m in models.values()}))
+    cams_dir = out_dir / "cams"
+    if cam != "none":
+        cams_dir.mkdir(parents=True, exist_ok=True)
+    probs = {n: np.full((len(table), len(class_names)), np.nan) for n in names}
+    status = ["ok"] * len(table)
+    cam_files = [""] * len(table)
+    layers = {n: networks.cam_target_layer(m, meta["arch"], cam_layer or meta.get("cam_layer"))
+              for n, (m, meta) in models.items()}
+    bar = tqdm(total=len(table), desc="predict", unit="img", disable=not progress)
+    row = 0
+    for batch in _batches(table["file"].tolist(), sizes, batch_size, keep_gray=cam != "none"):
+        ok = [i for i, (imgs, _, s) in enumerate(batch) if imgs is not None]
+        for i, (_, _, s) in enumerate(batch):
+            status[row + i] = s
+        maps: dict[str, np.ndarray] = {}
+        if ok:
+            for n, (model, meta) in models.items():
+                s = meta["image_size"]
+                x = torch.from_numpy(np.stack([batch[i][0][s] for i in ok]))[:, None]  # (n,1,S,S)
+                x = utils.prepare_batch(x, device)
+                if cam == "none":
+                    with torch.no_grad(), utils.autocast(device):
+                        logits = model(x)
+                else:
+                    with grad_cam.GradCAM(model, layers[n], cam) as g:
+                        _, maps[n] = g(x)
+                        logits = g.logits
+                p = torch.softmax(logits.float(), 1).cpu().double().numpy()
+                probs[n][[row + i for i in ok]] = p
+        if cam != "none":
+            for k, i in enumerate(ok):
+                r = row + i
+                gray = batch[i][1]
+                tiles, captions = [], []
+                for n in names:
+                    c = int(np.argmax(probs[n][r]))
+                    tiles.append(plot_utils.overlay_cam(batch[i][0][models[n][1]["image_size"]],
+                                                        maps[n][k], peak=True))
+                    captions.append(f"{n}: {class_names[c]} {probs[n][r, c]:.2f}")
+                picture = plot_utils.cam_strip(gray, tiles, captions, title=table["path"].iat[r])
+                dst = cams_dir / f"{r + 1:05d}_{_safe_name(table['path'].iat[r])}.png"
+                plot_utils.save_image(picture, dst)
+                cam_files[r] = str(dst)
+        row += len(batch)
+        bar.update(len(batch))
+    bar.close()
+    return _table(table, names, class_names, probs, status, cam_files)
+
+
+def _table(table, names, class_names, probs, status, cam_files) -> pd.DataFrame:
+    out = pd.DataFrame({"path": table["path"], "status": status})
+    if (table["label"] != "").any():
+        out["label"] = table["label"].values
+    ens = np.mean([probs[n] for n in names], axis=0)                   # (N, C)
+    head = ens if len(names) > 1 else probs[names[0]]
+    readable = ~np.isnan(head).any(1)
+    best = np.where(readable, np.nan_to_num(head).argmax(1), -1)
+    out["predicted"] = [class_names[b] if b >= 0 else "" for b in best]
+    out["probability"] = np.where(readable, np.nan_to_num(head).max(1), np.nan)
+    blocks = [(n, probs[n]) for n in names] + ([("ensemble", ens)] if len(names) > 1 else [])
+    for n, p in blocks:
+        ok = ~np.isnan(p).any(1)
+        out[f"{n}_predicted"] = [class_names[int(np.argmax(v))] if k else ""
+                                 for v, k in zip(np.nan_to_num(p), ok)]
+        for j, c in enumerate(class_names):
+            out[f"{n}_{c}"] = p[:, j]
+    out["cam"] = cam_files
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = __doc__.split("\nSYNOPSIS", 1)
+    p = argparse.ArgumentParser(
+        prog="predict.py", description=doc[0].strip(), epilog="SYNOPSIS" + doc[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("items", nargs="+", metavar="MODEL.pt|INPUT",
+                   help="checkpoints (.pt/.pth), then image files, folders or a manifest .csv")
+    p.add_argument("--out", default="outputs/predictions",
+                   help="folder for predictions.csv and cams/ (default: outputs/predictions)")
+    p.add_argument("--cam", default="gradcam", choices=[*grad_cam.METHODS, "none"],
+                   help="class activation maps to draw (default gradcam; none: probabilities only)")
+    p.add_argument("--cam-layer", default=None,
+                   help="Grad-CAM target layer for every model, e.g. layer3 (default: the one in "
+                        "the checkpoint, else the study's last convolutional block)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best found)")
+    p.add_argument("--split", default="test", help="manifest rows to predict (default test)")
+    p.add_argument("--data-dir", default=None, help="dataset folder a manifest's paths are in")
+    a = p.parse_args(argv)
+    model_paths = [x for x in a.items if Path(x).suffix.lower() in MODEL_SUFFIXES]
+    inputs = [x for x in a.items if Path(x).suffix.lower() not in MODEL_SUFFIXES]
+    if not model_paths or not inputs:
+        p.error(f"expected at least one MODEL.pt and one INPUT; got {len(model_paths)} model(s) "
+                f"and {len(inputs)} input(s)")
+    if a.batch_size < 1:
+        p.error(f"--batch-size must be >= 1, got {a.batch_size}")
+    device = utils.choose_device(a.device)
+    try:
+        models = load_models(model_paths, device)
+        table = collect_inputs(inputs, a.split, a.data_dir)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if table.empty:
+        print(f"error: no image files in {' '.join(inputs)} (looked for "
+              f"{', '.join(IMAGE_EXTENSIONS)})", file=sys.stderr)
+        return 1
+    out_dir = Path(a.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        result = predict_files(models, table, device, out_dir, a.cam, a.cam_layer, a.batch_size)
+    except ValueError as e:  # e.g. --cam-layer that a model lacks
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    utils.write_csv_atomic(result, out_dir / "predictions.csv")
+    n_ok = int((result["status"] == "ok").sum())
+    print(f"{n_ok} of {len(result)} images predicted with {', '.join(models)} -> "
+          f"{out_dir / 'predictions.csv'}" + ("" if a.cam == "none" else f" and {out_dir / 'cams'}/"))
+    for r in result[result["status"] != "ok"].head(10).itertuples():
+        print(f"  not read: {r.status}")
+    return 0 if n_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
