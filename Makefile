@@ -3,6 +3,7 @@
 # make run DATA=path/to/COVID-19_Radiography_Dataset   the study's recipe on the real Kaggle database
 #                          (ImageNet weights, downloaded once by torchvision; offline: see README)
 # make test                the test suite (CPU, offline)
+# make report              rebuild outputs/report.html (one self-contained page; notebook 3 writes it too)
 # make results             regenerate the README results table and assets/ from outputs/metrics.json
 
 PYTHON ?= python3
@@ -21,13 +22,15 @@ DATA_DIR := $(DEMO_DIR)
 # Demo profile: about 10 minutes of training on 2 CPU cores from random initialisation (ImageNet
 # weights only if already cached: "auto"), chosen by measurement (README, "The demo profile").
 # Each model gets the input size its Grad-CAM needs and its CPU time allows. VGG-16 (no batch
-# norm) sits at chance for 2-4 epochs before it learns, so its early stopping is off. ResNet-18
-# and DenseNet-121 maps come from the block before the last (at 128 px the last is 4x4).
+# norm) sits at chance for 2-4 epochs before it learns, so its early stopping is off and its
+# learning rate stays constant. ResNet-18 and DenseNet-121 maps come from the block before the
+# last (at 128 px the last is 4x4).
 SPLIT_ARGS ?= --val 30 --test 30
 TRAIN_PARAMS ?= -p weights auto -p batch_size 16 -p max_per_class 150 -p num_workers 0 \
 	-y "image_size: {vgg16: 64, resnet18: 128, densenet121: 128}" \
 	-y "epochs: {vgg16: 11, resnet18: 7, densenet121: 5}" \
-	-y "patience: {vgg16: 11, resnet18: 3, densenet121: 3}"
+	-y "patience: {vgg16: 11, resnet18: 3, densenet121: 3}" \
+	-y "schedule: {vgg16: constant, resnet18: cosine, densenet121: cosine}"
 EVAL_PARAMS ?= -p num_workers 0 -y "cam_layers: {vgg16: features.29, resnet18: layer3, densenet121: features.denseblock3}"
 else
 DATA_DIR := $(DATA)
@@ -37,9 +40,9 @@ EVAL_PARAMS ?=
 endif
 COMMON := -p data_dir "$(DATA_DIR)" -p manifest_path $(MANIFEST) -p out_dir $(OUT) -p seed $(SEED)
 
-.PHONY: run data split notebooks test results clean-outputs venv
+.PHONY: run data split notebooks test results report clean-outputs venv
 run: split notebooks
-	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json; 'make results' updates README.md"
+	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt requirements-test.txt
@@ -66,6 +69,9 @@ notebooks: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+report: venv
+	$(PY) report.py --out $(OUT)
 
 results: venv
 	$(PY) update_readme.py --metrics $(OUT)/metrics.json --readme README.md --assets assets

@@ -1,7 +1,7 @@
 """Throughput benchmark: the study's data/training loop against this project's, on one machine.
 
     python benchmark.py [--images N] [--size 224] [--archs vgg16 resnet18 densenet121]
-                        [--device cuda|cpu] [--out outputs/benchmark.json]
+                        [--device cuda|cpu] [--out outputs/benchmark.json] [--predict]
 
 On synthetic data shaped like the real database (299x299 8-bit grayscale PNGs from
 ``demo_data.py``, trained at ``--size`` px) it measures images per second for
@@ -20,6 +20,11 @@ plus peak memory, and the achieved FLOP rate (FLOPs per training image from
 ``torch.utils.flop_counter``) against a matrix-multiply peak measured in the same run. Prints the
 ratios and writes a JSON report. Defaults are small on a CPU and full size (20,685 images, one
 full epoch of ours per architecture) on a GPU.
+
+``--predict`` measures ``predict.py`` instead: images per second from PNG files to
+probabilities (decoding included), without CAM and with Grad-CAM, against a bare no-grad forward
+loop of the same model over pre-made tensors at the same batch size
+(``outputs/benchmark_predict.json``).
 """
 
 from __future__ import annotations
@@ -128,6 +133,49 @@ def bare_rate(model, opt, device, batch, size, steps, amp, cl) -> float:
     return batch * steps / (time.perf_counter() - t)
 
 
+def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: torch.device,
+                      work: Path) -> dict:
+    """``predict.py`` on ``n_images`` synthetic 299 px PNGs (decoding included) against a bare
+    no-grad forward loop of the same model over pre-made device tensors at the same batch
+    size; without CAM and with Grad-CAM (whose backward pass the bare loop does not do)."""
+    import predict  # noqa: PLC0415  (only this mode needs it)
+    data = work / "predict_data"
+    if not (data / demo_data.MARKER_FILE).is_file():
+        per = {c: n_images // 4 + (i < n_images % 4) for i, c in enumerate(demo_data.CLASSES)}
+        demo_data.generate(data, counts=per, seed=0, verbose=False)
+    files = sorted(str(f) for f in data.glob("*/images/*.png"))[:n_images]
+    torch.manual_seed(0)
+    ckpt = work / f"{arch}.pt"
+    utils.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
+                          class_names=list(demo_data.CLASSES), image_size=size)
+    models = predict.load_models([str(ckpt)], device)
+    model = models[arch][0]
+    x = utils.normalize(torch.rand(batch, 1, size, size, device=device))
+    steps = -(-len(files) // batch)
+
+    def bare():
+        with torch.no_grad(), utils.autocast(device):
+            for _ in range(steps):
+                model(x)
+        _sync(device)
+
+    bare()  # warm-up
+    t = time.perf_counter()
+    bare()
+    out = {"arch": arch, "size": size, "images": len(files), "batch_size": batch,
+           "bare_img_s": steps * batch / (time.perf_counter() - t)}
+    table = predict.collect_inputs(files)
+    for cam in ("none", "gradcam"):
+        t = time.perf_counter()
+        res = predict.predict_files(models, table, device, work / f"pred_{cam}", cam,
+                                    batch_size=batch, progress=False)
+        _sync(device)
+        out[f"predict_{cam}_img_s"] = int((res["status"] == "ok").sum()) / (time.perf_counter() - t)
+    out["ratio_none_vs_bare"] = out["predict_none_img_s"] / out["bare_img_s"]
+    out["ratio_gradcam_vs_bare"] = out["predict_gradcam_img_s"] / out["bare_img_s"]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None)
@@ -145,9 +193,28 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None, help="ours (default: min(8, cores))")
     p.add_argument("--work-dir", default=None, help="where the synthetic data goes (temp)")
     p.add_argument("--out", default="outputs/benchmark.json")
+    p.add_argument("--predict", action="store_true",
+                   help="only predict.py against a bare forward loop (default: 256 images, "
+                        "batch 32 on a CPU; writes outputs/benchmark_predict.json)")
     a = p.parse_args(argv)
     device = utils.choose_device(a.device)
     gpu = device.type == "cuda"
+    if a.predict:
+        work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
+        rows = []
+        for arch in a.archs:
+            r = predict_benchmark(arch, a.size, a.images or (2048 if gpu else 256),
+                                  a.batch_size or (128 if gpu else 32), device, work)
+            r["device"] = torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)"
+            print(f"{arch}: bare {r['bare_img_s']:.1f} img/s; predict.py without CAM "
+                  f"{r['predict_none_img_s']:.1f} ({r['ratio_none_vs_bare']:.2f}x), with Grad-CAM "
+                  f"{r['predict_gradcam_img_s']:.1f} ({r['ratio_gradcam_vs_bare']:.2f}x)",
+                  flush=True)
+            rows.append(r)
+        out = Path(a.out).with_name("benchmark_predict.json")
+        utils.write_json_atomic(rows, out)
+        print("wrote", out)
+        return 0
     n_images = a.images or (20685 if gpu else 512)
     bs = a.batch_size or (128 if gpu else 16)
     # ours: batched reads from the page cache are cheap, so on a CPU the main process does them

@@ -178,7 +178,7 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
     probs = {n: np.full((len(table), len(class_names)), np.nan) for n in names}
     status = ["ok"] * len(table)
     cam_files = [""] * len(table)
-    layers = {n: networks.cam_target_layer(m, meta["arch"], cam_layer or meta.get("cam_layer"))
+    layers = {n: networks.cam_target_layer(m, meta["arch"], cam_layer)
               for n, (m, meta) in models.items()}
     bar = tqdm(total=len(table), desc="predict", unit="img", disable=not progress)
     row = 0
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam", default="gradcam", choices=[*grad_cam.METHODS, "none"],
                    help="class activation maps to draw (default gradcam; none: probabilities only)")
     p.add_argument("--cam-layer", default=None,
-                   help="Grad-CAM target layer for every model, e.g. layer3 (default: the one in "
-                        "the checkpoint, else the study's last convolutional block)")
+                   help="Grad-CAM target layer for every model, e.g. layer3 (default: each "
+                        "model's last convolutional block, as in the study)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best found)")
     p.add_argument("--split", default="test", help="manifest rows to predict (default test)")

@@ -66,6 +66,7 @@ class TrainConfig:
     compile: bool = False       # torch.compile the model for training (CUDA; minutes to warm up)
     weights: str | None = None  # "imagenet", a path, or None (random init); recorded for lr
     max_per_class: int | None = None  # cap on training images per class (quick runs)
+    schedule: str = "cosine"    # "cosine" (to lr/100 over ``epochs``) or "constant"
 
     def resolved_lr(self, arch: str) -> float:
         if self.lr is not None:
@@ -677,7 +678,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     """Train ``model`` on ``loaders["train"]`` with early stopping on ``loaders["val"]`` loss.
 
     Adam (``config.resolved_lr(arch)``), cross-entropy, cosine LR decay over ``config.epochs`` down
-    to lr/100. After every epoch: a row appended to ``history_dir/<arch>.csv``
+    to lr/100 (or a constant LR with ``schedule="constant"``). After every epoch: a row appended to ``history_dir/<arch>.csv``
     (``HISTORY_COLUMNS``; losses and accuracies averaged over the samples actually seen), the
     resumable ``models_dir/<arch>_last.pt`` (model, optimizer, scheduler, scaler, epoch,
     early-stopping state), and ``models_dir/<arch>.pt`` (``save_checkpoint`` format) when the
@@ -705,8 +706,13 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     # parameters) ~6x cheaper than the per-tensor loop.
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                            fused=device.type in ("cpu", "cuda"))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs),
-                                                       eta_min=lr / 100)
+    if config.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs),
+                                                           eta_min=lr / 100)
+    elif config.schedule == "constant":
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, constant")
     use_amp = config.amp and device.type == "cuda"
     fp16 = use_amp and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=fp16)

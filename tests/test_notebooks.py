@@ -75,3 +75,43 @@ def test_same_seed_trains_the_same_model_in_a_new_kernel(run_dir, demo_dir):
     wa, wb = (torch.load(run_dir / f"models_{n}" / "resnet18_last.pt", weights_only=True)
               ["model_state"] for n in "ab")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_report_opens_in_a_browser_with_every_image_and_the_numbers(run_dir):
+    """outputs/report.html from the notebook run above, opened in headless Chromium."""
+    import shutil
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed "
+                                   "(pip install -r requirements-test.txt)")
+    exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
+                if shutil.which(n)), None)
+    if exe is None:
+        pytest.skip("no Chromium on this machine: apt-get install chromium (.ci/run does)")
+    out = run_dir / "outputs"
+    page_file = out / "report.html"
+    assert page_file.is_file(), "notebook 3 did not write report.html"
+    assert page_file.stat().st_size < 8e6
+    m = json.loads((out / "metrics.json").read_text())
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        errors = []
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(page_file.as_uri(), wait_until="load")
+        images = page.eval_on_selector_all(
+            "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
+        comparison = page.inner_text("#comparison-table")
+        per_class = page.inner_text("#per-class-resnet18")
+        banner = page.locator("#synthetic-banner").count()
+        page.screenshot(path=str(run_dir / "report.png"), full_page=False)
+        browser.close()
+    assert not errors, errors
+    assert len(images) >= 8, images            # data figures, curves, matrices, ROC, Grad-CAM
+    assert all(done and width > 0 for _, done, width in images), images
+    t = m["archs"]["resnet18"]["test"]
+    for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
+        assert f"{t[k]:.3f} [{t[k + '_ci'][0]:.3f}, {t[k + '_ci'][1]:.3f}]" in comparison, k
+    covid = t["per_class"]["COVID"]
+    assert f"{covid['recall']:.3f} [{covid['recall_lo']:.3f}, {covid['recall_hi']:.3f}]" in per_class
+    assert banner == 1 and (run_dir / "report.png").stat().st_size > 10_000

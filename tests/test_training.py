@@ -129,3 +129,29 @@ def test_predict_and_evaluate(tiny):
     assert list(idx) == list(range(len(y)))
     ev = utils.evaluate(model, loaders["test"], torch.device("cpu"))
     assert ev["n"] == len(y) and abs(ev["acc"] - (p.argmax(1) == y).mean()) < 1e-9
+
+
+def test_lr_schedules(tmp_path, tiny):
+    _, cosine = _fit(tmp_path, tiny, 3, tag="cos")
+    assert cosine["lr"].tolist()[0] == 1e-3 and cosine["lr"].is_monotonic_decreasing
+    assert cosine["lr"].iat[-1] < 0.3e-3                 # cos(2/3 pi) -> a quarter, plus eta_min
+    _, constant = _fit(tmp_path, tiny, 3, tag="const", schedule="constant")
+    assert constant["lr"].tolist() == [1e-3] * 3
+    with pytest.raises(ValueError, match="unknown schedule 'step'; valid: cosine, constant"):
+        _fit(tmp_path, tiny, 1, tag="bad", schedule="step")
+
+
+def test_resume_refuses_other_data(tmp_path, tiny, capsys):
+    """A finished run is reused only for the same data fingerprint (extra_meta)."""
+    loaders, names = tiny
+    cfg = utils.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
+
+    def run(fingerprint):
+        model = networks.build_model("resnet18", len(names), weights=None)
+        utils.fit(model, loaders, "resnet18", names, cfg, torch.device("cpu"), tmp_path / "m",
+                  tmp_path / "h", progress=False, extra_meta={"data": fingerprint})
+        return capsys.readouterr().out
+
+    run("aaa")
+    assert "already trained" in run("aaa")
+    assert "other data; starting afresh" in run("bbb")

@@ -1,0 +1,158 @@
+"""One self-contained HTML page of a run: ``outputs/report.html``.
+
+    python report.py [--out outputs]          # also: make report; notebook 3 calls build_report
+
+Reads what the notebooks wrote under ``--out`` (``metrics.json`` is required; everything else is
+shown when present): the split table from ``manifest.csv``, notebook 1's figures and shortcut
+table (``CSVs/shortcut_check.csv``), the class x source table when the manifest has a ``source``
+column, per model the training curves, test metrics with intervals, confusion matrices, ROC curves
+and localization scores, a model comparison, the Grad-CAM gallery (``grad_cam/*.png``, including
+the misclassified test images), the run's settings and library versions, and the synthetic-data
+banner. Images are embedded as base64 PNG, so the file can be mailed or opened from a USB stick;
+no JavaScript. The page comes from ``report_template.html.j2`` (Jinja2, autoescaped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from split_dataset import split_table
+from xray_io import atomic_write
+
+TEMPLATE = Path(__file__).with_name("report_template.html.j2")
+METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
+PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
+
+
+def _png(path: Path) -> str | None:
+    """``data:`` URI of a PNG, or None when the file is absent."""
+    if not path.is_file():
+        return None
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _ci(d: dict, key: str) -> str:
+    v, ci = d.get(key), d.get(key + "_ci")
+    if v is None:
+        return "n/a"
+    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+
+
+def _per_class_rows(per_class: dict) -> list[dict]:
+    rows = []
+    for cls, r in per_class.items():
+        row = {"class": cls, "support": int(r["support"]) if r.get("support") == r.get("support")
+               and r.get("support") is not None else ""}
+        for k in PER_CLASS:
+            v, lo, hi = r.get(k), r.get(k + "_lo"), r.get(k + "_hi")
+            row[k] = ("n/a" if v is None else f"{v:.3f}" if lo is None or hi is None
+                      else f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
+        rows.append(row)
+    return rows
+
+
+def _table(df: pd.DataFrame | None, digits: int = 3) -> dict | None:
+    """A DataFrame as ``{"columns", "rows"}`` of strings for the template (None stays None)."""
+    if df is None or df.empty:
+        return None
+    df = df.reset_index()
+    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    return {"columns": [str(c) for c in df.columns],
+            "rows": [[fmt(v) for v in row] for row in df.itertuples(index=False)]}
+
+
+def report_context(out_dir: str | Path) -> dict:
+    """Everything the template shows, gathered from ``out_dir`` (see the module docstring)."""
+    out = Path(out_dir)
+    metrics_path = out / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(f"{metrics_path} not found: run notebook 3 (or make run) first; "
+                                f"the report is built from its metrics")
+    m = json.loads(metrics_path.read_text())
+    manifest = out / "manifest.csv"
+    mdf = pd.read_csv(manifest, dtype=str, keep_default_na=False) if manifest.is_file() else None
+    csv = lambda name: (pd.read_csv(out / "CSVs" / name)  # noqa: E731
+                        if (out / "CSVs" / name).is_file() else None)
+    sources = None
+    if mdf is not None and "source" in mdf.columns:
+        sources = pd.crosstab(mdf["source"].replace("", "(unknown)"), mdf["label"])
+    models = []
+    for arch, r in m["archs"].items():
+        t, loc = r["test"], r.get("localization") or {}
+        models.append({
+            "arch": arch,
+            "test": {k: _ci(t, k) for k in METRICS}, "n_test": t["n"],
+            "train_n": (r.get("train") or {}).get("n"),
+            "train_accuracy": _ci(r.get("train") or {}, "accuracy"),
+            "per_class": _per_class_rows(t.get("per_class", {})),
+            "localization": None if not loc.get("n") else {
+                "layer": loc.get("layer"), "image_size": loc.get("image_size"),
+                "n": loc["n"], "target": loc.get("target", "predicted class"),
+                "mask": loc["mask"].replace("_path", "").replace("_", " "),
+                "pointing_game": _ci(loc, "pointing_game"), "chance": f"{loc['chance']:.3f}",
+                "pointing_game_strict": _ci(loc, "pointing_game_strict"),
+                "chance_strict": f"{loc['chance_strict']:.3f}",
+                "energy_in_mask": _ci(loc, "energy_in_mask"),
+                "per_class": {c: f"{v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items()},
+            },
+            "settings": (m.get("models") or {}).get(arch, {}),
+            "images": {k: _png(p) for k, p in {
+                "curves": out / "summary_plots" / f"{arch}.png",
+                "cm": out / "confusion_matrices" / f"{arch}_test.png",
+                "cm_norm": out / "confusion_matrices" / f"{arch}_test_normalized.png",
+                "roc": out / "roc" / f"{arch}.png"}.items()},
+        })
+    gallery = [{"title": title, "src": _png(out / "grad_cam" / name)}
+               for name, title in (("comparison.png", "The same test images under each model"),
+                                   ("misclassified.png", "Misclassified test images"))]
+    return {
+        "dataset": m["dataset"], "created": m.get("created", "?"),
+        "convention": m.get("convention", ""), "class_names": m.get("class_names", []),
+        "versions": m.get("versions", {}),
+        "split": _table(split_table(mdf) if mdf is not None else None, 0),
+        "shortcuts": _table(csv("shortcut_check.csv")), "sources": _table(sources, 0),
+        "training": _table(csv("training_summary.csv")),
+        "data_images": [(t, _png(out / "images" / f)) for f, t in (
+            ("class_counts.png", "Images per class and split"), ("samples.png", "Sample images"),
+            ("intensity_by_class.png", "Mean intensity per class"),
+            ("lung_masks.png", "Lung masks"))],
+        "models": models, "gallery": [g for g in gallery if g["src"]],
+        "comparison": {"columns": ["model", "test n", *METRICS],
+                       "rows": [[x["arch"], x["n_test"], *x["test"].values()] for x in models]},
+    }
+
+
+def build_report(out_dir: str | Path = "outputs", path: str | Path | None = None) -> Path:
+    """Render ``out_dir/report.html`` (or ``path``) atomically; returns its path."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]),
+                             undefined=jinja2.StrictUndefined)
+    html = env.get_template(TEMPLATE.name).render(**report_context(out_dir))
+    path = Path(path) if path else Path(out_dir) / "report.html"
+    with atomic_write(path) as tmp:
+        tmp.write_text(html, encoding="utf-8")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="outputs", help="the run's output folder (default outputs)")
+    a = p.parse_args(argv)
+    try:
+        path = build_report(a.out)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
