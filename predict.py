@@ -7,7 +7,8 @@ SYNOPSIS
 
 DESCRIPTION
     Every argument ending in .pt or .pth is a model: a checkpoint written by notebook 2
-    (utils.save_checkpoint). It carries everything needed: architecture, class names, image size
+    (utils.save_checkpoint; an <arch>_last.pt resumable state beside its <arch>.pt is skipped,
+    so models/*.pt means the best epoch of each model). It carries everything needed: architecture, class names, image size
     and normalisation, so nothing else is asked for. Every other argument is an input:
 
       an image file   PNG, JPEG, TIFF, BMP or DICOM (.dcm), any bit depth or colour mode
@@ -262,6 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=None, help="dataset folder a manifest's paths are in")
     a = p.parse_args(argv)
     model_paths = [x for x in a.items if Path(x).suffix.lower() in MODEL_SUFFIXES]
+    # models/*.pt also matches notebook 2's resumable states (<arch>_last.pt: the last epoch,
+    # not the best); with the best-epoch file beside them they are left out, saying so.
+    best = {Path(x).name for x in model_paths}
+    for x in list(model_paths):
+        if Path(x).name.endswith("_last.pt") and Path(x).name.replace("_last.pt", ".pt") in best:
+            print(f"note: skipping {x}, a resumable training state; its best epoch is "
+                  f"{Path(x).name.replace('_last.pt', '.pt')}")
+            model_paths.remove(x)
     inputs = [x for x in a.items if Path(x).suffix.lower() not in MODEL_SUFFIXES]
     if not model_paths or not inputs:
         p.error(f"expected at least one MODEL.pt and one INPUT; got {len(model_paths)} model(s) "

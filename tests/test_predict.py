@@ -141,3 +141,16 @@ def test_every_real_xray_gets_a_row(models, tmp_path):
     images = [p for p in REALCXR.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".dcm")]
     assert len(df) == len(images) >= 470
     assert (df["status"] == "ok").all(), df.loc[df["status"] != "ok", "status"].tolist()
+
+
+def test_resumable_states_beside_their_best_checkpoint_are_skipped(models, tmp_path, capsys):
+    import shutil
+    d = tmp_path / "m"
+    d.mkdir()
+    shutil.copy(models[0], d / "resnet18.pt")
+    shutil.copy(models[1], d / "resnet18_last.pt")
+    img = tmp_path / "x.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(img)
+    rc, df, _ = _run([d / "resnet18.pt", d / "resnet18_last.pt", img, "--cam", "none"], tmp_path)
+    assert rc == 0 and "skipping" in capsys.readouterr().out
+    assert "resnet18_COVID" in df.columns and not any("last" in c for c in df.columns)
