@@ -8,8 +8,8 @@ SYNOPSIS
 DESCRIPTION
     Every argument ending in .pt or .pth is a model: a checkpoint written by notebook 2
     (utils.save_checkpoint; an <arch>_last.pt resumable state beside its <arch>.pt is skipped,
-    so models/*.pt means the best epoch of each model). It carries everything needed: architecture, class names, image size
-    and normalisation, so nothing else is asked for. Every other argument is an input:
+    so models/*.pt means the best epoch of each model). It carries everything needed:
+    architecture, class names, image size and normalisation, so nothing else is asked for. Every other argument is an input:
 
       an image file   PNG, JPEG, TIFF, BMP or DICOM (.dcm), any bit depth or colour mode
       a folder        searched recursively for files with those extensions (others are ignored)
@@ -50,7 +50,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 import torch
@@ -61,7 +60,7 @@ import networks
 import plot_utils
 import utils
 from split_dataset import info_path
-from xray_io import IMAGE_EXTENSIONS, read_xray
+from xray_io import IMAGE_EXTENSIONS, read_xray, resize_uint8
 
 MODEL_SUFFIXES = (".pt", ".pth")
 
@@ -131,12 +130,7 @@ def _decode(file: str, sizes: tuple[int, ...]) -> tuple[dict[int, np.ndarray] | 
         a = read_xray(file)
     except (ValueError, OSError) as e:
         return None, None, str(e)
-    out = {}
-    for s in sizes:
-        interp = cv2.INTER_AREA if min(a.shape) >= s else cv2.INTER_LINEAR
-        r = a if a.shape == (s, s) else cv2.resize(a, (s, s), interpolation=interp)
-        out[s] = np.clip(r * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return out, a, "ok"
+    return {s: resize_uint8(a, s) for s in sizes}, a, "ok"
 
 
 def _batches(files: list[str], sizes: tuple[int, ...], batch_size: int, keep_gray: bool):
@@ -184,14 +178,13 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
     bar = tqdm(total=len(table), desc="predict", unit="img", disable=not progress)
     row = 0
     for batch in _batches(table["file"].tolist(), sizes, batch_size, keep_gray=cam != "none"):
-        ok = [i for i, (imgs, _, s) in enumerate(batch) if imgs is not None]
-        for i, (_, _, s) in enumerate(batch):
-            status[row + i] = s
+        ok = [i for i, (imgs, _, _) in enumerate(batch) if imgs is not None]
+        status[row:row + len(batch)] = [reason for _, _, reason in batch]
         maps: dict[str, np.ndarray] = {}
         if ok:
             for n, (model, meta) in models.items():
-                s = meta["image_size"]
-                x = torch.from_numpy(np.stack([batch[i][0][s] for i in ok]))[:, None]  # (n,1,S,S)
+                size = meta["image_size"]
+                x = torch.from_numpy(np.stack([batch[i][0][size] for i in ok]))[:, None]  # (n,1,S,S)
                 x = utils.prepare_batch(x, device)
                 if cam == "none":
                     with torch.no_grad(), utils.autocast(device):
@@ -226,17 +219,16 @@ def _table(table, names, class_names, probs, status, cam_files) -> pd.DataFrame:
     out = pd.DataFrame({"path": table["path"], "status": status})
     if (table["label"] != "").any():
         out["label"] = table["label"].values
-    ens = np.mean([probs[n] for n in names], axis=0)                   # (N, C)
-    head = ens if len(names) > 1 else probs[names[0]]
-    readable = ~np.isnan(head).any(1)
-    best = np.where(readable, np.nan_to_num(head).argmax(1), -1)
-    out["predicted"] = [class_names[b] if b >= 0 else "" for b in best]
-    out["probability"] = np.where(readable, np.nan_to_num(head).max(1), np.nan)
-    blocks = [(n, probs[n]) for n in names] + ([("ensemble", ens)] if len(names) > 1 else [])
-    for n, p in blocks:
-        ok = ~np.isnan(p).any(1)
-        out[f"{n}_predicted"] = [class_names[int(np.argmax(v))] if k else ""
-                                 for v, k in zip(np.nan_to_num(p), ok)]
+    blocks = {n: probs[n] for n in names}
+    if len(names) > 1:
+        blocks["ensemble"] = np.mean([probs[n] for n in names], axis=0)  # (N, C)
+    head = "ensemble" if len(names) > 1 else names[0]                    # decides "predicted"
+    calls = {n: [class_names[int(np.argmax(v))] if not np.isnan(v).any() else "" for v in p]
+             for n, p in blocks.items()}
+    out["predicted"] = calls[head]
+    out["probability"] = blocks[head].max(1)  # NaN for unreadable rows
+    for n, p in blocks.items():
+        out[f"{n}_predicted"] = calls[n]
         for j, c in enumerate(class_names):
             out[f"{n}_{c}"] = p[:, j]
     out["cam"] = cam_files

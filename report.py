@@ -48,8 +48,8 @@ def _ci(d: dict, key: str) -> str:
 def _per_class_rows(per_class: dict) -> list[dict]:
     rows = []
     for cls, r in per_class.items():
-        row = {"class": cls, "support": int(r["support"]) if r.get("support") == r.get("support")
-               and r.get("support") is not None else ""}
+        support = r.get("support")
+        row = {"class": cls, "support": "" if support is None else int(support)}
         for k in PER_CLASS:
             v, lo, hi = r.get(k), r.get(k + "_lo"), r.get(k + "_hi")
             row[k] = ("n/a" if v is None else f"{v:.3f}" if lo is None or hi is None

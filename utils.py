@@ -218,17 +218,23 @@ def cap_per_class(df: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.
     return df.loc[sorted(keep.index)]
 
 
+def _file_stamp(path: Path) -> str:
+    """``"<bytes>\\0<mtime_ns>"`` of a file, or ``"missing"``: what changes when it is replaced
+    or touched."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
+    return f"{st.st_size}\0{st.st_mtime_ns}"
+
+
 def _cache_key(df: pd.DataFrame, data_dir: Path, size: int) -> str:
     """Content key of a decoded cache: data folder, image size, and every listed file's path,
     byte size and modification time (a replaced or touched file gives a new key)."""
     h = hashlib.blake2b(digest_size=12)
     h.update(f"{data_dir.resolve()}\n{size}\n".encode())
     for rel in df["path"]:
-        try:
-            st = (data_dir / rel).stat()
-            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{rel}\0missing\n".encode())
+        h.update(f"{rel}\0{_file_stamp(data_dir / rel)}\n".encode())
     return h.hexdigest()
 
 
@@ -239,12 +245,7 @@ def data_fingerprint(manifest: pd.DataFrame, data_dir: str | os.PathLike) -> str
     data_dir = Path(data_dir)
     h = hashlib.blake2b(digest_size=12)
     for rel, label, split in sorted(zip(manifest["path"], manifest["label"], manifest["split"])):
-        try:
-            st = (data_dir / rel).stat()
-            stamp = f"{st.st_size}\0{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
-        h.update(f"{rel}\0{label}\0{split}\0{stamp}\n".encode())
+        h.update(f"{rel}\0{label}\0{split}\0{_file_stamp(data_dir / rel)}\n".encode())
     return h.hexdigest()
 
 

@@ -146,7 +146,12 @@ def load_resized(path: str | os.PathLike, size: int) -> np.ndarray:
     The 8-bit quantisation happens here, after resizing: this is where 16-bit data gives up its
     extra precision (the network sees 8-bit-equivalent data, as in the study).
     """
-    a = read_xray(path)
+    return resize_uint8(read_xray(path), size)
+
+
+def resize_uint8(a: np.ndarray, size: int) -> np.ndarray:
+    """A ``read_xray`` array resized to ``(size, size)`` (area interpolation when shrinking) and
+    quantised to uint8: the network's input, as ``load_resized`` makes it."""
     if a.shape != (size, size):
         interp = cv2.INTER_AREA if min(a.shape) >= size else cv2.INTER_LINEAR
         a = cv2.resize(a, (size, size), interpolation=interp)
