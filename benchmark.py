@@ -12,7 +12,7 @@ On synthetic data shaped like the real database (299x299 8-bit grayscale PNGs fr
   batched augmentation + normalisation on the device (``utils.prepare_batch``); the one-off cache
   build is timed separately;
 - per architecture, a full training step three ways: the baseline (baseline loader, fp32, plain
-  Adam), ours (``utils.train_epoch``: our loader, autocast + channels-last on CUDA, fused Adam),
+  Adam), ours (``training.train_epoch``: our loader, autocast + channels-last on CUDA, fused Adam),
   and a bare model loop over pre-made device tensors with our settings (the ceiling: our step /
   bare step shows what the pipeline adds);
 
@@ -48,6 +48,7 @@ from torchvision import transforms as T
 
 import demo_data
 import networks
+import training
 import utils
 
 
@@ -119,7 +120,7 @@ def bare_rate(model, opt, device, batch, size, steps, amp, cl) -> float:
     model.train()
 
     def step():
-        with utils.autocast(device, amp):
+        with training.autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -146,7 +147,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     files = sorted(str(f) for f in data.glob("*/images/*.png"))[:n_images]
     torch.manual_seed(0)
     ckpt = work / f"{arch}.pt"
-    utils.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
+    training.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
                           class_names=list(demo_data.CLASSES), image_size=size)
     models = predict.load_models([str(ckpt)], device)
     model = models[arch][0]
@@ -154,7 +155,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     steps = -(-len(files) // batch)
 
     def bare():
-        with torch.no_grad(), utils.autocast(device):
+        with torch.no_grad(), training.autocast(device):
             for _ in range(steps):
                 model(x)
         _sync(device)
@@ -197,7 +198,7 @@ def main(argv=None) -> int:
                    help="only predict.py against a bare forward loop (default: 256 images, "
                         "batch 32 on a CPU; writes outputs/benchmark_predict.json)")
     a = p.parse_args(argv)
-    device = utils.choose_device(a.device)
+    device = training.choose_device(a.device)
     gpu = device.type == "cuda"
     if a.predict:
         work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
@@ -296,7 +297,7 @@ def main(argv=None) -> int:
         r["baseline_images_per_s"], _ = loader_rate(base_loader, device, base_step, nb)
         if gpu:
             torch.cuda.reset_peak_memory_stats()
-        # ours: utils.train_epoch over our cached loader
+        # ours: training.train_epoch over our cached loader
         torch.manual_seed(0)
         model = networks.build_model(arch, 4, weights=None).to(
             device, memory_format=torch.channels_last if cl else torch.preserve_format)
@@ -307,10 +308,10 @@ def main(argv=None) -> int:
             sub = DataLoader(torch.utils.data.Subset(ours_ds, range(train_batches * bs)),
                              batch_size=bs, num_workers=0, collate_fn=utils.collate_skip_none)
         warm = DataLoader(torch.utils.data.Subset(ours_ds, range(2 * bs)), batch_size=bs)
-        utils.train_epoch(model, warm, opt, scaler, device, amp, cl)   # cudnn autotune, caches
+        training.train_epoch(model, warm, opt, scaler, device, amp, cl)   # cudnn autotune, caches
         _sync(device)
         t = time.perf_counter()
-        res = utils.train_epoch(model, sub, opt, scaler, device, amp, cl)
+        res = training.train_epoch(model, sub, opt, scaler, device, amp, cl)
         _sync(device)
         secs = time.perf_counter() - t
         r["ours_images_per_s"] = res["seen"] / secs

@@ -123,7 +123,7 @@ def _load_state_file(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"weights file {p} not found; expected a .pth state dict or a "
-                                f"checkpoint saved by utils.save_checkpoint")
+                                f"checkpoint saved by training.save_checkpoint")
     obj = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "model_state" in obj:  # one of our checkpoints
         return obj["model_state"]

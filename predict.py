@@ -7,7 +7,7 @@ SYNOPSIS
 
 DESCRIPTION
     Every argument ending in .pt or .pth is a model: a checkpoint written by notebook 2
-    (utils.save_checkpoint; an <arch>_last.pt resumable state beside its <arch>.pt is skipped,
+    (training.save_checkpoint; an <arch>_last.pt resumable state beside its <arch>.pt is skipped,
     so models/*.pt means the best epoch of each model). It carries everything needed:
     architecture, class names, image size and normalisation, so nothing else is asked for. Every other argument is an input:
 
@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 import grad_cam
 import networks
 import plot_utils
+import training
 import utils
 from split_dataset import info_path
 from xray_io import IMAGE_EXTENSIONS, read_xray, resize_uint8
@@ -105,13 +106,13 @@ def load_models(paths: list[str], device: torch.device) -> dict[str, tuple[torch
     models: dict[str, tuple[torch.nn.Module, dict]] = {}
     for p in paths:
         try:
-            model, meta = utils.load_checkpoint(p, device)
+            model, meta = training.load_checkpoint(p, device)
         except FileNotFoundError as e:
             raise ValueError(str(e)) from None
         except (ValueError, RuntimeError, KeyError, TypeError, OSError, EOFError,
                 pickle.UnpicklingError) as e:
             raise ValueError(f"{p}: not a model checkpoint written by notebook 2 / "
-                             f"utils.save_checkpoint (expected a dict with 'model_state' and "
+                             f"training.save_checkpoint (expected a dict with 'model_state' and "
                              f"'meta'; {type(e).__name__}: {e})") from None
         name, k = Path(p).stem, 2
         while name in models:
@@ -187,7 +188,7 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
                 x = torch.from_numpy(np.stack([batch[i][0][size] for i in ok]))[:, None]  # (n,1,S,S)
                 x = utils.prepare_batch(x, device)
                 if cam == "none":
-                    with torch.no_grad(), utils.autocast(device):
+                    with torch.no_grad(), training.autocast(device):
                         logits = model(x)
                 else:
                     with grad_cam.GradCAM(model, layers[n], cam) as g:
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"and {len(inputs)} input(s)")
     if a.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {a.batch_size}")
-    device = utils.choose_device(a.device)
+    device = training.choose_device(a.device)
     try:
         models = load_models(model_paths, device)
         table = collect_inputs(inputs, a.split, a.data_dir)

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_io import atomic_write, is_image_name, process_pool, read_xray
+from xray_io import atomic_write, is_image_name, process_pool, read_xray, write_csv_atomic
 
 SPLITS = ("train", "val", "test")
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir"}
@@ -240,12 +240,6 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
         report.update(rejects=rejects, cross_class_duplicates=cross,
                       seconds=time.perf_counter() - t0)
     return manifest
-
-
-def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
-    """Write ``df`` as CSV (``\\n`` line ends, no index) via a temp file + rename."""
-    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        df.to_csv(f, index=False, lineterminator="\n")
 
 
 def dataset_fingerprint(data_dir: str | os.PathLike) -> str:

@@ -7,12 +7,15 @@ Kept beside ``utils.py`` (and re-exported there as ``utils.read_xray``) so that
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
@@ -35,6 +38,30 @@ def atomic_write(path: str | os.PathLike):
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike) -> None:
+    """Write ``df`` as CSV (``\\n`` line ends, no index) via a temp file + rename."""
+    with atomic_write(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        df.to_csv(f, index=False, lineterminator="\n")
+
+
+def write_json_atomic(obj, path: str | os.PathLike) -> None:
+    """``json.dump`` (indented, NaN written as null) via a temp file + rename."""
+
+    def clean(o):
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if isinstance(o, np.generic):
+            return clean(o.item())
+        return o
+
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")
 
 
 def process_pool(workers: int):

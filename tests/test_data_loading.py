@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import training
 import utils
 
 
@@ -41,10 +42,9 @@ def test_loaders_shapes_and_cap(demo_dir, demo_manifest):
 
 def test_weighted_sampler_balances_classes():
     labels = torch.tensor([0] * 800 + [1] * 150 + [2] * 50)
-    g = torch.Generator().manual_seed(0)
-    s = utils.weighted_sampler(labels, 3, g)
-    assert s.num_samples == len(labels) and s.replacement
-    draws = torch.cat([labels[list(s)] for _ in range(10)])
+    s = utils.WeightedEpochSampler(labels, 3, seed=0, batch_size=32)
+    assert len(s) == len(labels)
+    draws = torch.cat([labels[list(s)] for s.epoch in range(10)])
     freq = torch.bincount(draws, minlength=3).double() / len(draws)
     assert torch.allclose(freq, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.02)
 
@@ -79,8 +79,8 @@ def test_seeded_loaders_repeat(demo_dir, demo_manifest):
 
 
 def test_choose_device_and_image_statistics(demo_dir, demo_manifest):
-    assert utils.choose_device("cpu").type == "cpu"
-    assert utils.choose_device().type in ("cpu", "cuda", "mps")
+    assert training.choose_device("cpu").type == "cpu"
+    assert training.choose_device().type in ("cpu", "cuda", "mps")
     stats = utils.image_statistics(demo_manifest, demo_dir, per_class=5)
     assert len(stats) == 20 and set(stats["mode"]) == {"L"}
     diffs = utils.class_differences(stats)

@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import networks
-import utils
+import training
 from conftest import ROOT
 
 
@@ -26,8 +26,8 @@ def test_notebook_defaults_are_the_study():
     assert p["weights"] == "imagenet" and p["lr"] is None and p["image_size"] == 224
     w = networks.resolve_weights("vgg16", p["weights"])
     assert w == "imagenet"  # never silently random init
-    cfg = utils.TrainConfig(weights=str(w), lr=p["lr"])
-    assert cfg.resolved_lr("vgg16") == 3e-5 == utils.LR_PRETRAINED
+    cfg = training.TrainConfig(weights=str(w), lr=p["lr"])
+    assert cfg.resolved_lr("vgg16") == 3e-5 == training.LR_PRETRAINED
     q = _parameters("3_evaluate_results.ipynb")
     assert q["cam_layers"] is None  # the study's layer: each model's last convolutional block
     assert abs(q["pointing_margin"] * 299 - 15) < 1e-9

@@ -1,4 +1,4 @@
-"""predict.py: every input kind, probabilities equal to utils.predict, the ensemble, CAM
+"""predict.py: every input kind, probabilities equal to training.predict, the ensemble, CAM
 pictures, clear errors, and the real X-rays in ../shared/realcxr."""
 
 import numpy as np
@@ -9,6 +9,7 @@ from PIL import Image
 
 import networks
 import predict
+import training
 import utils
 from conftest import REALCXR
 from test_bad_inputs import make_corpus
@@ -19,7 +20,7 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 def _checkpoint(path, seed, classes=CLASSES, size=32):
     torch.manual_seed(seed)
     model = networks.build_model("resnet18", len(classes), weights=None)
-    utils.save_checkpoint(path, model, arch="resnet18", class_names=list(classes),
+    training.save_checkpoint(path, model, arch="resnet18", class_names=list(classes),
                           image_size=size, epoch=1, val_loss=1.0, val_acc=0.5, seed=seed)
     return path
 
@@ -75,9 +76,9 @@ def test_probabilities_equal_utils_predict_and_the_ensemble_is_their_mean(
     assert df["path"].tolist() == test["path"].tolist()
     assert df["label"].tolist() == test["label"].tolist()
     for name, ckpt in zip("ab", models):
-        model, meta = utils.load_checkpoint(ckpt)
+        model, meta = training.load_checkpoint(ckpt)
         loader = utils.eval_loader(test, demo_dir, CLASSES, meta["image_size"], 64, 0)
-        _, ref, idx = utils.predict(model, loader, torch.device("cpu"))
+        _, ref, idx = training.predict(model, loader, torch.device("cpu"))
         got = df[[f"{name}_{c}" for c in CLASSES]].to_numpy(float)[idx]
         np.testing.assert_allclose(got, ref, atol=1e-5)
     ens = df[[f"ensemble_{c}" for c in CLASSES]].to_numpy(float)

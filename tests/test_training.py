@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import networks
+import training
 import utils
 
 
@@ -22,7 +23,7 @@ def _fit(tmp_path, tiny, epochs, tag="run", resume=True, **cfg):
            "patience": 10, "lr": 1e-3, **cfg}
     torch.manual_seed(0)
     model = networks.build_model("resnet18", len(names), weights=None)
-    h = utils.fit(model, loaders, "resnet18", names, utils.TrainConfig(**cfg), torch.device("cpu"),
+    h = training.fit(model, loaders, "resnet18", names, training.TrainConfig(**cfg), torch.device("cpu"),
                   tmp_path / tag / "models", tmp_path / tag / "csv", resume=resume,
                   progress=False)
     return model, h
@@ -31,10 +32,10 @@ def _fit(tmp_path, tiny, epochs, tag="run", resume=True, **cfg):
 def test_checkpoint_round_trip(tmp_path):
     m = networks.build_model("densenet121", 4, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
-    utils.save_checkpoint(tmp_path / "c.pt", m, arch="densenet121", class_names=list("abcd"),
+    training.save_checkpoint(tmp_path / "c.pt", m, arch="densenet121", class_names=list("abcd"),
                           image_size=64, epoch=3, val_loss=0.5, val_acc=0.9, seed=1,
                           config={"lr": 1e-3})
-    m2, meta = utils.load_checkpoint(tmp_path / "c.pt")
+    m2, meta = training.load_checkpoint(tmp_path / "c.pt")
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     assert meta["arch"] == "densenet121" and meta["class_names"] == list("abcd")
@@ -46,7 +47,7 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x), m3(x))
     with pytest.raises(ValueError, match="needs meta"):
-        utils.save_checkpoint(tmp_path / "d.pt", m, arch="densenet121")
+        training.save_checkpoint(tmp_path / "d.pt", m, arch="densenet121")
 
 
 def test_fit_learns_and_writes(tmp_path, tiny):
@@ -54,19 +55,19 @@ def test_fit_learns_and_writes(tmp_path, tiny):
     train_eval = utils.eval_loader(loaders["train"].dataset.df, loaders["train"].dataset.data_dir,
                                    names, 32, num_workers=0)
     torch.manual_seed(0)
-    before = utils.evaluate(networks.build_model("resnet18", 4, weights=None), train_eval,
+    before = training.evaluate(networks.build_model("resnet18", 4, weights=None), train_eval,
                             torch.device("cpu"))
     model, h = _fit(tmp_path, tiny, 5, patience=5)
     assert list(h["epoch"]) == [1, 2, 3, 4, 5]
     last = networks.build_model("resnet18", 4, weights=None)
     last.load_state_dict(torch.load(tmp_path / "run" / "models" / "resnet18_last.pt",
                                     weights_only=True)["model_state"])
-    after = utils.evaluate(last, train_eval, torch.device("cpu"))
+    after = training.evaluate(last, train_eval, torch.device("cpu"))
     assert after["loss"] < before["loss"]
     assert (h["train_seen"] == len(tiny[0]["train"].dataset)).all()
     csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
-    assert list(csv.columns) == list(utils.HISTORY_COLUMNS) and len(csv) == 5
-    best, meta = utils.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
+    assert list(csv.columns) == list(training.HISTORY_COLUMNS) and len(csv) == 5
+    best, meta = training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
     assert meta["epoch"] == int(h.loc[h["val_loss"].idxmin(), "epoch"])
     for k, v in best.state_dict().items():     # best weights restored into the model
         assert torch.equal(v, model.state_dict()[k]), k
@@ -84,17 +85,17 @@ def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monke
     for k, v in straight.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     # killed during epoch 3, then resumed with the same config
-    real_evaluate, calls = utils.evaluate, []
+    real_evaluate, calls = training.evaluate, []
 
     def dying_evaluate(*a, **k):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt("killed")
         return real_evaluate(*a, **k)
-    monkeypatch.setattr(utils, "evaluate", dying_evaluate)
+    monkeypatch.setattr(training, "evaluate", dying_evaluate)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, tiny, 3, tag="resumed")
-    monkeypatch.setattr(utils, "evaluate", real_evaluate)
+    monkeypatch.setattr(training, "evaluate", real_evaluate)
     last = tmp_path / "resumed" / "models" / "resnet18_last.pt"
     assert torch.load(last, weights_only=True)["state"]["epoch"] == 2
     assert len(pd.read_csv(tmp_path / "resumed" / "csv" / "resnet18.csv")) == 2
@@ -115,19 +116,19 @@ def test_nan_loss_stops_with_clear_error(tmp_path, tiny, monkeypatch):
     loaders, names = tiny
     model = networks.build_model("resnet18", len(names), weights=None)
     model.fc.bias.data.fill_(math.nan)
-    cfg = utils.TrainConfig(epochs=2, image_size=32, num_workers=0, batch_size=8)
+    cfg = training.TrainConfig(epochs=2, image_size=32, num_workers=0, batch_size=8)
     with pytest.raises(FloatingPointError, match="training loss became nan"):
-        utils.fit(model, loaders, "resnet18", names, cfg, torch.device("cpu"), tmp_path / "m",
+        training.fit(model, loaders, "resnet18", names, cfg, torch.device("cpu"), tmp_path / "m",
                   tmp_path / "c", progress=False)
 
 
 def test_predict_and_evaluate(tiny):
     loaders, names = tiny
     model = networks.build_model("resnet18", len(names), weights=None)
-    y, p, idx = utils.predict(model, loaders["test"], torch.device("cpu"))
+    y, p, idx = training.predict(model, loaders["test"], torch.device("cpu"))
     assert p.shape == (len(y), 4) and abs(p.sum(1) - 1).max() < 1e-6
     assert list(idx) == list(range(len(y)))
-    ev = utils.evaluate(model, loaders["test"], torch.device("cpu"))
+    ev = training.evaluate(model, loaders["test"], torch.device("cpu"))
     assert ev["n"] == len(y) and abs(ev["acc"] - (p.argmax(1) == y).mean()) < 1e-9
 
 
@@ -144,11 +145,11 @@ def test_lr_schedules(tmp_path, tiny):
 def test_resume_refuses_other_data(tmp_path, tiny, capsys):
     """A finished run is reused only for the same data fingerprint (extra_meta)."""
     loaders, names = tiny
-    cfg = utils.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
+    cfg = training.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
 
     def run(fingerprint):
         model = networks.build_model("resnet18", len(names), weights=None)
-        utils.fit(model, loaders, "resnet18", names, cfg, torch.device("cpu"), tmp_path / "m",
+        training.fit(model, loaders, "resnet18", names, cfg, torch.device("cpu"), tmp_path / "m",
                   tmp_path / "h", progress=False, extra_meta={"data": fingerprint})
         return capsys.readouterr().out
 

@@ -1,0 +1,167 @@
+"""Train one or more architectures from a split manifest: notebook 2's training, from the shell.
+
+One device:            python train.py --data-dir D --manifest M --archs resnet18 densenet121
+N GPUs or N CPU procs: torchrun --nproc_per_node=N train.py --data-dir D --manifest M ...
+Several nodes:         torchrun --nnodes=2 --node_rank=K --nproc_per_node=8 \\
+                           --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 train.py ...
+
+It calls the same ``training.train_architecture`` (and so the same ``training.fit``) as notebook
+2 and writes what the notebook writes: ``<models-dir>/<arch>.pt`` (the best epoch, loadable by
+notebook 3 and predict.py whatever the number of processes), ``<arch>_last.pt`` (resumable: rerun
+the same command after a kill), ``<out-dir>/CSVs/<arch>.csv`` (one row per epoch),
+``<out-dir>/CSVs/training_summary.csv`` and ``<out-dir>/summary_plots/<arch>.png``.
+
+Under torchrun ``--batch-size`` is the GLOBAL batch: each of the N processes loads batch/N
+images of every step, and the learning rate is the one given (not scaled by N). Only rank 0
+writes files. CUDA processes use NCCL, CPU processes gloo.
+
+Per-architecture values: ``--image-size vgg16=64,resnet18=128`` (also --epochs, --patience,
+--schedule); a plain value applies to every architecture. Exit status: 0 trained, 2 bad
+arguments or input (the message says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+import networks
+import plot_utils
+import training
+import utils
+
+
+def per_arch_arg(kind):
+    """argparse type: ``VALUE`` or ``arch=VALUE,arch=VALUE`` (a dict, see training.per_arch)."""
+
+    def parse(text: str):
+        if "=" not in text:
+            return kind(text)
+        out = {}
+        for part in text.split(","):
+            arch, _, value = part.partition("=")
+            if arch.strip() not in networks.ARCHS:
+                raise argparse.ArgumentTypeError(
+                    f"unknown architecture {arch.strip()!r} in {text!r}; valid: "
+                    f"{', '.join(networks.ARCHS)}")
+            out[arch.strip()] = kind(value)
+        return out
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Fine-tune VGG-16 / ResNet-18 / DenseNet-121 on a split manifest "
+                    "(one device, or N processes under torchrun).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="the dataset folder the manifest's paths are relative to")
+    p.add_argument("--manifest", required=True, help="split manifest CSV from split_dataset.py")
+    p.add_argument("--archs", nargs="+", default=["vgg16", "resnet18", "densenet121"],
+                   help=f"architectures ({', '.join(networks.ARCHS)})")
+    p.add_argument("--weights", default="imagenet",
+                   help='"imagenet" (the study), "none" (random init), "auto" (ImageNet if cached), '
+                        "or a .pth file")
+    p.add_argument("--image-size", type=per_arch_arg(int), default=224)
+    p.add_argument("--batch-size", type=int, default=32, help="GLOBAL batch (all processes together)")
+    p.add_argument("--epochs", type=per_arch_arg(int), default=25, help="upper bound; early stopping")
+    p.add_argument("--patience", type=per_arch_arg(int), default=5,
+                   help="epochs without a validation-loss improvement before stopping")
+    p.add_argument("--lr", type=float, default=None,
+                   help="Adam learning rate (default: 3e-5 with pretrained weights; from random "
+                        "init 1e-3, VGG-16 1e-4); never rescaled by the number of processes")
+    p.add_argument("--schedule", type=per_arch_arg(str), default="cosine", help="cosine or constant")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--max-per-class", type=int, default=None, help="cap on training images per class")
+    p.add_argument("--num-workers", type=int, default=2, help="loader workers per process")
+    p.add_argument("--out-dir", default="outputs")
+    p.add_argument("--models-dir", default="models")
+    p.add_argument("--cache-dir", default=".cache/decoded",
+                   help='decoded-image cache (built once, by rank 0); "none" to decode into RAM')
+    p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda > mps > cpu)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+                   help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs "
+                        "with native bf16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="on-device augmentation of training batches")
+    p.add_argument("--freeze-bn", action="store_true",
+                   help="batch norm in eval mode while training (frozen running statistics)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
+    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    p.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start afresh even if a matching <arch>_last.pt exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def config_for(arch: str, a: argparse.Namespace) -> training.TrainConfig:
+    return training.TrainConfig(
+        epochs=training.per_arch(a.epochs, arch), batch_size=a.batch_size, lr=a.lr,
+        patience=training.per_arch(a.patience, arch),
+        image_size=training.per_arch(a.image_size, arch), num_workers=a.num_workers,
+        seed=a.seed, amp=a.amp, compile=a.compile, deterministic=a.deterministic,
+        max_per_class=a.max_per_class, schedule=training.per_arch(a.schedule, arch),
+        augment=a.augment, freeze_bn=a.freeze_bn, sync_bn=a.sync_bn)
+
+
+def write_summary(rows: list[dict], path: Path) -> pd.DataFrame:
+    """Replace these architectures' rows in ``training_summary.csv`` (others are kept)."""
+    new = pd.DataFrame(rows)
+    if path.is_file():
+        old = pd.read_csv(path)
+        new = pd.concat([old[~old["arch"].isin(new["arch"])], new], ignore_index=True)
+    utils.write_csv_atomic(new, path)
+    return new
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    try:
+        manifest = utils.read_manifest(a.manifest)
+        if not Path(a.data_dir).is_dir():
+            raise FileNotFoundError(f"--data-dir {a.data_dir} is not a folder")
+        for arch in a.archs:
+            if arch not in networks.ARCHS:
+                raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(networks.ARCHS)}")
+        device = training.init_distributed(a.device)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        return 2
+    rank, world_size = training.world()
+    if a.batch_size % world_size:
+        print(f"train.py: error: --batch-size {a.batch_size} is the global batch; it must be a "
+              f"multiple of the {world_size} processes", file=sys.stderr)
+        training.close_distributed()
+        return 2
+    cache = None if str(a.cache_dir).lower() == "none" else a.cache_dir
+    if rank == 0:
+        info = utils.dataset_info(a.data_dir)
+        print(f"train.py: {world_size} process(es) on {device}; global batch {a.batch_size} "
+              f"({a.batch_size // world_size} per process); dataset {info['name']}"
+              + (" (synthetic demo)" if info["synthetic"] else ""))
+    rows = []
+    for arch in a.archs:
+        _, history, row = training.train_architecture(
+            arch, manifest, a.data_dir, config_for(arch, a), device, a.weights, a.models_dir,
+            a.out_dir, cache, resume=a.resume, progress=not a.quiet)
+        rows.append(row)
+        if rank == 0:
+            fig = plot_utils.training_curves(
+                history, row["best_epoch"], title=f"{arch} ({row['weights']}, {row['image_size']} px)")
+            plot_utils.save_figure(fig, Path(a.out_dir) / "summary_plots" / f"{arch}.png")
+            print(f"{arch}: best epoch {row['best_epoch']} of {row['epochs_run']}, val loss "
+                  f"{row['val_loss']:.4f}, val acc {row['val_acc']:.3f} -> "
+                  f"{Path(a.models_dir) / (arch + '.pt')}")
+    if rank == 0:
+        write_summary(rows, Path(a.out_dir) / "CSVs" / "training_summary.csv")
+    training.close_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
