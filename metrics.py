@@ -7,6 +7,8 @@ Convention everywhere: confusion matrix rows = true class, columns = predicted c
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy.stats import norm, rankdata
@@ -35,11 +37,6 @@ def wilson_interval(k, n, z: float = Z95) -> tuple[np.ndarray, np.ndarray]:
     return centre - half, centre + half
 
 
-def _div(a, b):
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    return np.divide(a, b, out=np.zeros(np.broadcast(a, b).shape), where=b != 0)
-
-
 def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
     """Per-class counts and rates from confusion matrices ``(..., C, C)``."""
     tp = np.diagonal(cm, axis1=-2, axis2=-1).astype(float)
@@ -48,10 +45,16 @@ def _rates(cm: np.ndarray) -> dict[str, np.ndarray]:
     total = cm.sum((-2, -1))[..., None].astype(float)
     fn, fp = support - tp, predicted - tp
     tn = total - tp - fn - fp
-    precision, recall, specificity = _div(tp, tp + fp), _div(tp, tp + fn), _div(tn, tn + fp)
+    nan = np.full_like(tp, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # a class absent from y_true has no recall (NaN: left out of macro averages); a class
+        # present but never predicted has precision 0 (scikit-learn's zero_division=0)
+        recall = np.where(support > 0, tp / support, nan)
+        precision = np.where(predicted > 0, tp / predicted, np.where(support > 0, 0.0, nan))
+        specificity = np.where(tn + fp > 0, tn / (tn + fp), nan)
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), nan)
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "support": support, "precision": precision,
-            "recall": recall, "specificity": specificity,
-            "f1": _div(2 * precision * recall, precision + recall)}
+            "recall": recall, "specificity": specificity, "f1": f1}
 
 
 def _ovr_auc(y_true: np.ndarray, y_prob: np.ndarray) -> np.ndarray:
@@ -99,7 +102,10 @@ def classification_report(y_true, y_prob, class_names, n_boot: int = 1000, seed:
     """Per-class and averaged metrics with 95% confidence intervals.
 
     ``y_true``: int class indices ``(N,)``; ``y_prob``: scores ``(N, C)`` (softmax), predicted
-    class = argmax. Rows: each class, then ``macro avg`` and ``weighted avg`` (weights = support).
+    class = argmax. Rows: each class, then ``macro avg`` (the mean over the classes where a
+    metric is defined: a class absent from ``y_true`` has no recall or AUC and is left out rather
+    than counted as 0; ``df.attrs["macro_classes"]`` = classes present) and ``weighted avg``
+    (weights = support).
     Columns: ``precision``, ``recall`` (sensitivity), ``specificity``, ``f1``, ``support``,
     ``auc`` (one-vs-rest ROC-AUC), and ``<metric>_lo`` / ``<metric>_hi`` bounds: Wilson intervals
     for per-class precision, recall and specificity; a seeded percentile bootstrap (``n_boot``
@@ -129,8 +135,10 @@ def classification_report(y_true, y_prob, class_names, n_boot: int = 1000, seed:
         with np.errstate(invalid="ignore"):
             boot_w = boot["support"] / boot["support"].sum(-1, keepdims=True)
 
-        def ci(values):  # (B, ...) -> 2.5 and 97.5 percentiles
-            return np.nanpercentile(values, [2.5, 97.5], axis=0)
+        def ci(values):  # (B, ...) -> 2.5 and 97.5 percentiles; NaN for an absent class
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "All-NaN slice", RuntimeWarning)
+                return np.nanpercentile(values, [2.5, 97.5], axis=0)
     else:
         boot, boot_w = None, None
 
@@ -138,14 +146,25 @@ def classification_report(y_true, y_prob, class_names, n_boot: int = 1000, seed:
             return np.full((2,) + np.shape(values)[1:], np.nan)
     for m in ("f1", "auc"):
         df[f"{m}_lo"], df[f"{m}_hi"] = ci(boot[m]) if n_boot else ci(np.zeros((1, C)))
-    for name, weights, bweights in (("macro avg", np.full(C, 1 / C), np.full(C, 1 / C)),
-                                    ("weighted avg", w, boot_w)):
-        row = {m: float(np.nansum(df[m].to_numpy()[:C] * weights)) for m in metrics}
+    def macro(values):  # mean over the classes where the metric is defined (not NaN)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Mean of empty slice", RuntimeWarning)
+            return np.nanmean(values, axis=-1)
+
+    def weighted(values, weights):
+        return np.nansum(values * weights, axis=-1)
+
+    for name, avg, weights, bweights in (("macro avg", macro, None, None),
+                                         ("weighted avg", weighted, w, boot_w)):
+        args, bargs = ((), ()) if weights is None else ((weights,), (bweights,))
+        row = {m: float(avg(df[m].to_numpy()[:C], *args)) for m in metrics}
         row["support"] = int(r["support"].sum())
         for m in metrics:
-            vals = np.nansum(boot[m] * bweights, axis=-1) if n_boot else np.zeros(1)
+            vals = avg(boot[m], *bargs) if n_boot else np.zeros(1)
             row[f"{m}_lo"], row[f"{m}_hi"] = ci(vals)
         df.loc[name] = pd.Series(row)
+    # a class absent from y_true has no recall or AUC: averages run over the classes present
+    df.attrs["macro_classes"] = int((r["support"] > 0).sum())
     df["support"] = df["support"].astype(int)
     cols = ["precision", "recall", "specificity", "f1", "support", "auc"]
     cols += [f"{m}_{b}" for m in ("precision", "recall", "specificity", "f1", "auc")
@@ -155,7 +174,8 @@ def classification_report(y_true, y_prob, class_names, n_boot: int = 1000, seed:
 
 def summary_metrics(y_true, y_prob, class_names, n_boot: int = 1000, seed: int = 0) -> dict:
     """Headline numbers as plain floats: ``accuracy`` (Wilson CI), ``balanced_accuracy`` (macro
-    recall), ``macro_f1``, ``macro_auc`` (bootstrap CIs), ``n``, and the confusion matrix
+    recall), ``macro_f1``, ``macro_auc`` (bootstrap CIs; over the ``macro_classes`` classes
+    present in ``y_true``), ``n``, and the confusion matrix
     (``confusion_matrix``: rows = true class, columns = predicted)."""
     y_true, y_prob = _validate(y_true, y_prob, class_names)
     C = len(class_names)
@@ -173,6 +193,7 @@ def summary_metrics(y_true, y_prob, class_names, n_boot: int = 1000, seed: int =
         "macro_f1_ci": [float(macro["f1_lo"]), float(macro["f1_hi"])],
         "macro_auc": float(macro["auc"]),
         "macro_auc_ci": [float(macro["auc_lo"]), float(macro["auc_hi"])],
+        "macro_classes": rep.attrs["macro_classes"],  # classes present, averaged over
         "confusion_matrix": cm.tolist(),
     }
 

@@ -242,6 +242,14 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
     return manifest
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
     """A hash of every file's relative path, size and modification time under ``data_dir``
     (a listing, no decoding: it changes when a file is added, removed, replaced or touched)."""
@@ -306,8 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     params = {"data_dir": str(data_dir), "val": a.val, "test": a.test, "seed": a.seed,
               "fingerprint": dataset_fingerprint(data_dir)}
     if not a.force and out.is_file() and info_path(out).is_file():
+        # the JSON records the CSV's hash: a kill between writing the two (or an edited CSV)
+        # makes the pair disagree, and the split is drawn again
         try:
-            same = json.loads(info_path(out).read_text()) == params
+            same = json.loads(info_path(out).read_text()) == {**params, "manifest_sha256":
+                                                              file_sha256(out)}
         except ValueError:
             same = False
         if same:
@@ -326,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     rej = pd.DataFrame(report["rejects"], columns=["path", "reason"])
     write_csv_atomic(rej, rejects_path(out))
     with atomic_write(info_path(out)) as tmp:
-        tmp.write_text(json.dumps(params, indent=2) + "\n")
+        tmp.write_text(json.dumps({**params, "manifest_sha256": file_sha256(out)}, indent=2) + "\n")
     print(split_table(manifest).to_string())
     n_dup = int(manifest.duplicated("group", keep=False).sum())
     print(f"{len(manifest)} images in {out} ({report['seconds']:.1f} s, seed {a.seed}); "

@@ -61,6 +61,7 @@ class TrainConfig:
     weights: str | None = None  # "imagenet", a path, or None (random init); recorded for lr
     max_per_class: int | None = None  # cap on training images per class (quick runs)
     schedule: str = "cosine"    # "cosine" (to lr/100 over ``epochs``) or "constant"
+    warmup_epochs: int = 0      # linear warm-up epochs before the schedule (see make_schedule)
     augment: bool = True        # on-device augmentation of training batches (utils.augment_batch)
     freeze_bn: bool = False     # batch norm in eval mode while training (frozen running stats)
     sync_bn: bool = False       # SyncBatchNorm across processes under torchrun on CUDA
@@ -409,6 +410,26 @@ def _config_key(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in free}
 
 
+def make_schedule(opt: torch.optim.Optimizer, config: TrainConfig):
+    """The per-epoch learning-rate schedule: ``warmup_epochs`` linear steps up to the lr (epoch
+    ``e`` of the warm-up at ``e/(warmup+1)`` of it: Adam's first steps move every weight by about
+    the lr, which can knock a network without batch norm such as VGG-16 into a dead plateau),
+    then ``cosine`` decay to lr/100 by the last epoch or a ``constant`` lr."""
+    w = config.warmup_epochs
+    rest = max(1, config.epochs - w)
+    if config.schedule == "cosine":
+        lr = opt.param_groups[0]["lr"]
+        main = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=rest, eta_min=lr / 100)
+    elif config.schedule == "constant":
+        main = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
+    else:
+        raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, constant")
+    if w <= 0:
+        return main
+    warm = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: (e + 1) / (w + 1))
+    return torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[w])
+
+
 def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names: list[str],
         config: TrainConfig, device: torch.device, models_dir: str | os.PathLike = "models",
         history_dir: str | os.PathLike = "outputs/CSVs", resume: bool = True,
@@ -456,13 +477,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     # parameters) ~6x cheaper than the per-tensor loop.
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay,
                            fused=device.type in ("cpu", "cuda"))
-    if config.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, config.epochs),
-                                                           eta_min=lr / 100)
-    elif config.schedule == "constant":
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: 1.0)
-    else:
-        raise ValueError(f"unknown schedule {config.schedule!r}; valid: cosine, constant")
+    sched = make_schedule(opt, config)
     precision = amp_dtype(device, config.amp, cpu=True)
     use_amp = precision is not None
     scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
@@ -481,6 +496,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
             sched.load_state_dict(last["scheduler_state"])
             scaler.load_state_dict(last["scaler_state"])
             state = last["state"]
+            if state["finished"] and state["bad_epochs"] < config.patience and \
+                    state["epoch"] < config.epochs:
+                state["finished"] = False  # ran out of epochs, not patience: more were asked
             if state["finished"] and state["epoch"] >= 1:
                 if main:
                     print(f"{arch}: already trained ({state['epoch']} epochs, best epoch "

@@ -45,10 +45,16 @@ def dataset_info(data_dir: str | os.PathLike) -> dict:
 
 
 # --------------------------------------------------------------------------- images
+def binary_mask(a: np.ndarray) -> np.ndarray:
+    """A mask image (from ``read_xray``) as bool: inside = above half its maximum, so 0/255,
+    0/1 and 16-bit masks all work and JPEG ringing near 0 stays outside. All-zero: empty."""
+    top = float(a.max()) if a.size else 0.0
+    return a > top / 2 if top > 0 else np.zeros(a.shape, bool)
+
+
 def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
-    """A mask image as bool ``(size, size)`` (nearest-neighbour resize; nonzero = inside)."""
-    a = read_xray(path)
-    return cv2.resize((a > 0.5).astype(np.uint8), (size, size),
+    """A mask image as bool ``(size, size)`` (``binary_mask``, nearest-neighbour resize)."""
+    return cv2.resize(binary_mask(read_xray(path)).astype(np.uint8), (size, size),
                       interpolation=cv2.INTER_NEAREST).astype(bool)
 
 

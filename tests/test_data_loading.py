@@ -137,3 +137,18 @@ def test_decoded_cache_same_batches_invalidation_and_fallback(demo_dir, demo_man
         ram = utils.XrayDataset(df, demo_dir, names, 40, preload=True, cache_dir=tmp_path / "d")
     assert isinstance(ram.images, np.ndarray) and not isinstance(ram.images, np.memmap)
     assert torch.equal(ram[5][0], plain[5][0])
+
+
+def test_masks_stored_as_0_1_0_255_or_16_bit_agree(tmp_path):
+    from PIL import Image
+    inside = np.zeros((40, 40), bool)
+    inside[10:30, 5:20] = True
+    variants = {"01.png": Image.fromarray(inside.astype(np.uint8)),
+                "0255.png": Image.fromarray(inside.astype(np.uint8) * 255),
+                "16bit.png": Image.fromarray(inside.astype(np.uint16) * 65535)}
+    for name, im in variants.items():
+        im.save(tmp_path / name)
+        got = utils.load_mask(tmp_path / name, 40)
+        assert got.dtype == bool and np.array_equal(got, inside), name
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "empty.png")
+    assert not utils.load_mask(tmp_path / "empty.png", 20).any()

@@ -85,3 +85,21 @@ def test_bad_shapes_raise():
         metrics.classification_report([0, 1], np.zeros((2, 3)), ["a", "b"])
     with pytest.raises(ValueError, match="class indices"):
         metrics.classification_report([0, 5], np.zeros((2, 2)), ["a", "b"])
+
+
+def test_macro_averages_leave_out_an_absent_class():
+    """Three classes predicted perfectly and a fourth absent from the test set: the macro AUC and
+    recall are 1 (over the 3 classes present), not 0.75, and the report says it averaged 3."""
+    y = np.repeat([0, 1, 2], 5)
+    p = np.full((15, 4), 0.02)
+    p[np.arange(15), y] = 0.94
+    rep = metrics.classification_report(y, p, list("abcd"), n_boot=100)
+    assert np.isnan(rep.loc["d", "recall"]) and np.isnan(rep.loc["d", "auc"])
+    assert rep.loc["macro avg", "auc"] == 1.0 and rep.loc["macro avg", "recall"] == 1.0
+    assert rep.attrs["macro_classes"] == 3
+    s = metrics.summary_metrics(y, p, list("abcd"), n_boot=100)
+    assert s["macro_auc"] == 1.0 and s["balanced_accuracy"] == 1.0 and s["macro_classes"] == 3
+    assert s["macro_auc_ci"] == [1.0, 1.0]
+    # sklearn agrees when told which classes there are
+    assert s["balanced_accuracy"] == skm.recall_score(y, p.argmax(1), labels=[0, 1, 2],
+                                                      average="macro")

@@ -116,3 +116,21 @@ def test_out_inside_dataset_refused(demo_dir):
 def test_missing_folder_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         split_dataset.make_split(tmp_path / "nope")
+
+
+def test_manifest_left_by_a_killed_split_is_not_reused(demo_dir, tmp_path, capsys):
+    """A split killed between writing its CSV and its JSON leaves a new CSV beside the old JSON;
+    the JSON holds the CSV's hash, so a later run notices and splits again."""
+    out = tmp_path / "manifest.csv"
+    args = [str(demo_dir), "--out", str(out), "--val", "3", "--test", "3", "--workers", "1"]
+    assert split_dataset.main(args + ["--seed", "0"]) == 0
+    seed0 = out.read_bytes()
+    other = split_dataset.make_split(demo_dir, val=3, test=3, seed=1, workers=1)
+    split_dataset.write_csv_atomic(other, out)  # the killed seed-1 run's CSV, JSON not yet written
+    assert out.read_bytes() != seed0
+    capsys.readouterr()
+    assert split_dataset.main(args + ["--seed", "0"]) == 0
+    assert "re-splitting" in capsys.readouterr().out
+    assert out.read_bytes() == seed0
+    assert split_dataset.main(args + ["--seed", "0"]) == 0  # now the pair agrees: reused
+    assert "reusing it" in capsys.readouterr().out

@@ -68,15 +68,111 @@ def test_fit_learns_and_writes(tmp_path, tiny):
     csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
     assert list(csv.columns) == list(training.HISTORY_COLUMNS) and len(csv) == 5
     best, meta = training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
-    assert meta["epoch"] == int(h.loc[h["val_loss"].idxmin(), "epoch"])
+    assert meta["epoch"] == training.best_epoch(h) == int(h.loc[h["best"] == 1, "epoch"].iat[-1])
     for k, v in best.state_dict().items():     # best weights restored into the model
         assert torch.equal(v, model.state_dict()[k]), k
     assert (tmp_path / "run" / "models" / "resnet18_last.pt").is_file()
 
 
-def test_early_stopping(tmp_path, tiny):
+def test_early_stopping(tmp_path, tiny, capsys):
     _, h = _fit(tmp_path, tiny, 10, lr=1e-12, patience=2)  # nothing improves after epoch 1
-    assert len(h) == 3
+    assert h["epoch"].tolist() == [1, 2, 3] and h["best"].tolist() == [1, 0, 0]
+    assert "early stop at epoch 3; best epoch 1" in capsys.readouterr().out
+    last = torch.load(tmp_path / "run" / "models" / "resnet18_last.pt", weights_only=True)
+    assert last["state"]["finished"] and last["state"]["bad_epochs"] == 2
+    assert training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")[1]["epoch"] == 1
+
+
+def _scripted_val(monkeypatch, losses):
+    """training.evaluate returning the given validation losses, one per call."""
+    it = iter(losses)
+    monkeypatch.setattr(training, "evaluate",
+                        lambda *a, **k: {"loss": next(it), "acc": 0.5, "n": 4})
+
+
+def test_best_epoch_is_the_saved_epoch(tmp_path, tiny, monkeypatch):
+    # improvements smaller than min_delta (1e-3) do not replace models/<arch>.pt
+    _scripted_val(monkeypatch, [1.0, 0.9995, 0.9991, 0.5])
+    _, h = _fit(tmp_path, tiny, 4)
+    saved = training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")[1]["epoch"]
+    assert h["best"].tolist() == [1, 0, 0, 1] and saved == 4
+    _scripted_val(monkeypatch, [1.0, 0.9995, 0.9991])
+    _, h = _fit(tmp_path, tiny, 3, tag="small")
+    saved = training.load_checkpoint(tmp_path / "small" / "models" / "resnet18.pt")[1]["epoch"]
+    assert saved == 1 and training.summarize_history(h)["best_epoch"] == 1
+    assert training.summarize_history(h)["val_loss"] == 1.0
+    # a history without the column (older runs) is replayed with the same rule
+    assert training.best_epoch(h.drop(columns="best")) == 1
+
+
+def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
+    nothing = torch.utils.data.DataLoader([None, None], batch_size=2,
+                                          collate_fn=utils.collate_skip_none)
+    ev = training.evaluate(networks.build_model("resnet18", 4, weights=None), nothing,
+                           torch.device("cpu"))
+    assert ev["n"] == 0 and math.isnan(ev["loss"]) and math.isnan(ev["acc"])
+    loaders, names = tiny
+    model = networks.build_model("resnet18", 4, weights=None)
+    with pytest.raises(ValueError, match="no validation image could be read"):
+        training.fit(model, {"train": loaders["train"], "val": nothing}, "resnet18", names,
+                     training.TrainConfig(epochs=1, image_size=32, num_workers=0),
+                     torch.device("cpu"), tmp_path / "m", tmp_path / "c", progress=False)
+    assert not (tmp_path / "m" / "resnet18.pt").exists()
+
+
+def test_no_history_row_lost_to_a_kill_between_writes(tmp_path, tiny, monkeypatch):
+    """Killed while epoch 2's row is written: the resumable state still says epoch 1, so the
+    resumed run redoes epoch 2 and the history has every epoch once."""
+    real, calls = training._append_history, []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+    monkeypatch.setattr(training, "_append_history", dying)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, tiny, 3, tag="k")
+    monkeypatch.setattr(training, "_append_history", real)
+    _, h = _fit(tmp_path, tiny, 3, tag="k")
+    assert pd.read_csv(tmp_path / "k" / "csv" / "resnet18.csv")["epoch"].tolist() == [1, 2, 3]
+    assert h["epoch"].tolist() == [1, 2, 3]
+
+
+def test_resume_with_other_epochs_does_not_splice_cosine_schedules(tmp_path, tiny, capsys):
+    _fit(tmp_path, tiny, 2, tag="e")
+    capsys.readouterr()
+    _, h = _fit(tmp_path, tiny, 3, tag="e")
+    assert "another config" in capsys.readouterr().out
+    _, clean = _fit(tmp_path, tiny, 3, tag="clean")
+    assert h["lr"].tolist() == clean["lr"].tolist()
+    # with a constant lr, more epochs simply continue
+    _fit(tmp_path, tiny, 2, tag="c", schedule="constant")
+    capsys.readouterr()
+    _, h = _fit(tmp_path, tiny, 3, tag="c", schedule="constant")
+    assert "resuming after epoch 2" in capsys.readouterr().out and len(h) == 3
+
+
+def test_warmup_schedule_and_its_resume(tmp_path, tiny):
+    _, h = _fit(tmp_path, tiny, 4, tag="w", schedule="constant", warmup_epochs=2)
+    assert h["lr"].tolist() == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])
+    last = torch.load(tmp_path / "w" / "models" / "resnet18_last.pt", weights_only=True)
+    assert last["state"]["epoch"] == 4  # the scheduler state saved and reloaded with weights_only
+
+
+def test_notebook_3_refuses_a_model_trained_on_another_split(demo_dir, demo_manifest):
+    import split_dataset
+    meta = {"arch": "resnet18", "class_names": utils.class_names_from(demo_manifest),
+            "data": utils.data_fingerprint(demo_manifest, demo_dir)}
+    training.check_trained_on(meta, demo_manifest, demo_dir)  # the same split: fine
+    other = split_dataset.make_split(demo_dir, val=3, test=3, seed=99, workers=1)
+    with pytest.raises(ValueError, match="trained on another split or other files"):
+        training.check_trained_on(meta, other, demo_dir)
+    with pytest.raises(ValueError, match="trained on classes"):
+        training.check_trained_on({**meta, "class_names": ["a", "b"]}, demo_manifest, demo_dir)
+    with pytest.warns(UserWarning, match="no data fingerprint"):
+        training.check_trained_on({k: v for k, v in meta.items() if k != "data"},
+                                  demo_manifest, demo_dir)
 
 
 def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monkeypatch):
