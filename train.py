@@ -15,9 +15,9 @@ Under torchrun ``--batch-size`` is the GLOBAL batch: each of the N processes loa
 images of every step, and the learning rate is the one given (not scaled by N). Only rank 0
 writes files. CUDA processes use NCCL, CPU processes gloo.
 
-Per-architecture values: ``--image-size vgg16=64,resnet18=128`` (also --epochs, --patience,
---schedule); a plain value applies to every architecture. Exit status: 0 trained, 2 bad
-arguments or input (the message says which).
+Per-architecture values: ``--image-size vgg16=96,resnet18=128`` (also --epochs, --patience,
+--lr, --schedule, --warmup-epochs); a plain value applies to every architecture. Exit status:
+0 trained, 2 bad arguments or input (the message says which).
 """
 
 from __future__ import annotations
@@ -71,10 +71,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=per_arch_arg(int), default=25, help="upper bound; early stopping")
     p.add_argument("--patience", type=per_arch_arg(int), default=5,
                    help="epochs without a validation-loss improvement before stopping")
-    p.add_argument("--lr", type=float, default=None,
+    p.add_argument("--lr", type=per_arch_arg(float), default=None,
                    help="Adam learning rate (default: 3e-5 with pretrained weights; from random "
-                        "init 1e-3, VGG-16 1e-4); never rescaled by the number of processes")
+                        "init 1e-3, VGG-16 5e-5); never rescaled by the number of processes")
     p.add_argument("--schedule", type=per_arch_arg(str), default="cosine", help="cosine or constant")
+    p.add_argument("--warmup-epochs", type=per_arch_arg(int), default=0,
+                   help="epochs of linear learning-rate warm-up before the schedule")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--max-per-class", type=int, default=None, help="cap on training images per class")
     p.add_argument("--num-workers", type=int, default=2, help="loader workers per process")
@@ -101,7 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def config_for(arch: str, a: argparse.Namespace) -> training.TrainConfig:
     return training.TrainConfig(
-        epochs=training.per_arch(a.epochs, arch), batch_size=a.batch_size, lr=a.lr,
+        epochs=training.per_arch(a.epochs, arch), batch_size=a.batch_size,
+        lr=training.per_arch(a.lr, arch), warmup_epochs=training.per_arch(a.warmup_epochs, arch),
         patience=training.per_arch(a.patience, arch),
         image_size=training.per_arch(a.image_size, arch), num_workers=a.num_workers,
         seed=a.seed, amp=a.amp, compile=a.compile, deterministic=a.deterministic,
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
         for arch in a.archs:
             if arch not in networks.ARCHS:
                 raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(networks.ARCHS)}")
+            config_for(arch, a)  # a per-architecture flag that leaves this one out fails here
         device = training.init_distributed(a.device)
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)

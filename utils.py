@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
+import xray_io
 # The reader and atomic writers live in xray_io (no torch there); re-exported for the notebooks.
 from xray_io import (load_resized, load_resized_or_reason, process_pool, read_xray,  # noqa: F401
                      write_csv_atomic, write_json_atomic)
@@ -158,11 +159,37 @@ def _file_stamp(path: Path) -> str:
     return f"{st.st_size}\0{st.st_mtime_ns}"
 
 
+@functools.lru_cache(maxsize=1)
+def decoder_version() -> str:
+    """A hash of ``xray_io.py``, the code that decodes and resizes: a decoded cache built by
+    another version of it is never reused."""
+    return hashlib.blake2b(Path(xray_io.__file__).read_bytes(), digest_size=6).hexdigest()
+
+
+def _remove_stale_temps(cache_dir: Path) -> None:
+    """Delete the temporary files of cache builds whose process is gone (killed mid-build)."""
+    for tmp in cache_dir.glob("decoded-*.u8.tmp*"):
+        pid = tmp.name.rpartition(".tmp")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _cache_key(df: pd.DataFrame, data_dir: Path, size: int) -> str:
-    """Content key of a decoded cache: data folder, image size, and every listed file's path,
-    byte size and modification time (a replaced or touched file gives a new key)."""
+    """Content key of a decoded cache: data folder, image size, the decoder's version, and every
+    listed file's path, byte size and modification time (a replaced or touched file gives a new
+    key)."""
     h = hashlib.blake2b(digest_size=12)
-    h.update(f"{data_dir.resolve()}\n{size}\n".encode())
+    h.update(f"{data_dir.resolve()}\n{size}\n{decoder_version()}\n".encode())
     for rel in df["path"]:
         h.update(f"{rel}\0{_file_stamp(data_dir / rel)}\n".encode())
     return h.hexdigest()
@@ -201,7 +228,9 @@ def decoded_images(df: pd.DataFrame, data_dir: str | os.PathLike, size: int,
     lists ``(path, reason)`` for the others (their rows are zeros). With ``cache_dir`` the array
     is a memory-mapped file ``decoded-<key>-<S>px.u8`` there, keyed by ``_cache_key``: later
     epochs, runs and DataLoader workers read it instead of decoding; a changed manifest, file or
-    size gives a new key. The file is written under a temporary name and renamed when complete.
+    size gives a new key, and so does another version of the decoder (``decoder_version``). The
+    file is written under a temporary name, synced and renamed when complete; temporary files
+    of builds killed midway are deleted by the next build.
     Falls back to RAM (with a warning) when the cache folder lacks space or cannot be written.
     """
     data_dir = Path(data_dir)
@@ -217,6 +246,7 @@ def decoded_images(df: pd.DataFrame, data_dir: str | os.PathLike, size: int,
             return images, np.array(info["ok"], bool), [tuple(x) for x in info["skipped"]]
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
+            _remove_stale_temps(cache_dir)
             free = shutil.disk_usage(cache_dir).free
             if free < n * size * size * 1.1 + 2**28:
                 raise OSError(f"{free / 2**30:.1f} GiB free in {cache_dir}, need "
@@ -241,6 +271,8 @@ def decoded_images(df: pd.DataFrame, data_dir: str | os.PathLike, size: int,
     if cache_dir is not None:
         images.flush()
         del images
+        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp, data_file)
         write_json_atomic({"ok": ok.tolist(), "skipped": skipped, "size": size, "n": n},
                           info_file)

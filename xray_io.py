@@ -26,14 +26,17 @@ MAX_PIXELS = 60_000_000
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success rename it over ``path`` (atomic on one
-    file system), on failure delete it. Readers never see a half-written file."""
+    """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``
+    (atomic on one file system), on failure delete it. Readers never see a half-written file,
+    even after a power loss."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as f:  # the bytes reach the disk before the rename publishes them
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -129,16 +129,33 @@ def test_dicom_monochrome_and_windowing(corpus):
     root, _, _ = corpus
     m1, m2 = read_xray(root / "COVID/mono1.dcm"), read_xray(root / "COVID/mono2.dcm")
     np.testing.assert_allclose(m1, 1.0 - m2, atol=1e-6)
-    # rescale (x2 - 10) then window [0, 2000]: still monotone in the stored values
-    order = np.argsort(GRAY.ravel(), kind="stable")
-    assert np.all(np.diff(m2.ravel()[order]) >= -1e-6)
+    # by hand: stored = GRAY * 16; modality LUT v = 2 * stored - 10; the DICOM linear window
+    # (PS3.3 C.11.2.1.2) with centre 1000, width 2000 maps v <= 0 to the bottom, v > 1999 to the
+    # top and ((v - 999.5) / 1999 + 0.5) = v / 1999 in between; min-max scaling keeps that
+    v = 2.0 * GRAY.astype(np.float64) * 16 - 10
+    expected = np.clip(v / 1999, 0, 1)
+    assert expected.min() == 0 and expected.max() == 1 and ((expected > 0) & (expected < 1)).mean() > 0.1
+    np.testing.assert_allclose(m2, expected, atol=1e-5)
+    np.testing.assert_allclose(m1, 1 - expected, atol=1e-5)
 
 
-def test_bomb_refused_before_allocating(corpus):
+def test_bomb_refused_before_allocating(corpus, tmp_path):
     root, _, _ = corpus
     tracemalloc.start()
     with pytest.raises(ValueError, match="bomb"):
         read_xray(root / "COVID/bomb.png")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20e6
+    # 9000 x 9000 = 81M pixels: above our 60M limit, below the 2 x 89M at which PIL itself
+    # raises, so only our own check can refuse it (and with our message)
+    from PIL import Image
+    assert 9000 * 9000 < 2 * Image.MAX_IMAGE_PIXELS
+    _png_claiming(tmp_path / "big.png", 9000, 9000)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match=r"claims 9000x9000 = 81,000,000 pixels, more than the "
+                                         r"limit of 60,000,000"):
+        read_xray(tmp_path / "big.png")
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20e6

@@ -1,5 +1,5 @@
 import shutil
-import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,9 +61,9 @@ def test_bad_file_at_training_time_is_skipped(demo_dir, demo_manifest, tmp_path)
     with pytest.warns(UserWarning, match="skipping unreadable image"):
         batches = list(loader)
     assert sum(len(b[1]) for b in batches) == len(df) - 2
-    with warnings.catch_warnings(record=True):
+    with pytest.warns(UserWarning, match="skipping unreadable image") as caught:
         ds = utils.XrayDataset(df, d, names, 32, preload=True)
-    assert len(ds) == len(df) - 2 and len(ds.skipped) == 2
+    assert len(ds) == len(df) - 2 and len(ds.skipped) == 2 and len(caught) == 2
 
 
 def test_seeded_loaders_repeat(demo_dir, demo_manifest):
@@ -152,3 +152,72 @@ def test_masks_stored_as_0_1_0_255_or_16_bit_agree(tmp_path):
         assert got.dtype == bool and np.array_equal(got, inside), name
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "empty.png")
     assert not utils.load_mask(tmp_path / "empty.png", 20).any()
+
+
+def test_decoded_cache_keys_on_the_decoder_syncs_and_sweeps_crashed_builds(
+        demo_dir, demo_manifest, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+    df = demo_manifest[demo_manifest["split"] == "val"]
+    c = tmp_path / "c"
+    c.mkdir()
+    # a build killed midway left its temporary file; a live process's build is left alone
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = c / f"decoded-abc-24px.u8.tmp{dead.pid}"
+    stale.write_bytes(b"half")
+    live = c / f"decoded-abc-24px.u8.tmp{os.getppid()}"
+    live.write_bytes(b"half")
+    synced, real_fsync = [], os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+                        or real_fsync(fd))
+    utils.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
+    assert not stale.exists() and live.exists()
+    built = sorted(c.glob("*.u8"))
+    assert len(built) == 1 and any(".u8.tmp" in p for p in synced)  # synced before the rename
+    # another decoder version never reuses it
+    utils.decoder_version.cache_clear()
+    monkeypatch.setattr(utils.xray_io, "__file__", str(Path(utils.__file__)))
+    try:
+        utils.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
+    finally:
+        utils.decoder_version.cache_clear()
+    assert len(sorted(c.glob("*.u8"))) == 2
+
+
+@pytest.mark.parametrize("draw", [0.0, 1.0])
+def test_augment_batch_extreme_draws_are_the_documented_transform(draw, monkeypatch):
+    """Every random number forced to its extreme: the rotation is exactly +-7 degrees, the scale
+    0.92 or 1.08, the shift +-0.06 of the image, brightness and contrast +-20%; nothing more."""
+    S = 101
+    x = torch.zeros(1, 1, S, S)
+    pts = np.array([[30.0, 40.0], [70.0, 60.0]])          # (x, y) pixel centres of two dots
+    for px, py in pts:
+        x[0, 0, int(py) - 1:int(py) + 2, int(px) - 1:int(px) + 2] = 0.5
+    monkeypatch.setattr(torch, "rand", lambda *shape, **k: torch.full(shape, draw))
+    out = utils.augment_batch(x.clone())[0, 0].numpy()
+    monkeypatch.undo()
+    got = []
+    for px, py in pts:  # centroid of each dot in the output, searched near its expected place
+        ys, xs = np.mgrid[0:S, 0:S]
+        near = (np.hypot(xs - px, ys - py) < 18) & (out > out.mean() + 0.05)
+        w = out * near
+        got.append([(w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()])
+    got = np.array(got)
+    sign = 1 if draw == 1.0 else -1
+    angle, s, shift = np.radians(7.0) * sign, 1 + 0.08 * sign, 0.06 * 2 * sign
+    # grid_sample: input = A @ output + t in [-1, 1] coordinates, A = R(angle) / s
+    A = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]) / s
+    norm = (pts + 0.5) / S * 2 - 1
+    expected = (np.linalg.solve(A, (norm - shift).T).T + 1) / 2 * S - 0.5
+    np.testing.assert_allclose(got, expected, atol=0.35)
+    v_in, v_out = pts[1] - pts[0], got[1] - got[0]
+    turned = np.degrees(np.arctan2(v_out[1], v_out[0]) - np.arctan2(v_in[1], v_in[0]))
+    assert abs(abs(turned) - 7.0) < 0.5
+    assert np.linalg.norm(v_out) / np.linalg.norm(v_in) == pytest.approx(s, abs=0.01)
+    # exposure: brightness x(1 +- 0.2), then contrast x(1 +- 0.2) around the image mean
+    flat = torch.full((1, 1, 8, 8), 0.5)
+    monkeypatch.setattr(torch, "rand", lambda *shape, **k: torch.full(shape, draw))
+    bright = utils.augment_batch(flat.clone(), max_rotate=0, max_translate=0, scale=(1, 1))
+    assert bright[0, 0, 4, 4].item() == pytest.approx(0.5 * (1 + 0.2 * sign), abs=1e-4)
