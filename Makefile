@@ -24,10 +24,10 @@ DATA_DIR := $(DEMO_DIR)
 # Each model gets the input size its Grad-CAM needs and its CPU time allows (bf16 autocast on
 # CPUs that have it). VGG-16 (no batch norm) sits at chance for 2-3 epochs before it learns, so
 # it warms its learning rate up over 2 epochs, keeps it constant and does not stop early. Grad-CAM
-# maps come from the block before the last (at 96/128 px the last is 3x3/4x4).
+# maps come from the block before the last (at 96/160/128 px the last is 3x3/5x5/4x4).
 SPLIT_ARGS ?= --val 30 --test 30
 TRAIN_PARAMS ?= -p weights auto -p batch_size 16 -p max_per_class 150 -p num_workers 0 \
-	-y "image_size: {vgg16: 96, resnet18: 128, densenet121: 128}" \
+	-y "image_size: {vgg16: 96, resnet18: 160, densenet121: 128}" \
 	-y "epochs: {vgg16: 11, resnet18: 8, densenet121: 6}" \
 	-y "patience: {vgg16: 11, resnet18: 3, densenet121: 3}" \
 	-y "schedule: {vgg16: constant, resnet18: cosine, densenet121: cosine}" \
@@ -46,9 +46,12 @@ run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-test.txt
+$(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
@@ -68,7 +71,7 @@ notebooks: venv
 	$(PM) 2_finetune_models.ipynb $(OUT)/notebooks/2_finetune_models.ipynb $(COMMON) -p models_dir $(MODELS) $(TRAIN_PARAMS)
 	$(PM) 3_evaluate_results.ipynb $(OUT)/notebooks/3_evaluate_results.ipynb $(COMMON) -p models_dir $(MODELS) $(EVAL_PARAMS)
 
-test: venv
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
 report: venv
