@@ -214,3 +214,66 @@ def roc_points(y_true, y_prob, class_names) -> dict[str, tuple[np.ndarray, np.nd
         fpr = np.r_[0, fps / max((~pos).sum(), 1)]
         out[name] = (fpr, tpr, float(auc[c]))
     return out
+
+
+# --------------------------------------------------------------------------- calibration
+def reliability_bins(y_true, y_prob, n_bins: int = 15) -> pd.DataFrame:
+    """Top-label reliability table: the predicted class's probability (``confidence``) cut
+    into ``n_bins`` equal-width bins over (0, 1]; per bin ``lo``, ``hi``, ``count``, mean
+    ``confidence`` and ``accuracy`` (NaN for an empty bin)."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    conf, correct = y_prob.max(1), (y_prob.argmax(1) == y_true).astype(float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
+    count = np.bincount(which, minlength=n_bins)
+    with np.errstate(invalid="ignore"):
+        mean_conf = np.bincount(which, conf, n_bins) / count
+        acc = np.bincount(which, correct, n_bins) / count
+    return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": count,
+                         "confidence": mean_conf, "accuracy": acc})
+
+
+def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> float:
+    """ECE (Guo et al., 2017): sum over ``reliability_bins`` of (count / N) x |accuracy -
+    confidence|; 0 for perfectly calibrated top-label probabilities."""
+    b = reliability_bins(y_true, y_prob, n_bins)
+    full = b["count"] > 0
+    return float((b.loc[full, "count"] / b["count"].sum()
+                  * (b.loc[full, "accuracy"] - b.loc[full, "confidence"]).abs()).sum())
+
+
+def ece_with_interval(y_true, y_prob, n_bins: int = 15, n_boot: int = 1000, seed: int = 0
+                      ) -> tuple[float, list[float]]:
+    """``expected_calibration_error`` and its 95% percentile-bootstrap interval over images."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    ece = expected_calibration_error(y_true, y_prob, n_bins)
+    if not n_boot:
+        return ece, [float("nan"), float("nan")]
+    idx = np.random.default_rng(seed).integers(0, len(y_true), (n_boot, len(y_true)))
+    boots = [expected_calibration_error(y_true[i], y_prob[i], n_bins) for i in idx]
+    return ece, [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
+def apply_temperature(y_prob, temperature: float) -> np.ndarray:
+    """Softmax probabilities rescaled as if their logits were divided by ``temperature``
+    (softmax(log p / T) equals softmax(z / T): the constant log-sum-exp shift cancels)."""
+    logp = np.log(np.clip(np.asarray(y_prob, float), 1e-300, None)) / float(temperature)
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return p / p.sum(1, keepdims=True)
+
+
+def negative_log_likelihood(y_true, y_prob) -> float:
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    return float(-np.mean(np.log(np.clip(y_prob[np.arange(len(y_true)), y_true], 1e-300, None))))
+
+
+def fit_temperature(y_true, y_prob, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Temperature scaling (Guo et al., 2017): the T in ``bounds`` minimising the negative
+    log-likelihood of ``apply_temperature(y_prob, T)`` on held-out (validation) images. It
+    changes confidences, never the predicted class."""
+    from scipy.optimize import minimize_scalar
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    res = minimize_scalar(lambda lt: negative_log_likelihood(y_true, apply_temperature(
+        y_prob, np.exp(lt))), bounds=(lo, hi), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(res.x))

@@ -95,6 +95,27 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
     return fig
 
 
+def reliability_figure(curves: dict[str, pd.DataFrame], title: str = "", ax=None) -> Figure:
+    """Reliability diagram: accuracy against mean confidence per bin (``metrics.reliability_bins``)
+    for each labelled table (e.g. before / after temperature scaling); the diagonal is perfect
+    calibration, marker area grows with the bin's image count."""
+    fig, ax = _fig_ax(ax, (4.6, 4.4))
+    for label, b in curves.items():
+        full = b[b["count"] > 0]
+        ax.plot(full["confidence"], full["accuracy"], marker="o", label=label)
+        ax.scatter(full["confidence"], full["accuracy"], s=10 + 200 * full["count"] / full["count"].sum(),
+                   alpha=0.3)
+    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (predicted class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
 def bar_table(table: pd.DataFrame, title: str = "", ylabel: str = "images", ax=None) -> Figure:
     """Grouped bars of a table (rows on the x axis, one bar per column), e.g. class x split."""
     fig, ax = _fig_ax(ax, (7, 3.6))

@@ -147,7 +147,8 @@ def main(argv=None) -> int:
         info = utils.dataset_info(a.data_dir)
         print(f"train.py: {world_size} process(es) on {device}; global batch {a.batch_size} "
               f"({a.batch_size // world_size} per process); dataset {info['name']}"
-              + (" (synthetic demo)" if info["synthetic"] else ""))
+              + (" (synthetic demo)" if info["synthetic"] and "synthetic" not in info["name"]
+                 else ""))
     rows = []
     for arch in a.archs:
         _, history, row = training.train_architecture(

@@ -36,7 +36,7 @@ import utils
 from xray_io import atomic_write, write_csv_atomic
 
 LR_PRETRAINED = 3e-5  # the study's Adam learning rate for ImageNet-initialised models
-# From random initialisation: networks.scratch_lr(arch) (1e-3; 1e-4 for VGG, which has no batch
+# From random initialisation: networks.scratch_lr(arch) (1e-3; 5e-5 for VGG, which has no batch
 # norm). 3e-5 barely moves a random network within a demo budget.
 
 
@@ -315,10 +315,6 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def is_main_process() -> bool:
-    return world()[0] == 0
-
-
 def init_distributed(prefer_device: str | None = None) -> torch.device:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT`` in the environment) and return this process's device: NCCL
@@ -406,7 +402,9 @@ def _config_key(cfg: dict) -> dict:
     """The config entries that must match for a checkpoint to be resumed. ``epochs`` may change
     only with a constant learning rate: the cosine schedule's length is ``epochs``, so a
     resumed run with another ``epochs`` would splice two schedules."""
-    free = ("num_workers", "patience", "compile") + (("epochs",) if cfg.get("schedule") == "constant" else ())
+    free = ("num_workers", "patience", "compile")
+    if cfg.get("schedule") == "constant":
+        free += ("epochs",)
     return {k: v for k, v in cfg.items() if k not in free}
 
 
@@ -414,7 +412,7 @@ def make_schedule(opt: torch.optim.Optimizer, config: TrainConfig):
     """The per-epoch learning-rate schedule: ``warmup_epochs`` linear steps up to the lr (epoch
     ``e`` of the warm-up at ``e/(warmup+1)`` of it: Adam's first steps move every weight by about
     the lr, which can knock a network without batch norm such as VGG-16 into a dead plateau),
-    then ``cosine`` decay to lr/100 by the last epoch or a ``constant`` lr."""
+    then ``cosine`` decay towards lr/100 over the remaining epochs, or a ``constant`` lr."""
     w = config.warmup_epochs
     rest = max(1, config.epochs - w)
     if config.schedule == "cosine":

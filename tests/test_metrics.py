@@ -103,3 +103,59 @@ def test_macro_averages_leave_out_an_absent_class():
     # sklearn agrees when told which classes there are
     assert s["balanced_accuracy"] == skm.recall_score(y, p.argmax(1), labels=[0, 1, 2],
                                                       average="macro")
+
+
+def test_bootstrap_intervals_equal_a_brute_force_bootstrap_on_the_same_draws():
+    y, p = _random(n=120, seed=4)
+    names = list("abcd")
+    B, seed = 300, 3
+    rep = metrics.classification_report(y, p, names, n_boot=B, seed=seed)
+    idx = np.random.default_rng(seed).integers(0, len(y), (B, len(y)))  # metrics._bootstrap's draws
+    f1 = np.array([skm.f1_score(y[i], p[i].argmax(1), labels=range(4), average=None,
+                                zero_division=0) for i in idx])
+    auc = np.array([[skm.roc_auc_score(y[i] == c, p[i][:, c]) for c in range(4)] for i in idx])
+    for c, name in enumerate(names):
+        lo, hi = np.percentile(f1[:, c], [2.5, 97.5])
+        assert rep.loc[name, "f1_lo"] == pytest.approx(lo) and rep.loc[name, "f1_hi"] == pytest.approx(hi)
+        lo, hi = np.percentile(auc[:, c], [2.5, 97.5])
+        assert rep.loc[name, "auc_lo"] == pytest.approx(lo) and rep.loc[name, "auc_hi"] == pytest.approx(hi)
+    for m, values in (("f1", f1.mean(1)), ("auc", auc.mean(1))):
+        lo, hi = np.percentile(values, [2.5, 97.5])
+        assert rep.loc["macro avg", f"{m}_lo"] == pytest.approx(lo)
+        assert rep.loc["macro avg", f"{m}_hi"] == pytest.approx(hi)
+    # and the intervals are informative, not [0, 1]
+    assert (rep["f1_hi"] - rep["f1_lo"]).max() < 0.5
+
+
+def test_ece_against_a_hand_computation():
+    # top label, confidence, right?: 0 .9 yes | 0 .9 no | 0 .6 yes | 1 .55 yes | 0 .35 no (y = 2)
+    p = np.array([[0.9, 0.1, 0.0], [0.9, 0.05, 0.05], [0.6, 0.4, 0.0], [0.2, 0.55, 0.25],
+                  [0.35, 0.35, 0.30]])
+    y = np.array([0, 1, 0, 1, 2])
+    bins = metrics.reliability_bins(y, p, n_bins=3)            # (0, 1/3], (1/3, 2/3], (2/3, 1]
+    assert bins["count"].tolist() == [0, 3, 2]
+    # (2/3, 1]: accuracy 1/2, confidence 0.9; (1/3, 2/3]: accuracy 2/3, confidence 0.5
+    expected = 2 / 5 * abs(0.5 - 0.9) + 3 / 5 * abs(2 / 3 - 0.5)
+    assert expected == pytest.approx(0.26)
+    assert metrics.expected_calibration_error(y, p, n_bins=3) == pytest.approx(expected)
+    assert metrics.expected_calibration_error([0, 1], np.array([[1.0, 0.0], [0.0, 1.0]])) == 0.0
+    ece, (lo, hi) = metrics.ece_with_interval(y, p, n_bins=3, n_boot=200)
+    assert ece == pytest.approx(expected) and 0 <= lo <= hi <= 1
+
+
+def test_temperature_scaling_fixes_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, c = 2000, 4
+    y = rng.integers(0, c, n)
+    logits = rng.normal(size=(n, c)) + 1.0 * np.eye(c)[y]      # a calibrated model's logits ...
+    over = np.exp(4 * logits) / np.exp(4 * logits).sum(1, keepdims=True)  # ... made 4x too sharp
+    half = n // 2                                               # fit on "validation", test on rest
+    t = metrics.fit_temperature(y[:half], over[:half])
+    assert 3.3 < t < 4.8
+    fixed = metrics.apply_temperature(over[half:], t)
+    assert (fixed.argmax(1) == over[half:].argmax(1)).all()    # predictions unchanged
+    assert metrics.negative_log_likelihood(y[half:], fixed) < \
+        metrics.negative_log_likelihood(y[half:], over[half:]) - 0.3
+    assert metrics.expected_calibration_error(y[half:], fixed) < \
+        0.5 * metrics.expected_calibration_error(y[half:], over[half:])
+    np.testing.assert_allclose(metrics.apply_temperature(over, 1.0), over, atol=1e-12)

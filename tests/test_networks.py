@@ -17,8 +17,18 @@ def test_build_offline_with_new_head(arch, num_classes):
     m = networks.build_model(arch, num_classes, weights=None).eval()
     with torch.no_grad():
         assert m(torch.randn(2, 3, 64, 64)).shape == (2, num_classes)
+    # the study's layer: the last convolutional block's output, post-ReLU, at 1/32 of the input
     layer = networks.cam_target_layer(m, arch)
-    assert isinstance(layer, nn.Module)
+    path, channels = {"vgg16": ("features.29", 512), "resnet18": ("layer4", 512),
+                      "densenet121": ("final_relu", 1024)}[arch]
+    assert networks.module_path(m, layer) == path
+    seen = []
+    handle = layer.register_forward_hook(lambda mod, i, o: seen.append(o))
+    with torch.no_grad():
+        m(torch.randn(2, 3, 224, 224))
+    handle.remove()
+    assert seen[0].shape == (2, channels, 14 if arch == "vgg16" else 7, 14 if arch == "vgg16" else 7)
+    assert seen[0].min() >= 0  # after the ReLU: Grad-CAM's positive evidence
     if arch == "densenet121":
         assert isinstance(layer, nn.ReLU) and not layer.inplace
 

@@ -4,7 +4,10 @@ import json
 
 import papermill as pm
 import pytest
+import torch
 
+import metrics
+import training
 import utils
 from conftest import ROOT
 
@@ -25,7 +28,7 @@ def _run(name, run_dir, demo_dir, **params):
                         cwd=str(ROOT), kernel_name="python3", progress_bar=False)
 
 
-def test_notebooks_run_in_order(run_dir, demo_dir):
+def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
     out = run_dir / "outputs"
     _run("1_data_exploration.ipynb", run_dir, demo_dir, stats_per_class=5, samples_per_class=2)
     for f in ("class_counts.png", "samples.png", "intensity_by_class.png", "lung_masks.png"):
@@ -44,8 +47,16 @@ def test_notebooks_run_in_order(run_dir, demo_dir):
     m = json.loads((out / "metrics.json").read_text())
     assert m["dataset"]["synthetic"] is True
     r = m["archs"]["resnet18"]
+    # recompute the test metrics from the checkpoint, outside the notebook, and compare
+    model, meta = training.load_checkpoint(run_dir / "models" / "resnet18.pt")
+    test = demo_manifest[demo_manifest["split"] == "test"]
+    y, prob, _ = training.predict(model, utils.eval_loader(
+        test, demo_dir, meta["class_names"], meta["image_size"], num_workers=0), torch.device("cpu"))
+    again = metrics.summary_metrics(y, prob, meta["class_names"], n_boot=20, seed=42)
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
-        assert 0 <= r["test"][k] <= 1 and len(r["test"][k + "_ci"]) == 2
+        assert r["test"][k] == pytest.approx(again[k], abs=1e-9), k
+        assert r["test"][k + "_ci"] == pytest.approx(again[k + "_ci"], abs=1e-9), k
+    assert r["test"]["n"] == len(test) and r["test"]["confusion_matrix"] == again["confusion_matrix"]
     assert set(r["test"]["per_class"]) >= {"COVID", "Normal", "macro avg"}
     loc = r["localization"]
     # 9 abnormal test images; maps that are constant (a 1-epoch model) have no peak to score
