@@ -86,11 +86,17 @@ def roc_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], title: s
     fig, ax = _fig_ax(ax, (4.6, 4.4))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    return _diagonal_plot(fig, ax, "false positive rate (1 - specificity)",
+                          "true positive rate (recall)", title, "lower right")
+
+
+def _diagonal_plot(fig: Figure, ax, xlabel: str, ylabel: str, title: str, legend: str) -> Figure:
+    """Finish a unit-square plot: the dotted diagonal, labels, title, legend."""
     ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (recall)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc=legend)
     fig.tight_layout()
     return fig
 
@@ -103,17 +109,12 @@ def reliability_figure(curves: dict[str, pd.DataFrame], title: str = "", ax=None
     for label, b in curves.items():
         full = b[b["count"] > 0]
         ax.plot(full["confidence"], full["accuracy"], marker="o", label=label)
-        ax.scatter(full["confidence"], full["accuracy"], s=10 + 200 * full["count"] / full["count"].sum(),
-                   alpha=0.3)
-    ax.plot([0, 1], [0, 1], color="gray", ls=":", lw=1)
+        ax.scatter(full["confidence"], full["accuracy"],
+                   s=10 + 200 * full["count"] / full["count"].sum(), alpha=0.3)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
-    ax.set_xlabel("confidence (predicted class probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    return fig
+    return _diagonal_plot(fig, ax, "confidence (predicted class probability)", "accuracy", title,
+                          "upper left")
 
 
 def bar_table(table: pd.DataFrame, title: str = "", ylabel: str = "images", ax=None) -> Figure:
