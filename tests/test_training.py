@@ -29,6 +29,18 @@ def _fit(tmp_path, tiny, epochs, tag="run", resume=True, **cfg):
     return model, h
 
 
+def _killed_at_call(monkeypatch, name: str, n: int) -> None:
+    """``training.<name>`` raises KeyboardInterrupt (a kill) on its n-th call."""
+    real, calls = getattr(training, name), []
+
+    def dying(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+    monkeypatch.setattr(training, name, dying)
+
+
 def test_checkpoint_round_trip(tmp_path):
     m = networks.build_model("densenet121", 4, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -123,17 +135,10 @@ def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
 def test_no_history_row_lost_to_a_kill_between_writes(tmp_path, tiny, monkeypatch):
     """Killed while epoch 2's row is written: the resumable state still says epoch 1, so the
     resumed run redoes epoch 2 and the history has every epoch once."""
-    real, calls = training._append_history, []
-
-    def dying(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        return real(*a, **k)
-    monkeypatch.setattr(training, "_append_history", dying)
+    _killed_at_call(monkeypatch, "_append_history", 2)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, tiny, 3, tag="k")
-    monkeypatch.setattr(training, "_append_history", real)
+    monkeypatch.undo()
     _, h = _fit(tmp_path, tiny, 3, tag="k")
     assert pd.read_csv(tmp_path / "k" / "csv" / "resnet18.csv")["epoch"].tolist() == [1, 2, 3]
     assert h["epoch"].tolist() == [1, 2, 3]
@@ -181,17 +186,10 @@ def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monke
     for k, v in straight.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     # killed during epoch 3, then resumed with the same config
-    real_evaluate, calls = training.evaluate, []
-
-    def dying_evaluate(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        return real_evaluate(*a, **k)
-    monkeypatch.setattr(training, "evaluate", dying_evaluate)
+    _killed_at_call(monkeypatch, "evaluate", 3)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, tiny, 3, tag="resumed")
-    monkeypatch.setattr(training, "evaluate", real_evaluate)
+    monkeypatch.undo()
     last = tmp_path / "resumed" / "models" / "resnet18_last.pt"
     assert torch.load(last, weights_only=True)["state"]["epoch"] == 2
     assert len(pd.read_csv(tmp_path / "resumed" / "csv" / "resnet18.csv")) == 2
