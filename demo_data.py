@@ -26,8 +26,18 @@ Layout written (the newest Kaggle release's, so the demo and real data share one
     OUT/<class>/masks/<class>-<i>.png            # lung mask, 0/255 (like Kaggle's masks/)
     OUT/<class>/lesion_masks/<class>-<i>.png     # finding mask, 0/255 (not for Normal)
 
-CLI: ``python demo_data.py OUT [--scale 0.1] [--seed 0] [--size 299] [--force]`` (a folder that
-already holds the same dataset is kept).
+Each image also has a *source* (the hospital or collection it came from), written like Kaggle's
+metadata to ``OUT/<class>.metadata.xlsx`` (columns FILE NAME, FORMAT, SIZE, URL), so
+``split_dataset.py`` gives the demo a ``source`` column the way it does the real database. In the
+normal demo the source is drawn independently of the class and leaves no trace in the image.
+``--shortcut`` plants the real database's flaw instead: each class comes mostly (``SHORTCUT_P``)
+from its own source, and each source burns its own mark into the image outside the lungs (bright
+left and right borders, a dark band at the bottom, a bright bar at the right edge, or nothing), the way
+a source hospital's borders and labels run through the real collage. A model can then reach
+high accuracy without looking at the lungs; notebook 3's shortcut audit is there to catch it.
+
+CLI: ``python demo_data.py OUT [--scale 0.1] [--seed 0] [--size 299] [--shortcut] [--force]`` (a
+folder that already holds the same dataset is kept).
 """
 
 from __future__ import annotations
@@ -50,7 +60,16 @@ CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 REAL_COUNTS = {"COVID": 3616, "Lung_Opacity": 6012, "Normal": 10192, "Viral Pneumonia": 1345}
 MARKER_FILE = "demo_dataset.json"
 # Bumped whenever the drawing changes, so an older demo folder is redrawn rather than reused.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
+# Demo sources (hospitals/collections) and the mark each burns in outside the lungs under
+# --shortcut; with --shortcut, class i comes from SOURCES[i] with probability SHORTCUT_P (else
+# from one of the others), the way all Viral Pneumonia images of the real database come from one
+# paediatric hospital.
+SOURCES = ("site-A", "site-B", "site-C", "site-D")
+SOURCE_MARKS = {"site-A": "bright left and right borders", "site-B": "dark band at the bottom",
+                "site-C": "bright bar at the right edge", "site-D": "none"}
+SHORTCUT_P = 0.85
+SOURCE_URL = "https://demo.invalid/"
 
 
 def scaled_counts(scale: float) -> dict[str, int]:
@@ -241,6 +260,36 @@ def render_phantom(label: str, rng: np.random.Generator, size: int = 299
     return out, lung_out, lesion_out
 
 
+def source_of(seed: int, class_index: int, i: int, shortcut: bool = False) -> str:
+    """Image ``i`` of class ``CLASSES[class_index]``'s source, from its own random stream (so the
+    drawing of the image itself does not change with it): uniform over ``SOURCES``, or with
+    ``shortcut`` its class's own source with probability ``SHORTCUT_P``, else one of the others."""
+    rng = np.random.default_rng([seed, class_index, i, 1_000_003])
+    if not shortcut:
+        return SOURCES[int(rng.integers(len(SOURCES)))]
+    if rng.random() < SHORTCUT_P:
+        return SOURCES[class_index]
+    others = [s for k, s in enumerate(SOURCES) if k != class_index]
+    return others[int(rng.integers(len(others)))]
+
+
+def burn_source_mark(img: np.ndarray, source: str) -> np.ndarray:
+    """The uint8 image with ``source``'s mark burned in (in place; see ``SOURCE_MARKS``): all
+    in the outer 5% of the image, outside the lungs and their 3% margin at every pose the
+    phantom draws."""
+    if source not in SOURCE_MARKS:
+        raise ValueError(f"unknown source {source!r}; valid: {', '.join(SOURCES)}")
+    S = img.shape[0]
+    w = max(2, round(0.02 * S))
+    if source == "site-A":
+        img[:, :w], img[:, -w:] = 255, 255
+    elif source == "site-B":
+        img[-round(0.05 * S):] = 0
+    elif source == "site-C":
+        img[round(0.35 * S):round(0.65 * S), S - 2 * w - 1:S - w - 1] = 255
+    return img
+
+
 def _write_png(path: Path, arr: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", arr)
     if not ok:  # pragma: no cover - cv2 only fails on invalid arrays
@@ -248,11 +297,13 @@ def _write_png(path: Path, arr: np.ndarray) -> None:
     path.write_bytes(buf.tobytes())
 
 
-def _write_one(job: tuple[str, int, int, int, int]) -> None:
+def _write_one(job: tuple[str, int, int, int, int, bool]) -> None:
     """Render and write image ``i`` of class index ``ci`` (its own RNG: order-independent)."""
-    out, seed, size, ci, i = job
+    out, seed, size, ci, i, shortcut = job
     label = CLASSES[ci]
     img, lung, lesion = render_phantom(label, np.random.default_rng([seed, ci, i]), size)
+    if shortcut:
+        burn_source_mark(img, source_of(seed, ci, i, shortcut))
     name = f"{label}-{i}.png"
     _write_png(Path(out, label, "images", name), img)
     _write_png(Path(out, label, "masks", name), lung)
@@ -260,10 +311,25 @@ def _write_one(job: tuple[str, int, int, int, int]) -> None:
         _write_png(Path(out, label, "lesion_masks", name), lesion)
 
 
+def write_metadata(out_dir: str | os.PathLike, counts: dict[str, int], seed: int,
+                   size: int, shortcut: bool) -> None:
+    """Kaggle-style ``<class>.metadata.xlsx`` files: each image's FILE NAME, FORMAT, SIZE and
+    source URL (``SOURCE_URL`` + its ``source_of``)."""
+    import pandas as pd  # noqa: PLC0415  (only for the metadata files)
+    for ci, label in enumerate(CLASSES):
+        n = counts.get(label, 0)
+        table = pd.DataFrame({
+            "FILE NAME": [f"{label}-{i}" for i in range(1, n + 1)], "FORMAT": "PNG",
+            "SIZE": f"{size}*{size}",
+            "URL": [SOURCE_URL + source_of(seed, ci, i, shortcut) for i in range(1, n + 1)]})
+        table.to_excel(Path(out_dir) / f"{label}.metadata.xlsx", index=False, engine="openpyxl")
+
+
 def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, seed: int = 0,
              size: int = 299, scale: float = 0.1, workers: int | None = None,
-             verbose: bool = True) -> dict:
-    """Write a demo dataset to ``out_dir`` (see module docstring for the layout).
+             verbose: bool = True, shortcut: bool = False) -> dict:
+    """Write a demo dataset to ``out_dir`` (see module docstring for the layout); ``shortcut``
+    plants class-correlated source marks outside the lungs.
 
     ``counts`` maps class -> number of images (default: the real proportions times ``scale``).
     Image ``i`` of class ``c`` depends only on ``(seed, c, i)``, so output is deterministic and
@@ -278,7 +344,7 @@ def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, s
     for label in CLASSES:
         for sub in ("images", "masks") + (("lesion_masks",) if label != "Normal" else ()):
             (out / label / sub).mkdir(parents=True, exist_ok=True)
-    jobs = [(str(out), seed, size, ci, i) for ci, label in enumerate(CLASSES)
+    jobs = [(str(out), seed, size, ci, i, shortcut) for ci, label in enumerate(CLASSES)
             for i in range(1, counts.get(label, 0) + 1)]
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 64 + 1))
     t0 = time.perf_counter()
@@ -289,9 +355,14 @@ def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, s
         with process_pool(workers) as pool:
             for _ in pool.imap_unordered(_write_one, jobs, chunksize=32):
                 pass
+    write_metadata(out, counts, seed, size, shortcut)
     seconds = time.perf_counter() - t0
-    info = {"name": "synthetic demo phantoms (demo_data.py)", "synthetic": True,
-            "version": GENERATOR_VERSION, "seed": seed, "size": size, "counts": counts}
+    info = {"name": "synthetic demo phantoms (demo_data.py)" + (", planted shortcut" if shortcut
+                                                                  else ""),
+            "synthetic": True, "version": GENERATOR_VERSION, "seed": seed, "size": size,
+            "counts": counts, "shortcut": shortcut,
+            "sources": ({s: SOURCE_MARKS[s] for s in SOURCES} if shortcut
+                        else "drawn independently of the class; no mark in the image")}
     (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n")
     (out / "README.txt").write_text(
         "SYNTHETIC demo dataset written by demo_data.py: geometric chest X-ray phantoms, not\n"
@@ -315,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=299, help="image side in pixels (default 299)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--shortcut", action="store_true",
+                   help=f"plant a shortcut: each class mostly ({SHORTCUT_P * 100:.0f}%%) from its own "
+                        f"source, whose mark is burned in outside the lungs")
     p.add_argument("--force", action="store_true",
                    help="redraw even when OUT already holds this exact dataset")
     a = p.parse_args(argv)
@@ -322,11 +396,13 @@ def main(argv: list[str] | None = None) -> int:
     marker = Path(a.out_dir) / MARKER_FILE
     if marker.is_file() and not a.force:
         old = json.loads(marker.read_text())
-        if (old.get("version"), old.get("seed"), old.get("size"), old.get("counts")) == \
-                (GENERATOR_VERSION, a.seed, a.size, counts):
+        if (old.get("version"), old.get("seed"), old.get("size"), old.get("counts"),
+                old.get("shortcut", False)) == (GENERATOR_VERSION, a.seed, a.size, counts,
+                                                a.shortcut):
             print(f"demo dataset already in {a.out_dir} (seed {a.seed}); --force redraws it")
             return 0
-    generate(a.out_dir, counts=counts, seed=a.seed, size=a.size, scale=a.scale, workers=a.workers)
+    generate(a.out_dir, counts=counts, seed=a.seed, size=a.size, scale=a.scale, workers=a.workers,
+             shortcut=a.shortcut)
     return 0
 
 

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils import dilate  # noqa: F401  (masks are the data side's; grad_cam.dilate stays public)
+
 METHODS = ("gradcam", "gradcam++", "hirescam")
 
 
@@ -157,16 +159,6 @@ def margin_pixels(image_size: int, margin: float) -> int:
     return int(round(margin * image_size))
 
 
-def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
-    """Bool mask grown by ``pixels`` (a disc; 0 returns the mask unchanged)."""
-    mask = np.asarray(mask, bool)
-    if pixels <= 0:
-        return mask
-    import cv2  # noqa: PLC0415  (only needed with a tolerance)
-    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
-    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
-
-
 def pointing_game(cam: np.ndarray, mask: np.ndarray, tolerance: int = 0) -> bool:
     """Whether the map's peak pixel (first in row-major order) lies inside the bool mask, or
     within ``tolerance`` pixels of it (the original pointing game's margin)."""
@@ -209,6 +201,25 @@ def localization_scores(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0)
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
 
 
+def bootstrap_means(scores: pd.DataFrame, columns: dict[str, str], n_boot: int = 1000,
+                    seed: int = 0) -> dict:
+    """``{key: mean of scores[col], key + "_ci": 95% percentile-bootstrap interval}`` for each
+    ``key: col`` of ``columns`` (rows resampled with replacement, one ``seed``ed draw shared by
+    all columns); NaN rows (e.g. an all-zero map's energy) are left out of their column's mean.
+    With no row every value is None."""
+    if scores.empty:
+        return {k: v for key in columns for k, v in ((key, None), (key + "_ci", None))}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(scores), size=(n_boot, len(scores)))  # (B, n)
+    out = {}
+    for key, col in columns.items():
+        v = scores[col].to_numpy(float)
+        out[key] = float(np.nanmean(v))
+        boots = np.nanmean(v[idx], 1) if n_boot else v[None].mean(1)
+        out[key + "_ci"] = [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))]
+    return out
+
+
 def summarize_localization(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     """Means of ``localization_scores`` with 95% percentile-bootstrap intervals (images
     resampled with replacement, ``seed``ed): ``n``, ``pointing_game`` (+ ``_ci``),
@@ -216,33 +227,59 @@ def summarize_localization(scores: pd.DataFrame, n_boot: int = 1000, seed: int =
     ``chance_strict``. With no scored image every value is None and ``n`` is 0."""
     keys = {"pointing_game": "hit", "pointing_game_strict": "hit_strict",
             "energy_in_mask": "energy"}
-    if scores.empty:
-        out = {"n": 0, "chance": None, "chance_strict": None}
-        for k in keys:
-            out[k], out[k + "_ci"] = None, None
-        return out
-    out = {"n": int(len(scores)), "chance": float(scores["chance"].mean()),
-           "chance_strict": float(scores["chance_strict"].mean())}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(scores), size=(n_boot, len(scores)))  # (B, n)
-    for k, col in keys.items():
-        v = scores[col].to_numpy(float)
-        out[k] = float(v.mean())
-        boots = v[idx].mean(1) if n_boot else v[None].mean(1)
-        out[k + "_ci"] = [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
-    return out
+    out = {"n": int(len(scores)),
+           "chance": None if scores.empty else float(scores["chance"].mean()),
+           "chance_strict": None if scores.empty else float(scores["chance_strict"].mean())}
+    return {**out, **bootstrap_means(scores, keys, n_boot, seed)}
+
+
+LUNG_COLUMNS = ["index", "energy_in_lungs", "peak_outside", "lung_area"]
+
+
+def lung_scores(cams: np.ndarray, lung_masks: np.ndarray, dilation: int = 0) -> pd.DataFrame:
+    """Where the evidence is, against the lungs (the shortcut audit): per image with a lung mask
+    and a non-constant map, ``energy_in_lungs`` (fraction of the map's mass inside the lung
+    mask grown by ``dilation`` px), ``peak_outside`` (the map's peak lies outside the grown
+    mask) and ``lung_area`` (the grown mask's area fraction: what a uniform map scores on
+    ``energy_in_lungs``; ``1 - lung_area`` is what a random peak scores on ``peak_outside``).
+    ``cams`` (N, H, W), ``lung_masks`` bool (N, H, W)."""
+    rows = []
+    for i, (c, m) in enumerate(zip(cams, lung_masks)):
+        m = np.asarray(m, bool)
+        if not m.any() or float(c.max()) <= float(c.min()):
+            continue
+        grown = dilate(m, dilation)
+        rows.append({"index": i, "energy_in_lungs": energy_in_mask(c, grown),
+                     "peak_outside": not bool(grown.flat[int(np.argmax(c))]),
+                     "lung_area": float(grown.mean())})
+    return pd.DataFrame(rows, columns=LUNG_COLUMNS)
+
+
+def summarize_lung_scores(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Means of ``lung_scores`` with bootstrap intervals, each beside its chance level: ``n``,
+    ``energy_in_lungs`` (+ ``_ci``) against ``energy_chance`` (mean grown-lung area),
+    ``peaks_outside`` (+ ``_ci``) against ``peaks_outside_chance`` (1 - that area)."""
+    area = None if scores.empty else float(scores["lung_area"].mean())
+    return {"n": int(len(scores)),
+            **bootstrap_means(scores, {"energy_in_lungs": "energy_in_lungs",
+                                       "peaks_outside": "peak_outside"}, n_boot, seed),
+            "energy_chance": area, "peaks_outside_chance": None if area is None else 1 - area}
 
 
 def localize_loader(cam: GradCAM, loader, prepare, tolerance: int = 0,
-                    target: str = "true") -> pd.DataFrame:
+                    target: str = "true", score=None) -> pd.DataFrame:
     """``localization_scores`` over a loader whose items carry a mask (``utils.eval_loader(...,
     mask_column=...)``), batch by batch. ``target``: ``"true"`` (the map for the image's true
     class: where is the evidence for the finding that is there) or ``"predicted"``. ``prepare``
     maps a loader batch of images to the model's input (e.g. ``utils.prepare_batch`` on the
-    device). Columns as ``localization_scores`` plus ``label`` and ``predicted`` (class
-    indices); ``index`` = dataset row."""
+    device). ``score(maps, masks)``: another per-image score with an ``index`` column, e.g.
+    ``functools.partial(lung_scores, dilation=d)`` (then ``tolerance`` is unused). Columns as
+    the score's plus ``label`` and ``predicted`` (class indices); ``index`` = dataset row."""
     if target not in ("true", "predicted"):
         raise ValueError(f"target must be 'true' or 'predicted', got {target!r}")
+    if score is None:
+        def score(maps, masks):
+            return localization_scores(maps, masks, tolerance)
     frames = []
     for batch in loader:
         if batch is None:
@@ -251,11 +288,12 @@ def localize_loader(cam: GradCAM, loader, prepare, tolerance: int = 0,
         inputs = prepare(x)
         _, maps = cam(inputs, targets=y if target == "true" else None)
         predicted = cam.logits.argmax(1).cpu()
-        s = localization_scores(maps, masks.numpy(), tolerance)
+        s = score(maps, masks.numpy())
         rows = s["index"].to_numpy(int)
         s["label"], s["predicted"] = y.numpy()[rows], predicted.numpy()[rows]
         s["index"] = idx.numpy()[rows]
         frames.append(s)
     if not frames:
-        return pd.DataFrame(columns=SCORE_COLUMNS + ["label", "predicted"])
+        empty = score(np.zeros((0, 1, 1), np.float32), np.zeros((0, 1, 1), bool))
+        return pd.DataFrame(columns=list(empty.columns) + ["label", "predicted"])
     return pd.concat(frames, ignore_index=True)

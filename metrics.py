@@ -216,6 +216,20 @@ def roc_points(y_true, y_prob, class_names) -> dict[str, tuple[np.ndarray, np.nd
     return out
 
 
+def format_ci(value: float, ci, digits: int = 3) -> str:
+    """``"0.950 [0.894, 0.977]"``: a value and its interval as the notebooks and report show them."""
+    return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def accuracy_by_group(y_true, y_pred, groups) -> pd.DataFrame:
+    """Accuracy per group (e.g. the image's source hospital): index = group (sorted), columns
+    ``n``, ``correct``, ``accuracy`` and its 95% Wilson interval ``accuracy_lo``/``_hi``."""
+    frame = pd.DataFrame({"group": np.asarray(groups), "ok": np.asarray(y_true) == np.asarray(y_pred)})
+    g = frame.groupby("group")["ok"].agg(n="size", correct="sum")
+    lo, hi = wilson_interval(g["correct"].to_numpy(), g["n"].to_numpy())
+    return g.assign(accuracy=g["correct"] / g["n"], accuracy_lo=lo, accuracy_hi=hi)
+
+
 # --------------------------------------------------------------------------- calibration
 def reliability_bins(y_true, y_prob, n_bins: int = 15) -> pd.DataFrame:
     """Top-label reliability table: the predicted class's probability (``confidence``) cut
@@ -271,7 +285,13 @@ def negative_log_likelihood(y_true, y_prob) -> float:
 def fit_temperature(y_true, y_prob, bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """Temperature scaling (Guo et al., 2017): the T in ``bounds`` minimising the negative
     log-likelihood of ``apply_temperature(y_prob, T)`` on held-out (validation) images. It
-    changes confidences, never the predicted class."""
+    changes confidences, never the predicted class. When every held-out image is classified
+    correctly the likelihood keeps rising as T -> 0 (no finite minimum: the fit would only
+    sharpen the model to 0/1 on the strength of images it already gets right), so T = 1 is
+    returned: the probabilities are left as trained."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    if (y_prob.argmax(1) == y_true).all():
+        return 1.0
     from scipy.optimize import minimize_scalar
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
     res = minimize_scalar(lambda lt: negative_log_likelihood(y_true, apply_temperature(

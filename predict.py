@@ -4,6 +4,7 @@ SYNOPSIS
     python predict.py MODEL.pt [MODEL.pt ...] INPUT [INPUT ...] [--out DIR]
                       [--cam gradcam|gradcam++|hirescam|none] [--cam-layer LAYER]
                       [--batch-size N] [--device D] [--split SPLIT] [--data-dir DIR]
+                      [--uncalibrated]
 
 DESCRIPTION
     Every argument ending in .pt or .pth is a model: a checkpoint written by notebook 2
@@ -18,6 +19,12 @@ DESCRIPTION
 
     With several models each image gets every model's probabilities and their mean (an
     ensemble); the models must share one class list.
+
+    Probabilities are calibrated: each model's logits are divided by the temperature fitted on
+    its validation split when it was trained (the checkpoint's "temperature", written by
+    notebook 2 / train.py; notebook 3 reports the calibration error before and after). A
+    checkpoint without one is used as it is. --uncalibrated gives the raw softmax. The
+    predicted class is the same either way for a single model.
 
 OUTPUT
     DIR/predictions.csv (written atomically), one row per input file:
@@ -156,13 +163,22 @@ def _safe_name(path: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
 
 
+def temperature(meta: dict, calibrated: bool = True) -> float:
+    """The checkpoint's calibration temperature (1 when it has none or ``calibrated`` is off)."""
+    t = float(meta.get("temperature", 1.0)) if calibrated else 1.0
+    if not t > 0:
+        raise ValueError(f"{meta.get('arch')}: checkpoint temperature must be > 0, got {t}")
+    return t
+
+
 def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.DataFrame,
                   device: torch.device, out_dir: Path, cam: str = "gradcam",
-                  cam_layer: str | None = None, batch_size: int = 32, progress: bool = True
-                  ) -> pd.DataFrame:
+                  cam_layer: str | None = None, batch_size: int = 32, progress: bool = True,
+                  calibrated: bool = True) -> pd.DataFrame:
     """Predict every row of ``collect_inputs``'s table; returns the predictions table (see the
     module docstring) and writes the CAM pictures under ``out_dir/cams`` unless ``cam`` is
-    ``"none"``."""
+    ``"none"``. ``calibrated``: softmax of the logits divided by each checkpoint's
+    ``temperature``."""
     if cam != "none" and cam not in grad_cam.METHODS:
         raise ValueError(f"--cam {cam!r}: expected one of {', '.join(grad_cam.METHODS)}, none")
     names = list(models)
@@ -194,7 +210,8 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
                     with grad_cam.GradCAM(model, layers[n], cam) as g:
                         _, maps[n] = g(x)
                         logits = g.logits
-                p = torch.softmax(logits.float(), 1).cpu().double().numpy()
+                p = torch.softmax(logits.float() / temperature(meta, calibrated), 1)
+                p = p.cpu().double().numpy()
                 probs[n][[row + i for i in ok]] = p
         if cam != "none":
             for k, i in enumerate(ok):
@@ -254,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best found)")
     p.add_argument("--split", default="test", help="manifest rows to predict (default test)")
     p.add_argument("--data-dir", default=None, help="dataset folder a manifest's paths are in")
+    p.add_argument("--uncalibrated", action="store_true",
+                   help="raw softmax probabilities (default: divided by each checkpoint's "
+                        "validation-fitted temperature)")
     a = p.parse_args(argv)
     model_paths = [x for x in a.items if Path(x).suffix.lower() in MODEL_SUFFIXES]
     # models/*.pt also matches notebook 2's resumable states (<arch>_last.pt: the last epoch,
@@ -284,12 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = predict_files(models, table, device, out_dir, a.cam, a.cam_layer, a.batch_size)
+        result = predict_files(models, table, device, out_dir, a.cam, a.cam_layer, a.batch_size,
+                               calibrated=not a.uncalibrated)
     except ValueError as e:  # e.g. --cam-layer that a model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
     utils.write_csv_atomic(result, out_dir / "predictions.csv")
     n_ok = int((result["status"] == "ok").sum())
+    temps = {n: temperature(meta, not a.uncalibrated) for n, (_, meta) in models.items()}
+    print("probabilities: " + ("raw softmax (--uncalibrated)" if a.uncalibrated else ", ".join(
+        f"{n} T = {t:.3g}" + ("" if "temperature" in models[n][1] else " (none in checkpoint)")
+        for n, t in temps.items())))
     print(f"{n_ok} of {len(result)} images predicted with {', '.join(models)} -> "
           f"{out_dir / 'predictions.csv'}" + ("" if a.cam == "none" else f" and {out_dir / 'cams'}/"))
     for r in result[result["status"] != "ok"].head(10).itertuples():

@@ -16,7 +16,7 @@ images of every step, and the learning rate is the one given (not scaled by N). 
 writes files. CUDA processes use NCCL, CPU processes gloo.
 
 Per-architecture values: ``--image-size vgg16=96,resnet18=128`` (also --epochs, --patience,
---lr, --schedule, --warmup-epochs); a plain value applies to every architecture. Exit status:
+--lr, --schedule, --warmup-epochs, --augment); a plain value applies to every architecture. Exit status:
 0 trained, 2 bad arguments or input (the message says which).
 """
 
@@ -54,6 +54,16 @@ def per_arch_arg(kind):
     return parse
 
 
+def on_off(text: str) -> bool:
+    """``on``/``off`` (also yes/no, true/false, 1/0) as a bool."""
+    t = text.strip().lower()
+    if t in ("on", "yes", "true", "1"):
+        return True
+    if t in ("off", "no", "false", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Fine-tune VGG-16 / ResNet-18 / DenseNet-121 on a split manifest "
@@ -89,8 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs "
                         "with native bf16")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="on-device augmentation of training batches")
+    p.add_argument("--augment", type=per_arch_arg(on_off), default=True,
+                   help="on-device augmentation of training batches: on, off, or per "
+                        "architecture, e.g. resnet18=off,vgg16=on")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
+                   help="the same as --augment off")
     p.add_argument("--freeze-bn", action="store_true",
                    help="batch norm in eval mode while training (frozen running statistics)")
     p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
@@ -109,7 +122,7 @@ def config_for(arch: str, a: argparse.Namespace) -> training.TrainConfig:
         image_size=training.per_arch(a.image_size, arch), num_workers=a.num_workers,
         seed=a.seed, amp=a.amp, compile=a.compile, deterministic=a.deterministic,
         max_per_class=a.max_per_class, schedule=training.per_arch(a.schedule, arch),
-        augment=a.augment, freeze_bn=a.freeze_bn, sync_bn=a.sync_bn)
+        augment=training.per_arch(a.augment, arch), freeze_bn=a.freeze_bn, sync_bn=a.sync_bn)
 
 
 def write_summary(rows: list[dict], path: Path) -> pd.DataFrame:

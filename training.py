@@ -31,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+import metrics
 import networks
 import utils
 from xray_io import atomic_write, write_csv_atomic
@@ -231,23 +232,86 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
-            channels_last: bool = True, progress: bool = False
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            channels_last: bool = True, progress: bool = False, view: str | None = None,
+            dilation: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(y_true int64 (N,), y_prob float64 (N, C) softmax, index int64 (N,))``; ``index`` gives
-    each row's position in ``loader.dataset`` (files that failed to load are absent)."""
+    each row's position in ``loader.dataset`` (files that failed to load are absent).
+
+    ``view`` (one of ``utils.LUNG_VIEWS``) is the shortcut audit's: the model sees the image as
+    it is, only its lungs, or everything but them, lungs grown by ``dilation`` px
+    (``utils.lung_view``). The loader must carry the lung masks (``utils.eval_loader(...,
+    mask_column="mask_path")``); images without a usable mask are left out of every view."""
     model.eval()
     ys, ps, idx = [], [], []
     for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
         if batch is None:
             continue
+        x, y, i = batch[:3]
+        if view is not None:
+            if len(batch) < 4:
+                raise ValueError(f"view {view!r} needs the lung masks: build the loader with "
+                                 f"mask_column='mask_path'")
+            ok = utils.usable_lung_masks(batch[3])
+            if not ok.any():
+                continue
+            x = utils.lung_view(x[ok], batch[3][ok], view, dilation)
+            y, i = y[ok], i[ok]
         with autocast(device, amp):
-            logits = model(utils.prepare_batch(batch[0], device, False, channels_last))
+            logits = model(utils.prepare_batch(x, device, False, channels_last))
         ps.append(torch.softmax(logits.float(), 1).cpu().double())
-        ys.append(batch[1])
-        idx.append(batch[2])
+        ys.append(y)
+        idx.append(i)
     if not ys:
-        raise ValueError("no image of the loader could be read")
+        raise ValueError("no image of the loader could be read" + (
+            "" if view is None else " with a usable lung mask"))
     return torch.cat(ys).numpy(), torch.cat(ps).numpy(), torch.cat(idx).numpy()
+
+
+def lung_reliance(model: nn.Module, loader: DataLoader, device: torch.device,
+                  class_names: list[str], dilation: int) -> dict:
+    """What the model needs (the shortcut audit): accuracy with a 95% Wilson interval on each of
+    ``utils.LUNG_VIEWS`` of the loader's images (lung masks grown by ``dilation`` px), how many
+    images it called each class per view, and ``chance``: the largest class share, what a model
+    that cannot see anything useful gets by calling one class. With the lungs removed a model
+    that reads the lungs drops to about chance; one that stays well above it reads something
+    else (``reads_outside_lungs``: the interval's lower end above chance)."""
+    out = {"dilation_px": int(dilation)}
+    for view in utils.LUNG_VIEWS:
+        y, p, _ = predict(model, loader, device, view=view, dilation=dilation)
+        correct = int((p.argmax(1) == y).sum())
+        lo, hi = metrics.wilson_interval(correct, len(y))
+        out[view] = {"accuracy": correct / len(y), "accuracy_ci": [float(lo), float(hi)],
+                     "n": int(len(y)), "predicted": dict(zip(class_names, np.bincount(
+                         p.argmax(1), minlength=len(class_names)).tolist()))}
+    counts = np.bincount(y, minlength=len(class_names))
+    out["chance"] = float(counts.max() / counts.sum())
+    out["reads_outside_lungs"] = bool(out["lungs_removed"]["accuracy_ci"][0] > out["chance"])
+    return out
+
+
+def calibrate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
+    """Temperature scaling fitted on ``loader``'s images (the validation split): ``temperature``
+    and the negative log-likelihood and ECE there before and after (``metrics``). Dividing the
+    logits by T changes confidences, never the predicted class."""
+    y, p, _ = predict(model, loader, device)
+    t = metrics.fit_temperature(y, p)
+    q = metrics.apply_temperature(p, t)
+    separated = bool((p.argmax(1) == y).all())
+    return {"temperature": t, "fitted_on": "val", "n": int(len(y)),
+            "note": ("every validation image right: no finite temperature minimises the NLL, "
+                     "T = 1 (left as trained)") if separated else "",
+            "nll_before": metrics.negative_log_likelihood(y, p),
+            "nll_after": metrics.negative_log_likelihood(y, q),
+            "ece_before": metrics.expected_calibration_error(y, p),
+            "ece_after": metrics.expected_calibration_error(y, q)}
+
+
+def update_checkpoint_meta(path: str | os.PathLike, **meta) -> None:
+    """Add or replace ``meta`` entries of a checkpoint written by ``save_checkpoint``
+    (atomically; the weights are untouched), e.g. ``temperature`` after ``calibrate``."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["meta"] = {**ckpt["meta"], **meta}
+    _atomic_torch_save(ckpt, path)
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
@@ -652,6 +716,14 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
              "data": utils.data_fingerprint(manifest, data_dir)}
     history = fit(model, loaders, arch, class_names, config, device, models_dir,
                   Path(out_dir) / "CSVs", resume=resume, progress=progress, extra_meta=extra)
+    if rank == 0:  # temperature scaling on the validation split, kept in the checkpoint
+        val = utils.eval_loader(manifest[manifest["split"] == "val"], data_dir, class_names,
+                                config.image_size, config.batch_size, config.num_workers,
+                                pin_memory=device.type == "cuda", cache_dir=cache_dir)
+        cal = calibrate(model, val, device)
+        update_checkpoint_meta(Path(models_dir) / f"{arch}.pt", temperature=cal["temperature"],
+                               calibration=cal)
+    barrier()
     row = {"arch": arch, "image_size": config.image_size, "weights": w or "random init",
            **summarize_history(history, config.min_delta),
            "parameters": networks.count_parameters(model), "lr": config.resolved_lr(arch)}

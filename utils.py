@@ -37,12 +37,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def dataset_info(data_dir: str | os.PathLike) -> dict:
-    """``{"name", "synthetic"}`` for a dataset folder (the demo generator leaves a marker)."""
+    """``{"name", "synthetic", "shortcut"}`` for a dataset folder (the demo generator leaves a
+    marker; ``shortcut``: a demo drawn with ``demo_data.py --shortcut``)."""
     marker = Path(data_dir) / "demo_dataset.json"
     if marker.is_file():
         info = json.loads(marker.read_text())
-        return {"name": info.get("name", "synthetic demo"), "synthetic": True}
-    return {"name": Path(data_dir).resolve().name, "synthetic": False}
+        return {"name": info.get("name", "synthetic demo"), "synthetic": True,
+                "shortcut": bool(info.get("shortcut", False))}
+    return {"name": Path(data_dir).resolve().name, "synthetic": False, "shortcut": False}
 
 
 # --------------------------------------------------------------------------- images
@@ -57,6 +59,55 @@ def load_mask(path: str | os.PathLike, size: int) -> np.ndarray:
     """A mask image as bool ``(size, size)`` (``binary_mask``, nearest-neighbour resize)."""
     return cv2.resize(binary_mask(read_xray(path)).astype(np.uint8), (size, size),
                       interpolation=cv2.INTER_NEAREST).astype(bool)
+
+
+def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
+    """Bool mask grown by ``pixels`` (a disc; 0 returns the mask unchanged)."""
+    mask = np.asarray(mask, bool)
+    if pixels <= 0:
+        return mask
+    k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
+    return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
+
+
+# What a model sees in the shortcut audit (notebook 3): the image as it is, only the lungs (grown
+# by a small margin; the rest filled), or everything but the lungs (the grown lungs filled).
+LUNG_VIEWS = ("as_is", "lungs_only", "lungs_removed")
+
+
+def usable_lung_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Bool ``(N,)``: which of the lung ``masks (N, S, S)`` an audit can use (neither empty, as
+    for an image without a mask file, nor covering the whole image)."""
+    area = masks.flatten(1).sum(1)
+    return (area > 0) & (area < masks[0].numel())
+
+
+def lung_view(images: torch.Tensor, masks: torch.Tensor, view: str, dilation: int = 0
+              ) -> torch.Tensor:
+    """A batch as one of ``LUNG_VIEWS``: uint8 ``images (N, 1, S, S)``, bool lung ``masks
+    (N, S, S)`` grown by ``dilation`` pixels. ``lungs_only`` replaces everything outside the
+    grown mask, ``lungs_removed`` everything inside it, with the mean of the pixels kept: a
+    neutral fill taken from what the model is allowed to see, so the removed part leaves no
+    trace, not even its brightness. Returns a new uint8 tensor (``as_is``: ``images``). An
+    image whose mask is not ``usable_lung_masks`` cannot be audited: ValueError."""
+    if view not in LUNG_VIEWS:
+        raise ValueError(f"view must be one of {', '.join(LUNG_VIEWS)}, got {view!r}")
+    if view == "as_is":
+        return images
+    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
+        raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}"
+                         f" (expected (N, S, S) for images (N, 1, S, S))")
+    bad = ~usable_lung_masks(masks)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} of {len(bad)} lung masks are empty or cover the "
+                         f"whole image; the lung audit needs a lung mask per image")
+    grown = torch.from_numpy(np.stack([dilate(m, dilation) for m in masks.cpu().numpy()]))
+    keep = grown if view == "lungs_only" else ~grown                       # (N, S, S)
+    n_keep = keep.flatten(1).sum(1)
+    x = images[:, 0].to(torch.float64)
+    fill = (x * keep).flatten(1).sum(1) / n_keep                          # (N,)
+    out = torch.where(keep, x, fill[:, None, None]).round().to(torch.uint8)
+    return out[:, None]
 
 
 def augment_batch(x: torch.Tensor, max_rotate: float = 7.0, max_translate: float = 0.06,
