@@ -31,9 +31,9 @@ metadata to ``OUT/<class>.metadata.xlsx`` (columns FILE NAME, FORMAT, SIZE, URL)
 ``split_dataset.py`` gives the demo a ``source`` column the way it does the real database. In the
 normal demo the source is drawn independently of the class and leaves no trace in the image.
 ``--shortcut`` plants the real database's flaw instead: each class comes mostly (``SHORTCUT_P``)
-from its own source, and each source burns its own mark into the image outside the lungs (bright
-left and right borders, a dark band at the bottom, a bright bar at the right edge, or nothing), the way
-a source hospital's borders and labels run through the real collage. A model can then reach
+from its own source, and each source burns its own mark into the image outside the lungs
+(bright left and right borders, a dark band at the bottom, a bright bar at the right edge, or
+nothing), the way a source hospital's borders and labels run through the real collage. A model can then reach
 high accuracy without looking at the lungs; notebook 3's shortcut audit is there to catch it.
 
 CLI: ``python demo_data.py OUT [--scale 0.1] [--seed 0] [--size 299] [--shortcut] [--force]`` (a
@@ -68,7 +68,7 @@ GENERATOR_VERSION = 3
 SOURCES = ("site-A", "site-B", "site-C", "site-D")
 SOURCE_MARKS = {"site-A": "bright left and right borders", "site-B": "dark band at the bottom",
                 "site-C": "bright bar at the right edge", "site-D": "none"}
-SHORTCUT_P = 0.85
+SHORTCUT_P = 0.95
 SOURCE_URL = "https://demo.invalid/"
 
 
@@ -360,7 +360,7 @@ def generate(out_dir: str | os.PathLike, counts: dict[str, int] | None = None, s
     info = {"name": "synthetic demo phantoms (demo_data.py)" + (", planted shortcut" if shortcut
                                                                   else ""),
             "synthetic": True, "version": GENERATOR_VERSION, "seed": seed, "size": size,
-            "counts": counts, "shortcut": shortcut,
+            "counts": counts, "shortcut": shortcut, "shortcut_p": SHORTCUT_P if shortcut else None,
             "sources": ({s: SOURCE_MARKS[s] for s in SOURCES} if shortcut
                         else "drawn independently of the class; no mark in the image")}
     (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n")
@@ -387,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=299, help="image side in pixels (default 299)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--shortcut", action="store_true",
-                   help=f"plant a shortcut: each class mostly ({SHORTCUT_P * 100:.0f}%%) from its own "
-                        f"source, whose mark is burned in outside the lungs")
+                   help=f"plant a shortcut: each class mostly ({SHORTCUT_P * 100:.0f}%%) from "
+                        f"its own source, whose mark is burned in outside the lungs")
     p.add_argument("--force", action="store_true",
                    help="redraw even when OUT already holds this exact dataset")
     a = p.parse_args(argv)
@@ -397,8 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     if marker.is_file() and not a.force:
         old = json.loads(marker.read_text())
         if (old.get("version"), old.get("seed"), old.get("size"), old.get("counts"),
-                old.get("shortcut", False)) == (GENERATOR_VERSION, a.seed, a.size, counts,
-                                                a.shortcut):
+                old.get("shortcut", False), old.get("shortcut_p")) == (
+                GENERATOR_VERSION, a.seed, a.size, counts, a.shortcut,
+                SHORTCUT_P if a.shortcut else None):
             print(f"demo dataset already in {a.out_dir} (seed {a.seed}); --force redraws it")
             return 0
     generate(a.out_dir, counts=counts, seed=a.seed, size=a.size, scale=a.scale, workers=a.workers,

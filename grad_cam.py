@@ -216,7 +216,8 @@ def bootstrap_means(scores: pd.DataFrame, columns: dict[str, str], n_boot: int =
         v = scores[col].to_numpy(float)
         out[key] = float(np.nanmean(v))
         boots = np.nanmean(v[idx], 1) if n_boot else v[None].mean(1)
-        out[key + "_ci"] = [float(np.nanpercentile(boots, 2.5)), float(np.nanpercentile(boots, 97.5))]
+        out[key + "_ci"] = [float(np.nanpercentile(boots, 2.5)),
+                            float(np.nanpercentile(boots, 97.5))]
     return out
 
 

@@ -217,14 +217,15 @@ def roc_points(y_true, y_prob, class_names) -> dict[str, tuple[np.ndarray, np.nd
 
 
 def format_ci(value: float, ci, digits: int = 3) -> str:
-    """``"0.950 [0.894, 0.977]"``: a value and its interval as the notebooks and report show them."""
+    """``"0.950 [0.894, 0.977]"``: a value and its interval, as the notebooks show them."""
     return f"{value:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
 
 
 def accuracy_by_group(y_true, y_pred, groups) -> pd.DataFrame:
     """Accuracy per group (e.g. the image's source hospital): index = group (sorted), columns
     ``n``, ``correct``, ``accuracy`` and its 95% Wilson interval ``accuracy_lo``/``_hi``."""
-    frame = pd.DataFrame({"group": np.asarray(groups), "ok": np.asarray(y_true) == np.asarray(y_pred)})
+    ok = np.asarray(y_true) == np.asarray(y_pred)
+    frame = pd.DataFrame({"group": np.asarray(groups), "ok": ok})
     g = frame.groupby("group")["ok"].agg(n="size", correct="sum")
     lo, hi = wilson_interval(g["correct"].to_numpy(), g["n"].to_numpy())
     return g.assign(accuracy=g["correct"] / g["n"], accuracy_lo=lo, accuracy_hi=hi)

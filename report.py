@@ -5,11 +5,13 @@
 Reads what the notebooks wrote under ``--out`` (``metrics.json`` is required; everything else is
 shown when present): the split table from ``manifest.csv``, notebook 1's figures and shortcut
 table (``CSVs/shortcut_check.csv``), the class x source table when the manifest has a ``source``
-column, per model the training curves, test metrics with intervals, confusion matrices, ROC curves
-and localization scores, a model comparison, the Grad-CAM gallery (``grad_cam/*.png``, including
-the misclassified test images), the run's settings and library versions, and the synthetic-data
-banner. Images are embedded as base64 PNG, so the file can be mailed or opened from a USB stick;
-no JavaScript. The page comes from ``report_template.html.j2`` (Jinja2, autoescaped).
+column, per model the training curves, test metrics with intervals, confusion matrices, ROC curves,
+localization scores, the shortcut audit, calibration (reliability diagram, ECE before and after
+temperature scaling) and accuracy by source, a model comparison, the Grad-CAM gallery
+(``grad_cam/*.png``, including the misclassified test images and those whose maps sit most outside
+the lungs), the run's settings and library versions, and the synthetic-data banner. Images are
+embedded as base64 PNG, so the file can be mailed or opened from a USB stick; no JavaScript. The
+page comes from ``report_template.html.j2`` (Jinja2, autoescaped).
 """
 
 from __future__ import annotations
@@ -68,6 +70,32 @@ def _table(df: pd.DataFrame | None, digits: int = 3) -> dict | None:
             "rows": [[fmt(v) for v in row] for row in df.itertuples(index=False)]}
 
 
+def _audit(a: dict | None) -> dict | None:
+    """The shortcut audit of one model (metrics.json ``lung_audit``) as strings."""
+    if not a or not a.get("as_is"):
+        return None
+    c = a["cam"]
+    return {"energy": _ci(c, "energy_in_lungs"), "energy_chance": f"{c['energy_chance']:.3f}",
+            "peaks": _ci(c, "peaks_outside"), "peaks_chance": f"{c['peaks_outside_chance']:.3f}",
+            "views": {v: _ci(a[v], "accuracy") for v in ("as_is", "lungs_only", "lungs_removed")},
+            "chance": f"{a['chance']:.3f}", "n": a["as_is"]["n"],
+            "verdict": ("accuracy with the lungs removed stays above chance: the model reads "
+                        "something outside the lungs" if a["reads_outside_lungs"] else
+                        "accuracy with the lungs removed is not above chance: the model needs "
+                        "the lungs")}
+
+
+def _calibration(c: dict | None) -> dict | None:
+    """Temperature scaling of one model (metrics.json ``calibration``) as strings."""
+    if not c:
+        return None
+    t = c["test"]
+    return {"temperature": f"{c['temperature']:.3g}",
+            "note": (c.get("validation") or {}).get("note", ""),
+            "ece_before": _ci(t, "ece_before"), "ece_after": _ci(t, "ece_after"),
+            "nll_before": f"{t['nll_before']:.4f}", "nll_after": f"{t['nll_after']:.4f}"}
+
+
 def report_context(out_dir: str | Path) -> dict:
     """Everything the template shows, gathered from ``out_dir`` (see the module docstring)."""
     out = Path(out_dir)
@@ -102,8 +130,13 @@ def report_context(out_dir: str | Path) -> dict:
                 "energy_in_mask": _ci(loc, "energy_in_mask"),
                 "per_class": {c: f"{v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items()},
             },
+            "audit": _audit(r.get("lung_audit")), "calibration": _calibration(r.get("calibration")),
+            "by_source": _table(pd.DataFrame(r["by_source"]).T[["n", "accuracy", "accuracy_lo",
+                                                                   "accuracy_hi"]]
+                                if r.get("by_source") else None),
             "settings": (m.get("models") or {}).get(arch, {}),
             "images": {k: _png(p) for k, p in {
+                "reliability": out / "calibration" / f"{arch}.png",
                 "curves": out / "summary_plots" / f"{arch}.png",
                 "cm": out / "confusion_matrices" / f"{arch}_test.png",
                 "cm_norm": out / "confusion_matrices" / f"{arch}_test_normalized.png",
@@ -111,7 +144,9 @@ def report_context(out_dir: str | Path) -> dict:
         })
     gallery = [{"title": title, "src": _png(out / "grad_cam" / name)}
                for name, title in (("comparison.png", "The same test images under each model"),
-                                   ("misclassified.png", "Misclassified test images"))]
+                                   ("misclassified.png", "Misclassified test images"),
+                                   ("outside_lungs.png", "The test images whose maps sit most "
+                                                         "outside the lungs (lungs outlined)"))]
     return {
         "dataset": m["dataset"], "created": m.get("created", "?"),
         "convention": m.get("convention", ""), "class_names": m.get("class_names", []),

@@ -1,9 +1,12 @@
 """Regenerate the README's results section and assets/ from outputs/metrics.json.
 
     python update_readme.py [--metrics outputs/metrics.json] [--readme README.md] [--assets assets]
+                            [--shortcut-metrics outputs-shortcut/metrics.json]
 
 Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` and copies the
-Grad-CAM comparison and the test confusion matrices into assets/. Nothing is typed by hand.
+Grad-CAM comparison, the test confusion matrices and the shortcut audit's gallery into assets/.
+With ``--shortcut-metrics`` (a ``make run SHORTCUT=1`` run) the shortcut audit is shown for both
+runs side by side, with the planted run's results by source. Nothing is typed by hand.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ def _ci(r: dict, key: str) -> str:
     return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def results_markdown(m: dict, assets: dict[str, str]) -> str:
-    """The results section for metrics.json content ``m`` (``assets``: caption -> path)."""
+def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = None) -> str:
+    """The results section for metrics.json content ``m`` (``assets``: caption -> path;
+    ``shortcut``: a planted-shortcut run's metrics.json, shown beside ``m`` in the audit)."""
     ds = m["dataset"]
     lines = []
     if ds.get("synthetic"):
@@ -47,7 +51,83 @@ def results_markdown(m: dict, assets: dict[str, str]) -> str:
         lines.append(localization_markdown(locs))
     lines.append("")
     for caption, path in assets.items():
-        lines.append(f"![{caption}]({path})\n")
+        if "outside the lungs" not in caption:
+            lines.append(f"![{caption}]({path})\n")
+    runs = {"this run": m} if shortcut is None else {"normal demo": m, "planted shortcut": shortcut}
+    if any((r.get("lung_audit") or {}).get("as_is") for run in runs.values()
+           for r in run["archs"].values()):
+        lines.append(audit_markdown(runs))
+    if shortcut is not None:
+        lines.append(by_source_markdown(shortcut))
+    for caption, path in assets.items():
+        if "outside the lungs" in caption:
+            lines.append(f"![{caption}]({path})\n")
+    if any(r.get("calibration") for r in m["archs"].values()):
+        lines.append(calibration_markdown(m))
+    return "\n".join(lines)
+
+
+def audit_markdown(runs: dict[str, dict]) -> str:
+    """The shortcut audit table: per run and model, Grad-CAM evidence against the lungs and the
+    accuracy with the lungs shown / removed, each against chance, and the verdict."""
+    lines = ["Shortcut audit (notebook 3) on the test split: lung masks grown by 3% of the image "
+             "side; Grad-CAM for the predicted class. *Lungs removed*: the grown lungs filled with "
+             "the mean of the rest; *lungs only*: the rest filled with the mean of the lungs. "
+             "Chance: the grown lungs' area (energy), 1 minus it (peaks), the largest class share "
+             "(accuracy).\n",
+             "| run | model | CAM energy in lungs (chance) | CAM peaks outside lungs (chance) | "
+             "accuracy as is | lungs only | lungs removed (chance) | reads outside the lungs? |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run, m in runs.items():
+        for arch, r in m["archs"].items():
+            a = r.get("lung_audit")
+            if not a or not a.get("as_is"):
+                continue
+            c = a["cam"]
+            lines.append(
+                f"| {run} | {arch} | {_ci(c, 'energy_in_lungs')} ({c['energy_chance']:.2f}) | "
+                f"{_ci(c, 'peaks_outside')} ({c['peaks_outside_chance']:.2f}) | "
+                + " | ".join(_ci(a[v], "accuracy") for v in ("as_is", "lungs_only", "lungs_removed"))
+                + f" ({a['chance']:.2f}) | {'**yes**' if a['reads_outside_lungs'] else 'no'} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def by_source_markdown(m: dict) -> str:
+    """Test accuracy per source for each model of a run (metrics.json ``by_source``)."""
+    tables = {a: r["by_source"] for a, r in m["archs"].items() if r.get("by_source")}
+    if not tables:
+        return ""
+    sources = sorted({s for t in tables.values() for s in t})
+    lines = ["Planted-shortcut run, test accuracy by source (a source's mark is what the shortcut "
+             "reads; each class comes mostly from its own source):\n",
+             "| model | " + " | ".join(f"{s} (n)" for s in sources) + " |",
+             "|---|" + "---|" * len(sources)]
+    for arch, t in tables.items():
+        cells = [f"{t[s]['accuracy']:.3f} ({t[s]['n']})" if s in t else "" for s in sources]
+        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def calibration_markdown(m: dict) -> str:
+    """Calibration: the validation-fitted temperature and the test ECE / NLL before and after."""
+    lines = ["Calibration on the test split: expected calibration error (15 bins, bootstrap "
+             "interval) and negative log-likelihood, as trained and after temperature scaling "
+             "with the T fitted on the validation split (stored in the checkpoint; `predict.py` "
+             "applies it).\n",
+             "| model | T | ECE as trained | ECE with T | NLL as trained | NLL with T |",
+             "|---|---|---|---|---|---|"]
+    for arch, r in m["archs"].items():
+        c = r.get("calibration")
+        if not c:
+            continue
+        t = c["test"]
+        note = (c.get("validation") or {}).get("note")
+        lines.append(f"| {arch} | {c['temperature']:.3g}{' (val all right: left at 1)' if note else ''} | "
+                     f"{_ci(t, 'ece_before')} | {_ci(t, 'ece_after')} | {t['nll_before']:.4f} | "
+                     f"{t['nll_after']:.4f} |")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -84,21 +164,38 @@ def main(argv=None) -> int:
     p.add_argument("--metrics", default="outputs/metrics.json")
     p.add_argument("--readme", default="README.md")
     p.add_argument("--assets", default="assets")
+    p.add_argument("--shortcut-metrics", default=None,
+                   help="metrics.json of a 'make run SHORTCUT=1' run, for the audit comparison")
     a = p.parse_args(argv)
     metrics_path = Path(a.metrics)
     if not metrics_path.is_file():
         print(f"error: {metrics_path} not found; run 'make run' first", file=sys.stderr)
         return 2
     m = json.loads(metrics_path.read_text())
+    shortcut = None
+    if a.shortcut_metrics:
+        if not Path(a.shortcut_metrics).is_file():
+            print(f"error: {a.shortcut_metrics} not found; run 'make run SHORTCUT=1' first",
+                  file=sys.stderr)
+            return 2
+        shortcut = json.loads(Path(a.shortcut_metrics).read_text())
     out_dir, assets_dir = metrics_path.parent, Path(a.assets)
     assets_dir.mkdir(parents=True, exist_ok=True)
     copied = {}
     wanted = [("Grad-CAM comparison", out_dir / "grad_cam" / "comparison.png")]
     wanted += [(f"{arch} test confusion matrix",
                 out_dir / "confusion_matrices" / f"{arch}_test.png") for arch in m["archs"]]
+    wanted.append(("Grad-CAM maps most outside the lungs, normal demo",
+                   out_dir / "grad_cam" / "outside_lungs.png"))
+    if a.shortcut_metrics:
+        wanted.append(("Grad-CAM maps most outside the lungs, planted shortcut",
+                       Path(a.shortcut_metrics).parent / "grad_cam" / "outside_lungs.png"))
     for caption, src in wanted:
         if src.is_file():
-            dst = assets_dir / src.name.replace("comparison", "grad_cam_comparison")
+            name = src.name.replace("comparison", "grad_cam_comparison")
+            if caption.endswith("planted shortcut"):
+                name = "outside_lungs_shortcut.png"
+            dst = assets_dir / name
             shutil.copyfile(src, dst)
             copied[caption] = dst.as_posix()
     readme = Path(a.readme).read_text()
@@ -107,7 +204,7 @@ def main(argv=None) -> int:
         return 2
     head, rest = readme.split(START, 1)
     _, tail = rest.split(END, 1)
-    Path(a.readme).write_text(f"{head}{START}\n{results_markdown(m, copied)}\n{END}{tail}")
+    Path(a.readme).write_text(f"{head}{START}\n{results_markdown(m, copied, shortcut)}\n{END}{tail}")
     print(f"updated {a.readme} and {len(copied)} images in {assets_dir}/")
     return 0
 

@@ -122,3 +122,12 @@ def test_cli_keeps_an_identical_dataset_and_redraws_another(tmp_path, capsys):
     assert demo_data.main([str(out), "--per-class", "2", "--seed", "5", "--workers", "1"]) == 0
     info = json.loads((out / demo_data.MARKER_FILE).read_text())
     assert info["seed"] == 5 and info["version"] == demo_data.GENERATOR_VERSION
+    # the same folder with --shortcut is another dataset: redrawn, and the marker says so
+    capsys.readouterr()
+    assert demo_data.main([str(out), "--per-class", "2", "--seed", "5", "--workers", "1",
+                           "--shortcut"]) == 0
+    assert "already in" not in capsys.readouterr().out
+    info = json.loads((out / demo_data.MARKER_FILE).read_text())
+    assert info["shortcut"] is True and info["shortcut_p"] == demo_data.SHORTCUT_P
+    assert sorted(p.name for p in out.glob("*.metadata.xlsx")) == sorted(
+        f"{c}.metadata.xlsx" for c in demo_data.CLASSES)

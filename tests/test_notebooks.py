@@ -68,6 +68,31 @@ def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
         assert (out / "confusion_matrices" / f).is_file()
     assert (out / "grad_cam" / "comparison.png").is_file()
     assert (out / "roc" / "resnet18.png").is_file()
+    # the shortcut audit: every test image has a lung mask; the accuracies are the model's
+    audit = r["lung_audit"]
+    assert audit["as_is"]["n"] == len(test) and audit["dilation_px"] == 1  # 3% of 32 px
+    assert audit["as_is"]["accuracy"] == pytest.approx(r["test"]["accuracy"])
+    lungs = utils.eval_loader(test, demo_dir, meta["class_names"], 32, num_workers=0,
+                              mask_column="mask_path")
+    audit_again = training.lung_reliance(model, lungs, torch.device("cpu"), meta["class_names"], 1)
+    for v in utils.LUNG_VIEWS:
+        assert audit[v]["accuracy"] == pytest.approx(audit_again[v]["accuracy"]), v
+    assert audit["chance"] == 0.25 and audit["reads_outside_lungs"] == audit_again["reads_outside_lungs"]
+    cam = audit["cam"]
+    assert 0 < cam["n"] <= len(test) and 0 < cam["energy_chance"] < 1
+    assert cam["peaks_outside_chance"] == pytest.approx(1 - cam["energy_chance"])
+    assert (out / "grad_cam" / "outside_lungs.png").is_file()
+    # calibration: notebook 2 stored the validation-fitted temperature; notebook 3 used it
+    cal = r["calibration"]
+    assert cal["temperature"] == meta["temperature"] > 0 and cal["validation"]["fitted_on"] == "val"
+    scaled = metrics.apply_temperature(prob, meta["temperature"])
+    assert cal["test"]["ece_after"] == pytest.approx(metrics.expected_calibration_error(y, scaled))
+    assert cal["test"]["nll_before"] == pytest.approx(metrics.negative_log_likelihood(y, prob))
+    assert (out / "calibration" / "resnet18.png").is_file()
+    # the demo writes Kaggle-style metadata, so there is a source column and per-source accuracy
+    by_source = r["by_source"]
+    assert sum(v["n"] for v in by_source.values()) == len(test)
+    assert all(k.startswith("https://demo.invalid/site-") for k in by_source)
 
 
 def test_same_seed_trains_the_same_model_in_a_new_kernel(run_dir, demo_dir):
@@ -114,11 +139,13 @@ def test_report_opens_in_a_browser_with_every_image_and_the_numbers(run_dir):
             "img", "els => els.map(e => [e.alt, e.complete, e.naturalWidth])")
         comparison = page.inner_text("#comparison-table")
         per_class = page.inner_text("#per-class-resnet18")
+        audit = page.inner_text("#audit-resnet18")
+        calibration = page.inner_text("#calibration-resnet18")
         banner = page.locator("#synthetic-banner").count()
         page.screenshot(path=str(run_dir / "report.png"), full_page=False)
         browser.close()
     assert not errors, errors
-    assert len(images) >= 8, images            # data figures, curves, matrices, ROC, Grad-CAM
+    assert len(images) >= 10, images  # data figures, curves, matrices, ROC, reliability, Grad-CAMs
     assert all(done and width > 0 for _, done, width in images), images
     t = m["archs"]["resnet18"]["test"]
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
@@ -126,3 +153,6 @@ def test_report_opens_in_a_browser_with_every_image_and_the_numbers(run_dir):
     covid = t["per_class"]["COVID"]
     assert f"{covid['recall']:.3f} [{covid['recall_lo']:.3f}, {covid['recall_hi']:.3f}]" in per_class
     assert banner == 1 and (run_dir / "report.png").stat().st_size > 10_000
+    removed = m["archs"]["resnet18"]["lung_audit"]["lungs_removed"]
+    assert f"{removed['accuracy']:.3f} [{removed['accuracy_ci'][0]:.3f}" in audit
+    assert f"{m['archs']['resnet18']['calibration']['temperature']:.3g}" in calibration

@@ -240,6 +240,7 @@ def test_shortcut_demo_writes_its_sources_and_leaves_the_anatomy_alone(tmp_path)
     assert changed > 12
     # split_dataset reads the Kaggle-style metadata into the manifest's source column
     m = split_dataset.make_split(tmp_path / "cued", val=1, test=1, seed=0, workers=1)
-    expect = [demo_data.SOURCE_URL + demo_data.source_of(4, CLASSES.index(lab), int(p.rsplit("-", 1)[1][:-4]), True)
-              for lab, p in zip(m["label"], m["path"])]
+    numbers = [int(p.rsplit("-", 1)[1][:-len(".png")]) for p in m["path"]]
+    expect = [demo_data.SOURCE_URL + demo_data.source_of(4, CLASSES.index(lab), i, True)
+              for lab, i in zip(m["label"], numbers)]
     assert m["source"].tolist() == expect

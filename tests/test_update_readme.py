@@ -35,3 +35,53 @@ def test_results_section_regenerated_from_metrics(tmp_path):
     readme.write_text("no markers")
     assert update_readme.main(["--metrics", str(out / "metrics.json"), "--readme", str(readme),
                                "--assets", str(tmp_path / "assets")]) == 2
+
+
+def _view(acc: float) -> dict:
+    return {"accuracy": acc, "accuracy_ci": [acc - 0.05, acc + 0.05], "n": 120}
+
+
+def _audit(removed: float, reads: bool) -> dict:
+    view = _view
+    return {"as_is": view(0.95), "lungs_only": view(0.9), "lungs_removed": view(removed),
+            "chance": 0.25, "reads_outside_lungs": reads,
+            "cam": {"n": 120, "energy_in_lungs": 0.6, "energy_in_lungs_ci": [0.55, 0.65],
+                    "energy_chance": 0.34, "peaks_outside": 0.1, "peaks_outside_ci": [0.05, 0.15],
+                    "peaks_outside_chance": 0.66}}
+
+
+def test_shortcut_audit_and_calibration_tables_for_two_runs(tmp_path):
+    t = {"n": 120, **{k: 0.9 for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")},
+         **{k + "_ci": [0.85, 0.95] for k in ("accuracy", "balanced_accuracy", "macro_f1",
+                                                "macro_auc")}}
+    cal = {"temperature": 1.5, "validation": {"note": ""},
+           "test": {"n": 120, "ece_before": 0.08, "ece_before_ci": [0.05, 0.12], "ece_after": 0.03,
+                    "ece_after_ci": [0.02, 0.06], "nll_before": 0.4, "nll_after": 0.3}}
+    runs = {}
+    for name, removed, reads in (("outputs", 0.25, False), ("outputs-shortcut", 0.81, True)):
+        out = tmp_path / name
+        (out / "grad_cam").mkdir(parents=True)
+        (out / "grad_cam" / "outside_lungs.png").write_bytes(name.encode())
+        m = {"dataset": {"name": name, "synthetic": True}, "created": "now",
+             "archs": {"resnet18": {"test": t, "localization": None, "lung_audit": _audit(removed, reads),
+                                    "calibration": cal,
+                                    "by_source": {"https://demo.invalid/site-A": {"n": 30, "accuracy": 0.9},
+                                                  "https://demo.invalid/site-D": {"n": 25, "accuracy": 0.4}}}}}
+        (out / "metrics.json").write_text(json.dumps(m))
+        runs[name] = out / "metrics.json"
+    readme = tmp_path / "README.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    assert update_readme.main(["--metrics", str(runs["outputs"]), "--readme", str(readme),
+                               "--assets", str(tmp_path / "assets"),
+                               "--shortcut-metrics", str(runs["outputs-shortcut"])]) == 0
+    text = readme.read_text()
+    assert ("| normal demo | resnet18 | 0.600 [0.550, 0.650] (0.34) | 0.100 [0.050, 0.150] (0.66) | "
+            "0.950 [0.900, 1.000] | 0.900 [0.850, 0.950] | 0.250 [0.200, 0.300] (0.25) | no |") in text
+    assert "| planted shortcut | resnet18 |" in text and "0.810 [0.760, 0.860] (0.25) | **yes** |" in text
+    assert "| resnet18 | 0.900 (30) | 0.400 (25) |" in text
+    assert "| resnet18 | 1.5 | 0.080 [0.050, 0.120] | 0.030 [0.020, 0.060] | 0.4000 | 0.3000 |" in text
+    assert (tmp_path / "assets" / "outside_lungs.png").read_bytes() == b"outputs"
+    assert (tmp_path / "assets" / "outside_lungs_shortcut.png").read_bytes() == b"outputs-shortcut"
+    assert "(assets/outside_lungs_shortcut.png)" in text.replace(str(tmp_path) + "/", "")
+    assert update_readme.main(["--metrics", str(runs["outputs"]), "--readme", str(readme),
+                               "--shortcut-metrics", str(tmp_path / "missing.json")]) == 2
