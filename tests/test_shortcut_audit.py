@@ -244,3 +244,30 @@ def test_shortcut_demo_writes_its_sources_and_leaves_the_anatomy_alone(tmp_path)
     expect = [demo_data.SOURCE_URL + demo_data.source_of(4, CLASSES.index(lab), i, True)
               for lab, i in zip(m["label"], numbers)]
     assert m["source"].tolist() == expect
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_a_model_trained_on_the_shortcut_demo_is_caught_and_one_trained_without_is_not(
+        tmp_path, shortcut):
+    """Both directions end to end on small data: ResNet-18 trained briefly on the demo (64 px,
+    40 images per class) reads the planted marks when they are there (still right with the
+    lungs removed) and falls to about chance with the lungs removed when they are not."""
+    d = tmp_path / "demo"
+    demo_data.generate(d, counts={c: 40 for c in CLASSES}, seed=5, size=128, workers=1,
+                       verbose=False, shortcut=shortcut)
+    m = split_dataset.make_split(d, val=5, test=15, seed=0, workers=1)
+    loaders = utils.make_loaders(m, d, CLASSES, 64, 16, 0, 0)
+    cfg = training.TrainConfig(epochs=6, batch_size=16, image_size=64, num_workers=0, seed=0,
+                               patience=100, lr=1e-3, augment=False, amp=False)
+    training.seed_everything(0)
+    model = training.networks.build_model("resnet18", 4, weights=None)
+    training.fit(model, loaders, "resnet18", CLASSES, cfg, torch.device("cpu"), tmp_path / "m",
+                 tmp_path / "h", resume=False, progress=False)
+    test = utils.eval_loader(m[m["split"] == "test"], d, CLASSES, 64, 32, 0, mask_column="mask_path")
+    a = training.lung_reliance(model, test, torch.device("cpu"), CLASSES, dilation=2)
+    assert a["as_is"]["n"] == 60 and a["chance"] == 0.25
+    assert a["as_is"]["accuracy"] >= 0.5                          # it learned (chance 0.25)
+    if shortcut:
+        assert a["lungs_removed"]["accuracy"] >= 0.6 and a["reads_outside_lungs"] is True
+    else:
+        assert a["lungs_removed"]["accuracy"] <= 0.4
