@@ -104,6 +104,9 @@ def lung_view(images: torch.Tensor, masks: torch.Tensor, view: str, dilation: in
     grown = torch.from_numpy(np.stack([dilate(m, dilation) for m in masks.cpu().numpy()]))
     keep = grown if view == "lungs_only" else ~grown                       # (N, S, S)
     n_keep = keep.flatten(1).sum(1)
+    if (n_keep == 0).any():
+        raise ValueError(f"{int((n_keep == 0).sum())} lung masks grown by {dilation} px cover "
+                         f"the whole image: nothing is left outside the lungs to show")
     x = images[:, 0].to(torch.float64)
     fill = (x * keep).flatten(1).sum(1) / n_keep                          # (N,)
     out = torch.where(keep, x, fill[:, None, None]).round().to(torch.uint8)

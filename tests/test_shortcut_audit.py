@@ -49,6 +49,8 @@ def test_lung_view_refuses_a_missing_mask_and_a_bad_view():
     assert utils.usable_lung_masks(m).tolist() == [True, False]
     with pytest.raises(ValueError, match="1 of 2 lung masks are empty"):
         utils.lung_view(x, m, "lungs_only")
+    with pytest.raises(ValueError, match="cover the whole image"):
+        utils.lung_view(x[:1], m[:1], "lungs_removed", dilation=8)
     with pytest.raises(ValueError, match="as_is, lungs_only, lungs_removed"):
         utils.lung_view(x, m, "no_lungs")
 
