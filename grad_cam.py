@@ -178,6 +178,15 @@ def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
 SCORE_COLUMNS = ["index", "hit", "hit_strict", "energy", "chance", "chance_strict"]
 
 
+def _scorable(cams: np.ndarray, masks: np.ndarray):
+    """``(i, cam, bool mask)`` for each image that can be scored: a non-empty mask and a
+    non-constant map (a constant map has no peak; it is left out, not scored at its first pixel)."""
+    for i, (c, m) in enumerate(zip(cams, masks)):
+        m = np.asarray(m, bool)
+        if m.any() and float(c.max()) > float(c.min()):
+            yield i, c, m
+
+
 def localization_scores(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0) -> pd.DataFrame:
     """Per image with a non-empty mask and a non-constant map:
 
@@ -189,10 +198,7 @@ def localization_scores(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0)
     ``masks`` bool (N,H,W).
     """
     rows = []
-    for i, (c, m) in enumerate(zip(cams, masks)):
-        m = np.asarray(m, bool)
-        if not m.any() or float(c.max()) <= float(c.min()):
-            continue
+    for i, c, m in _scorable(cams, masks):
         grown = dilate(m, tolerance)
         peak = int(np.argmax(c))
         rows.append({"index": i, "hit": bool(grown.flat[peak]), "hit_strict": bool(m.flat[peak]),
@@ -245,10 +251,7 @@ def lung_scores(cams: np.ndarray, lung_masks: np.ndarray, dilation: int = 0) -> 
     ``energy_in_lungs``; ``1 - lung_area`` is what a random peak scores on ``peak_outside``).
     ``cams`` (N, H, W), ``lung_masks`` bool (N, H, W)."""
     rows = []
-    for i, (c, m) in enumerate(zip(cams, lung_masks)):
-        m = np.asarray(m, bool)
-        if not m.any() or float(c.max()) <= float(c.min()):
-            continue
+    for i, c, m in _scorable(cams, lung_masks):
         grown = dilate(m, dilation)
         rows.append({"index": i, "energy_in_lungs": energy_in_mask(c, grown),
                      "peak_outside": not bool(grown.flat[int(np.argmax(c))]),

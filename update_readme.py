@@ -17,12 +17,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from metrics import format_ci
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def _ci(r: dict, key: str) -> str:
-    lo, hi = r[key + "_ci"]
-    return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]"
+    return format_ci(r[key], r[key + "_ci"])
 
 
 def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = None) -> str:
