@@ -2,6 +2,7 @@
 a checkpoint notebook 3 loads, kill-and-resume; the sampler's sharding; the replica guard."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,7 +130,8 @@ def ddp_runs(demo_dir, demo_manifest, tmp_path_factory):
     logs = {}
     for nproc in (1, 2):
         logs[nproc] = _run(_args(demo_dir, manifest, root / f"p{nproc}", 2), nproc)
-    return root, manifest, logs
+    yield root, manifest, logs
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_two_processes_train_the_same_weights_as_one(ddp_runs):

@@ -1,6 +1,7 @@
 """The three notebooks execute headless (papermill) on a tiny demo set, in order."""
 
 import json
+import shutil
 
 import papermill as pm
 import pytest
@@ -16,7 +17,8 @@ from conftest import ROOT
 def run_dir(tmp_path_factory, demo_dir, demo_manifest):
     d = tmp_path_factory.mktemp("nb")
     utils.write_csv_atomic(demo_manifest, d / "manifest.csv")
-    return d
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _run(name, run_dir, demo_dir, **params):

@@ -1,6 +1,8 @@
 """predict.py: every input kind, probabilities equal to training.predict, the ensemble, CAM
 pictures, clear errors, and the real X-rays in ../shared/realcxr."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,7 +30,8 @@ def _checkpoint(path, seed, classes=CLASSES, size=32):
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")
-    return str(_checkpoint(d / "a.pt", 0)), str(_checkpoint(d / "b.pt", 1, size=40))
+    yield str(_checkpoint(d / "a.pt", 0)), str(_checkpoint(d / "b.pt", 1, size=40))
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _run(args, tmp_path):
