@@ -23,8 +23,10 @@ import sys
 from pathlib import Path
 
 import jinja2
+import numpy as np
 import pandas as pd
 
+from metrics import format_ci
 from split_dataset import split_table
 from xray_io import atomic_write
 
@@ -60,14 +62,45 @@ def _per_class_rows(per_class: dict) -> list[dict]:
     return rows
 
 
+def _cell(v, digits: int = 3) -> str:
+    """One table cell: yes/no for flags, thousands separators for counts, ``digits`` decimals
+    for other numbers, except those too small for them (a learning rate of 3e-05 is not 0.000)."""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        if np.isnan(v):
+            return "n/a"
+        if v != 0 and abs(v) < 0.5 * 10.0 ** -digits:
+            return f"{v:.2g}"
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
 def _table(df: pd.DataFrame | None, digits: int = 3) -> dict | None:
-    """A DataFrame as ``{"columns", "rows"}`` of strings for the template (None stays None)."""
+    """A DataFrame as ``{"columns", "rows"}`` of strings for the template (None stays None).
+    A named or labelled index (a crosstab's classes, say) becomes the first column; a plain
+    0, 1, 2... index is left out."""
     if df is None or df.empty:
         return None
-    df = df.reset_index()
-    fmt = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+    if not isinstance(df.index, pd.RangeIndex) or df.index.name is not None:
+        df = df.reset_index()
     return {"columns": [str(c) for c in df.columns],
-            "rows": [[fmt(v) for v in row] for row in df.itertuples(index=False)]}
+            "rows": [[_cell(v, digits) for v in row] for row in df.itertuples(index=False)]}
+
+
+def _by_source(by_source: dict | None) -> dict | None:
+    """Accuracy per source (metrics.json ``by_source``): source, test n, accuracy [Wilson CI]."""
+    if not by_source:
+        return None
+    rows = []
+    for src, r in by_source.items():
+        lo, hi = r.get("accuracy_lo"), r.get("accuracy_hi")
+        acc = (format_ci(r["accuracy"], (lo, hi)) if lo is not None and hi is not None
+               else _cell(float(r["accuracy"])))
+        rows.append([src or "(unknown)", _cell(int(r["n"])), acc])
+    return {"columns": ["source", "test n", "accuracy"], "rows": rows}
 
 
 def _audit(a: dict | None) -> dict | None:
@@ -131,9 +164,7 @@ def report_context(out_dir: str | Path) -> dict:
                 "per_class": {c: f"{v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items()},
             },
             "audit": _audit(r.get("lung_audit")), "calibration": _calibration(r.get("calibration")),
-            "by_source": _table(pd.DataFrame(r["by_source"]).T[["n", "accuracy", "accuracy_lo",
-                                                                   "accuracy_hi"]]
-                                if r.get("by_source") else None),
+            "by_source": _by_source(r.get("by_source")),
             "settings": (m.get("models") or {}).get(arch, {}),
             "images": {k: _png(p) for k, p in {
                 "reliability": out / "calibration" / f"{arch}.png",

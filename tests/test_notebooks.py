@@ -143,6 +143,7 @@ def test_report_opens_in_a_browser_with_every_image_and_the_numbers(run_dir):
         per_class = page.inner_text("#per-class-resnet18")
         audit = page.inner_text("#audit-resnet18")
         calibration = page.inner_text("#calibration-resnet18")
+        by_source = page.inner_text("#by-source-resnet18")
         banner = page.locator("#synthetic-banner").count()
         page.screenshot(path=str(run_dir / "report.png"), full_page=False)
         browser.close()
@@ -158,3 +159,5 @@ def test_report_opens_in_a_browser_with_every_image_and_the_numbers(run_dir):
     removed = m["archs"]["resnet18"]["lung_audit"]["lungs_removed"]
     assert f"{removed['accuracy']:.3f} [{removed['accuracy_ci'][0]:.3f}" in audit
     assert f"{m['archs']['resnet18']['calibration']['temperature']:.3g}" in calibration
+    site, r = sorted(m["archs"]["resnet18"]["by_source"].items())[0]
+    assert site in by_source and f"{r['accuracy']:.3f} [{r['accuracy_lo']:.3f}" in by_source
