@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metrics import bootstrap_indices
 from utils import dilate  # noqa: F401  (masks are the data side's; grad_cam.dilate stays public)
 
 METHODS = ("gradcam", "gradcam++", "hirescam")
@@ -215,8 +216,7 @@ def bootstrap_means(scores: pd.DataFrame, columns: dict[str, str], n_boot: int =
     With no row every value is None."""
     if scores.empty:
         return {k: v for key in columns for k, v in ((key, None), (key + "_ci", None))}
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(scores), size=(n_boot, len(scores)))  # (B, n)
+    idx = bootstrap_indices(len(scores), n_boot, seed)  # (B, n)
     out = {}
     for key, col in columns.items():
         v = scores[col].to_numpy(float)

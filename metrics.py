@@ -88,9 +88,14 @@ def _validate(y_true, y_prob, class_names) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_prob
 
 
+def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """``(n_boot, n)`` row indices drawn with replacement from a ``seed``ed generator: the one
+    resampling behind every percentile-bootstrap interval of the project."""
+    return np.random.default_rng(seed).integers(0, n, (n_boot, n))
+
+
 def _bootstrap(y_true, y_prob, n_boot: int, seed: int):
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(y_true), (n_boot, len(y_true)))
+    idx = bootstrap_indices(len(y_true), n_boot, seed)
     yt, yp = y_true[idx], y_prob[idx]                           # (B, N), (B, N, C)
     C = y_prob.shape[1]
     cms = np.stack([confusion_matrix(t, p, C) for t, p in zip(yt, yp.argmax(-1))])  # (B, C, C)
@@ -264,7 +269,7 @@ def ece_with_interval(y_true, y_prob, n_bins: int = 15, n_boot: int = 1000, seed
     ece = expected_calibration_error(y_true, y_prob, n_bins)
     if not n_boot:
         return ece, [float("nan"), float("nan")]
-    idx = np.random.default_rng(seed).integers(0, len(y_true), (n_boot, len(y_true)))
+    idx = bootstrap_indices(len(y_true), n_boot, seed)
     boots = [expected_calibration_error(y_true[i], y_prob[i], n_bins) for i in idx]
     return ece, [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
 

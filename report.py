@@ -46,7 +46,7 @@ def _ci(d: dict, key: str) -> str:
     v, ci = d.get(key), d.get(key + "_ci")
     if v is None:
         return "n/a"
-    return f"{v:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else f"{v:.3f}"
+    return format_ci(v, ci) if ci else f"{v:.3f}"
 
 
 def _per_class_rows(per_class: dict) -> list[dict]:

@@ -183,19 +183,19 @@ def main(argv=None) -> int:
     out_dir, assets_dir = metrics_path.parent, Path(a.assets)
     assets_dir.mkdir(parents=True, exist_ok=True)
     copied = {}
-    wanted = [("Grad-CAM comparison", out_dir / "grad_cam" / "comparison.png")]
+    wanted = [("Grad-CAM comparison", out_dir / "grad_cam" / "comparison.png",
+               "grad_cam_comparison.png")]
     wanted += [(f"{arch} test confusion matrix",
-                out_dir / "confusion_matrices" / f"{arch}_test.png") for arch in m["archs"]]
+                out_dir / "confusion_matrices" / f"{arch}_test.png", f"{arch}_test.png")
+               for arch in m["archs"]]
     wanted.append(("Grad-CAM maps most outside the lungs, normal demo",
-                   out_dir / "grad_cam" / "outside_lungs.png"))
+                   out_dir / "grad_cam" / "outside_lungs.png", "outside_lungs.png"))
     if a.shortcut_metrics:
         wanted.append(("Grad-CAM maps most outside the lungs, planted shortcut",
-                       Path(a.shortcut_metrics).parent / "grad_cam" / "outside_lungs.png"))
-    for caption, src in wanted:
+                       Path(a.shortcut_metrics).parent / "grad_cam" / "outside_lungs.png",
+                       "outside_lungs_shortcut.png"))
+    for caption, src, name in wanted:
         if src.is_file():
-            name = src.name.replace("comparison", "grad_cam_comparison")
-            if caption.endswith("planted shortcut"):
-                name = "outside_lungs_shortcut.png"
             dst = assets_dir / name
             shutil.copyfile(src, dst)
             copied[caption] = dst.as_posix()
