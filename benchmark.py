@@ -46,8 +46,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
+import checkpoints
 import demo_data
 import networks
+import runtime
 import training
 import utils
 
@@ -120,7 +122,7 @@ def bare_rate(model, opt, device, batch, size, steps, amp, cl) -> float:
     model.train()
 
     def step():
-        with training.autocast(device, amp):
+        with runtime.autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -147,7 +149,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     files = sorted(str(f) for f in data.glob("*/images/*.png"))[:n_images]
     torch.manual_seed(0)
     ckpt = work / f"{arch}.pt"
-    training.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
+    checkpoints.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
                           class_names=list(demo_data.CLASSES), image_size=size)
     models = predict.load_models([str(ckpt)], device)
     model = models[arch][0]
@@ -155,7 +157,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     steps = -(-len(files) // batch)
 
     def bare():
-        with torch.no_grad(), training.autocast(device):
+        with torch.no_grad(), runtime.autocast(device):
             for _ in range(steps):
                 model(x)
         _sync(device)
@@ -198,7 +200,7 @@ def main(argv=None) -> int:
                    help="only predict.py against a bare forward loop (default: 256 images, "
                         "batch 32 on a CPU; writes outputs/benchmark_predict.json)")
     a = p.parse_args(argv)
-    device = training.choose_device(a.device)
+    device = runtime.choose_device(a.device)
     gpu = device.type == "cuda"
     if a.predict:
         work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))

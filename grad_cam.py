@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrics import bootstrap_indices
-from utils import dilate  # noqa: F401  (masks are the data side's; grad_cam.dilate stays public)
+from utils import dilate
 
 METHODS = ("gradcam", "gradcam++", "hirescam")
 
@@ -179,7 +179,7 @@ def energy_in_mask(cam: np.ndarray, mask: np.ndarray) -> float:
 SCORE_COLUMNS = ["index", "hit", "hit_strict", "energy", "chance", "chance_strict"]
 
 
-def _scorable(cams: np.ndarray, masks: np.ndarray):
+def scorable(cams: np.ndarray, masks: np.ndarray):
     """``(i, cam, bool mask)`` for each image that can be scored: a non-empty mask and a
     non-constant map (a constant map has no peak; it is left out, not scored at its first pixel)."""
     for i, (c, m) in enumerate(zip(cams, masks)):
@@ -199,7 +199,7 @@ def localization_scores(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0)
     ``masks`` bool (N,H,W).
     """
     rows = []
-    for i, c, m in _scorable(cams, masks):
+    for i, c, m in scorable(cams, masks):
         grown = dilate(m, tolerance)
         peak = int(np.argmax(c))
         rows.append({"index": i, "hit": bool(grown.flat[peak]), "hit_strict": bool(m.flat[peak]),
@@ -238,36 +238,6 @@ def summarize_localization(scores: pd.DataFrame, n_boot: int = 1000, seed: int =
            "chance": None if scores.empty else float(scores["chance"].mean()),
            "chance_strict": None if scores.empty else float(scores["chance_strict"].mean())}
     return {**out, **bootstrap_means(scores, keys, n_boot, seed)}
-
-
-LUNG_COLUMNS = ["index", "energy_in_lungs", "peak_outside", "lung_area"]
-
-
-def lung_scores(cams: np.ndarray, lung_masks: np.ndarray, dilation: int = 0) -> pd.DataFrame:
-    """Where the evidence is, against the lungs (the shortcut audit): per image with a lung mask
-    and a non-constant map, ``energy_in_lungs`` (fraction of the map's mass inside the lung
-    mask grown by ``dilation`` px), ``peak_outside`` (the map's peak lies outside the grown
-    mask) and ``lung_area`` (the grown mask's area fraction: what a uniform map scores on
-    ``energy_in_lungs``; ``1 - lung_area`` is what a random peak scores on ``peak_outside``).
-    ``cams`` (N, H, W), ``lung_masks`` bool (N, H, W)."""
-    rows = []
-    for i, c, m in _scorable(cams, lung_masks):
-        grown = dilate(m, dilation)
-        rows.append({"index": i, "energy_in_lungs": energy_in_mask(c, grown),
-                     "peak_outside": not bool(grown.flat[int(np.argmax(c))]),
-                     "lung_area": float(grown.mean())})
-    return pd.DataFrame(rows, columns=LUNG_COLUMNS)
-
-
-def summarize_lung_scores(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
-    """Means of ``lung_scores`` with bootstrap intervals, each beside its chance level: ``n``,
-    ``energy_in_lungs`` (+ ``_ci``) against ``energy_chance`` (mean grown-lung area),
-    ``peaks_outside`` (+ ``_ci``) against ``peaks_outside_chance`` (1 - that area)."""
-    area = None if scores.empty else float(scores["lung_area"].mean())
-    return {"n": int(len(scores)),
-            **bootstrap_means(scores, {"energy_in_lungs": "energy_in_lungs",
-                                       "peaks_outside": "peak_outside"}, n_boot, seed),
-            "energy_chance": area, "peaks_outside_chance": None if area is None else 1 - area}
 
 
 def localize_loader(cam: GradCAM, loader, prepare, tolerance: int = 0,

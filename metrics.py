@@ -177,15 +177,19 @@ def classification_report(y_true, y_prob, class_names, n_boot: int = 1000, seed:
     return df[cols]
 
 
-def summary_metrics(y_true, y_prob, class_names, n_boot: int = 1000, seed: int = 0) -> dict:
+def summary_metrics(y_true, y_prob, class_names, n_boot: int = 1000, seed: int = 0,
+                    report: pd.DataFrame | None = None) -> dict:
     """Headline numbers as plain floats: ``accuracy`` (Wilson CI), ``balanced_accuracy`` (macro
     recall), ``macro_f1``, ``macro_auc`` (bootstrap CIs; over the ``macro_classes`` classes
     present in ``y_true``), ``n``, and the confusion matrix
-    (``confusion_matrix``: rows = true class, columns = predicted)."""
+    (``confusion_matrix``: rows = true class, columns = predicted). ``report``: this data's
+    ``classification_report(y_true, y_prob, class_names, n_boot, seed)`` when already computed
+    (its bootstrap is the expensive part), else computed here."""
     y_true, y_prob = _validate(y_true, y_prob, class_names)
     C = len(class_names)
     cm = confusion_matrix(y_true, y_prob.argmax(1), C)
-    rep = classification_report(y_true, y_prob, class_names, n_boot, seed)
+    rep = report if report is not None else classification_report(y_true, y_prob, class_names,
+                                                                   n_boot, seed)
     macro = rep.loc["macro avg"]
     acc_lo, acc_hi = wilson_interval(np.trace(cm), cm.sum())
     return {

@@ -124,7 +124,7 @@ def _load_state_file(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"weights file {p} not found; expected a .pth state dict or a "
-                                f"checkpoint saved by training.save_checkpoint")
+                                f"checkpoint saved by checkpoints.save_checkpoint")
     obj = torch.load(p, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and "model_state" in obj:  # one of our checkpoints
         return obj["model_state"]
@@ -205,9 +205,18 @@ def module_path(model: nn.Module, module: nn.Module) -> str:
     raise ValueError(f"{type(module).__name__} is not a submodule of {type(model).__name__}")
 
 
+PRETRAINED_LR = 3e-5  # the study's Adam learning rate for ImageNet-initialised models
+
+
 def scratch_lr(arch: str) -> float:
     """The default Adam learning rate for ``arch`` trained from random initialisation."""
     return _arch(arch).scratch_lr
+
+
+def default_lr(arch: str, pretrained: bool) -> float:
+    """The Adam learning rate used when none is given: ``PRETRAINED_LR`` for pretrained weights
+    (the study's), else ``scratch_lr(arch)``."""
+    return PRETRAINED_LR if pretrained else scratch_lr(arch)
 
 
 def count_parameters(model: nn.Module) -> int:

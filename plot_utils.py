@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import matplotlib.pyplot as plt
@@ -43,6 +43,20 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 120) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def save_figures(figures: Iterator[tuple[str, Figure | None]], out_dir: str | os.PathLike
+                 ) -> list[Path]:
+    """Save each ``(relative path, Figure)`` under ``out_dir`` and close it before the next is
+    drawn; ``(path, None)`` removes a stale file there (a gallery left empty this time, so a
+    previous run's is never shown). Returns the paths written."""
+    written = []
+    for rel, fig in figures:
+        if fig is None:
+            (Path(out_dir) / rel).unlink(missing_ok=True)
+        else:
+            written.append(save_figure(fig, Path(out_dir) / rel))
+    return written
 
 
 def training_curves(history: pd.DataFrame, best_epoch: int | None = None, title: str = ""
@@ -258,3 +272,52 @@ def box_by_class(df: pd.DataFrame, value: str, by: str = "label", title: str = "
     ax.set_xlabel("")
     fig.tight_layout()
     return fig
+
+
+def evaluation_figures(data: dict) -> Iterator[tuple[str, Figure | None]]:
+    """Every figure of an evaluation (``evaluation.Evaluation.figures``), one at a time, as
+    ``(path relative to the output folder, Figure)``: confusion matrices (counts and
+    row-normalised) per model and scored split, ROC and reliability curves per model, and the
+    Grad-CAM galleries (the same images under each model, the misclassified ones, and the
+    images whose maps sit most outside the lungs, lungs outlined). A gallery with nothing to
+    show gives ``(path, None)``. Paths start with ``data["prefix"]`` (an external set's
+    folder)."""
+    pre, names, split = data.get("prefix", ""), data["class_names"], data["split"]
+    for name, part, cm in data.get("confusion", []):
+        for norm in (False, True):
+            yield (f"{pre}confusion_matrices/{name}_{part}{'_normalized' if norm else ''}.png",
+                   confusion_matrix_figure(np.asarray(cm), names, normalize=norm,
+                                           title=f"{name} {part} "
+                                                 f"({'row-normalised' if norm else 'counts'})"))
+    for name, curves in data.get("roc", {}).items():
+        yield f"{pre}roc/{name}.png", roc_figure(curves, title=f"{name} {split} ROC (one-vs-rest)")
+    for name, curves in data.get("reliability", {}).items():
+        yield (f"{pre}calibration/{name}.png",
+               reliability_figure(curves, title=f"{name} {split} reliability"))
+    galleries = data.get("galleries", {})
+    for gallery in ("comparison", "misclassified"):
+        yield f"{pre}grad_cam/{gallery}.png", _gallery_figure(galleries.get(gallery), gallery, data)
+    g = galleries.get("outside_lungs")
+    yield f"{pre}grad_cam/outside_lungs.png", None if g is None else image_grid(
+        [overlay_cam(t["gray"], t["map"], outline=t["lungs"], peak=True) for t in g["tiles"]],
+        [t["caption"] for t in g["tiles"]], ncols=g["ncols"], size=2.6,
+        suptitle=f"{data['cam_method']}: the {split} images whose maps sit most outside the "
+                 f"lungs (lungs outlined)")
+
+
+def _gallery_figure(g: dict | None, gallery: str, data: dict) -> Figure | None:
+    """``cam_comparison`` of one gallery of ``evaluation_figures``'s data (None stays None)."""
+    if g is None:
+        return None
+    overlays = {name: [overlay_cam(gray, m, outline=None if v["masks"] is None else v["masks"][i],
+                                   peak=True)
+                       for i, (gray, m) in enumerate(zip(v["gray"], v["maps"]))]
+                for name, v in g["models"].items()}
+    raw = g["raw"] if g["raw_masks"] is None else [
+        overlay_mask(r, m, color=(255, 40, 40), alpha=0.0) for r, m in zip(g["raw"], g["raw_masks"])]
+    title = f"{data['cam_method']} per model, {gallery}" + (" (synthetic demo data)"
+                                                           if data.get("synthetic") else "")
+    if g["custom_layers"]:
+        title += "\nlayers: " + ", ".join(f"{a} {n}" for a, n in g["layers"].items())
+    return cam_comparison(raw, overlays, g["labels"],
+                          {name: v["preds"] for name, v in g["models"].items()}, suptitle=title)

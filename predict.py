@@ -8,7 +8,7 @@ SYNOPSIS
 
 DESCRIPTION
     Every argument ending in .pt or .pth is a model: a checkpoint written by notebook 2
-    (training.save_checkpoint; an <arch>_last.pt resumable state beside its <arch>.pt is skipped,
+    (checkpoints.save_checkpoint; an <arch>_last.pt resumable state beside its <arch>.pt is skipped,
     so models/*.pt means the best epoch of each model). It carries everything needed:
     architecture, class names, image size and normalisation, so nothing else is asked for. Every other argument is an input:
 
@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,11 +61,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+import checkpoints
 import grad_cam
+import inference
 import networks
 import plot_utils
-import training
 import utils
+from runtime import autocast, choose_device
 from split_dataset import info_path
 from xray_io import IMAGE_EXTENSIONS, read_xray, resize_uint8
 
@@ -107,31 +108,6 @@ def collect_inputs(inputs: list[str], split: str = "test", data_dir: str | None 
     return pd.DataFrame(rows, columns=["path", "file", "label"])
 
 
-def load_models(paths: list[str], device: torch.device) -> dict[str, tuple[torch.nn.Module, dict]]:
-    """``{name: (model, meta)}`` from checkpoints (name = file stem, made unique). Raises
-    ValueError naming the file when one is not a checkpoint or the class lists differ."""
-    models: dict[str, tuple[torch.nn.Module, dict]] = {}
-    for p in paths:
-        try:
-            model, meta = training.load_checkpoint(p, device)
-        except FileNotFoundError as e:
-            raise ValueError(str(e)) from None
-        except (ValueError, RuntimeError, KeyError, TypeError, OSError, EOFError,
-                pickle.UnpicklingError) as e:
-            raise ValueError(f"{p}: not a model checkpoint written by notebook 2 / "
-                             f"training.save_checkpoint (expected a dict with 'model_state' and "
-                             f"'meta'; {type(e).__name__}: {e})") from None
-        name, k = Path(p).stem, 2
-        while name in models:
-            name, k = f"{Path(p).stem}-{k}", k + 1
-        first = next(iter(models.values()), None)
-        if first is not None and meta["class_names"] != first[1]["class_names"]:
-            raise ValueError(f"{p} predicts {meta['class_names']} but {paths[0]} predicts "
-                             f"{first[1]['class_names']}: an ensemble needs one class list")
-        models[name] = (model, meta)
-    return models
-
-
 def _decode(file: str, sizes: tuple[int, ...]) -> tuple[dict[int, np.ndarray] | None, np.ndarray | None, str]:
     """``({size: uint8 (S, S)}, gray float32 for the picture, "ok")`` or ``(None, None, reason)``."""
     try:
@@ -161,14 +137,6 @@ def _batches(files: list[str], sizes: tuple[int, ...], batch_size: int, keep_gra
 def _safe_name(path: str) -> str:
     stem = Path(path).stem
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
-
-
-def temperature(meta: dict, calibrated: bool = True) -> float:
-    """The checkpoint's calibration temperature (1 when it has none or ``calibrated`` is off)."""
-    t = float(meta.get("temperature", 1.0)) if calibrated else 1.0
-    if not t > 0:
-        raise ValueError(f"{meta.get('arch')}: checkpoint temperature must be > 0, got {t}")
-    return t
 
 
 def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.DataFrame,
@@ -204,13 +172,13 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
                 x = torch.from_numpy(np.stack([batch[i][0][size] for i in ok]))[:, None]  # (n,1,S,S)
                 x = utils.prepare_batch(x, device)
                 if cam == "none":
-                    with torch.no_grad(), training.autocast(device):
+                    with torch.no_grad(), autocast(device):
                         logits = model(x)
                 else:
                     with grad_cam.GradCAM(model, layers[n], cam) as g:
                         _, maps[n] = g(x)
                         logits = g.logits
-                p = torch.softmax(logits.float() / temperature(meta, calibrated), 1)
+                p = torch.softmax(logits.float() / inference.temperature(meta, calibrated), 1)
                 p = p.cpu().double().numpy()
                 probs[n][[row + i for i in ok]] = p
         if cam != "none":
@@ -290,9 +258,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"and {len(inputs)} input(s)")
     if a.batch_size < 1:
         p.error(f"--batch-size must be >= 1, got {a.batch_size}")
-    device = training.choose_device(a.device)
+    device = choose_device(a.device)
     try:
-        models = load_models(model_paths, device)
+        models = checkpoints.load_models(model_paths, device)
         table = collect_inputs(inputs, a.split, a.data_dir)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -311,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     utils.write_csv_atomic(result, out_dir / "predictions.csv")
     n_ok = int((result["status"] == "ok").sum())
-    temps = {n: temperature(meta, not a.uncalibrated) for n, (_, meta) in models.items()}
+    temps = {n: inference.temperature(meta, not a.uncalibrated) for n, (_, meta) in models.items()}
     print("probabilities: " + ("raw softmax (--uncalibrated)" if a.uncalibrated else ", ".join(
         f"{n} T = {t:.3g}" + ("" if "temperature" in models[n][1] else " (none in checkpoint)")
         for n, t in temps.items())))

@@ -26,9 +26,10 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+import tables
 from metrics import format_ci
 from split_dataset import split_table
-from xray_io import atomic_write
+from xray_io import atomic_write, write_json_atomic
 
 TEMPLATE = Path(__file__).with_name("report_template.html.j2")
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
@@ -132,11 +133,7 @@ def _calibration(c: dict | None) -> dict | None:
 def report_context(out_dir: str | Path) -> dict:
     """Everything the template shows, gathered from ``out_dir`` (see the module docstring)."""
     out = Path(out_dir)
-    metrics_path = out / "metrics.json"
-    if not metrics_path.is_file():
-        raise FileNotFoundError(f"{metrics_path} not found: run notebook 3 (or make run) first; "
-                                f"the report is built from its metrics")
-    m = json.loads(metrics_path.read_text())
+    m = read_metrics(out)
     manifest = out / "manifest.csv"
     mdf = pd.read_csv(manifest, dtype=str, keep_default_na=False) if manifest.is_file() else None
     csv = lambda name: (pd.read_csv(out / "CSVs" / name)  # noqa: E731
@@ -145,7 +142,7 @@ def report_context(out_dir: str | Path) -> dict:
     if mdf is not None and "source" in mdf.columns:
         sources = pd.crosstab(mdf["source"].replace("", "(unknown)"), mdf["label"])
     models = []
-    for arch, r in m["archs"].items():
+    for arch, r in (m.get("archs") or {}).items():
         t, loc = r["test"], r.get("localization") or {}
         models.append({
             "arch": arch,
@@ -191,8 +188,90 @@ def report_context(out_dir: str | Path) -> dict:
             ("lung_masks.png", "Lung masks"))],
         "models": models, "gallery": [g for g in gallery if g["src"]],
         "comparison": {"columns": ["model", "test n", *METRICS],
-                       "rows": [[x["arch"], x["n_test"], *x["test"].values()] for x in models]},
+                       "rows": [[x["arch"], x["n_test"], *x["test"].values()] for x in models]
+                       } if models else None,
+        "external": [_external(m, name, out) for name in (m.get("external") or {})],
     }
+
+
+def _external(m: dict, name: str, out: Path) -> dict:
+    """One external set of metrics.json for the template: its images account, the side-by-side
+    table, its own tables and figures."""
+    x = m["external"][name]
+    info, archs = x["images"], x["archs"]
+    pre = out / "external" / name
+    images = [(f"{n}: confusion matrix (rows = true class)",
+               _png(pre / "confusion_matrices" / f"{n}_external.png")) for n in archs]
+    images += [(f"{n}: reliability", _png(pre / "calibration" / f"{n}.png")) for n in archs]
+    images += [(title, _png(pre / "grad_cam" / f)) for f, title in (
+        ("comparison.png", "Grad-CAM: the same images under each model"),
+        ("misclassified.png", "Grad-CAM: misclassified images"),
+        ("outside_lungs.png", "Grad-CAM: maps most outside the lungs (lungs outlined)"))]
+    return {"name": name, "data_dir": x.get("data_dir", ""), "created": x.get("created", "?"),
+            "synthetic": (x.get("dataset") or {}).get("synthetic", False),
+            "found": info["found"], "scored": info["scored"],
+            "scored_by_class": ", ".join(f"{c} {n}" for c, n in info["scored_by_class"].items()),
+            "class_map": ", ".join(f"{f} -> {c}" for f, c in info["class_map"].items()),
+            "skipped": info["skipped_folders"], "duplicates": info["training_duplicates"],
+            "unchecked": info["unchecked_models"], "not_read": info["not_read"],
+            "side_by_side": _table(tables.internal_vs_external(m, name)),
+            "tables": [("Per class (external)", _table(tables.per_class(archs, "external"))),
+                       ("Localization (external)", _table(tables.localization(archs))),
+                       ("Shortcut audit (external)", _table(tables.audit(archs))),
+                       ("Accuracy by source (external)", _table(tables.by_source(archs)))],
+            "images": images}
+
+
+# --------------------------------------------------------------------------- metrics.json
+def same_models(a: dict, b: dict) -> bool:
+    """Whether two metrics.json ``models`` sections describe the same checkpoints wherever they
+    name the same model (epoch, validation numbers and training settings)."""
+    shared = set(a) & set(b)
+    return bool(shared) and all(a[n] == b[n] for n in shared)
+
+
+def merged_metrics(new: dict, old: dict | None) -> tuple[dict, str]:
+    """``new`` combined with an existing metrics.json ``old``: an internal evaluation (with
+    ``archs``) keeps ``old``'s external sets, an external one keeps ``old``'s internal results
+    and other external sets, when both describe the same models (``same_models``). Returns
+    ``(metrics, note)``. An external result is never put beside another checkpoint's internal
+    results: ValueError (rerun notebook 3 for these models, or write elsewhere)."""
+    if not old:
+        return new, ""
+    same = same_models(new.get("models", {}), old.get("models", {}))
+    if "archs" in new:
+        if old.get("external") and same:
+            return {**new, "external": old["external"]}, "kept the external results already there"
+        return new, "dropped external results of other checkpoints" if old.get("external") else ""
+    if "archs" in old and not same:
+        raise ValueError("this folder's metrics.json holds internal results of other "
+                         "checkpoints (epochs or training settings differ): rerun notebook 3 "
+                         "(make run) for these models, or choose another --out")
+    merged = {**old, "models": {**old.get("models", {}), **new["models"]},
+              "external": {**(old.get("external") or {}), **new["external"]}}
+    if "archs" not in old:
+        merged.update({k: new[k] for k in ("dataset", "created", "class_names", "convention",
+                                           "versions")})
+    return merged, "beside the internal test results already there" if "archs" in old else ""
+
+
+def read_metrics(out_dir: str | Path) -> dict:
+    """``out_dir/metrics.json``; FileNotFoundError saying how to make it."""
+    path = Path(out_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: run notebook 3 (or make run) or evaluate.py "
+                                f"first; the report is built from its metrics")
+    return json.loads(path.read_text())
+
+
+def save_metrics(new: dict, out_dir: str | Path) -> tuple[Path, str]:
+    """Write ``out_dir/metrics.json`` (atomically), merged with the one already there
+    (``merged_metrics``); returns ``(path, note)``."""
+    path = Path(out_dir) / "metrics.json"
+    old = json.loads(path.read_text()) if path.is_file() else None
+    merged, note = merged_metrics(new, old)
+    write_json_atomic(merged, path)
+    return path, note
 
 
 def build_report(out_dir: str | Path = "outputs", path: str | Path | None = None) -> Path:

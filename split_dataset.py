@@ -44,7 +44,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from xray_io import atomic_write, is_image_name, process_pool, read_xray, write_csv_atomic
+from xray_io import (atomic_write, file_sha256, is_image_name, process_pool, read_xray,
+                     write_csv_atomic)
 
 SPLITS = ("train", "val", "test")
 JUNK_NAMES = {".ds_store", "thumbs.db", "desktop.ini", "__macosx", "@eadir"}
@@ -240,14 +241,6 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
         report.update(rejects=rejects, cross_class_duplicates=cross,
                       seconds=time.perf_counter() - t0)
     return manifest
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def dataset_fingerprint(data_dir: str | os.PathLike) -> str:

@@ -30,6 +30,7 @@ import pandas as pd
 
 import networks
 import plot_utils
+import runtime
 import training
 import utils
 
@@ -145,15 +146,15 @@ def main(argv=None) -> int:
             if arch not in networks.ARCHS:
                 raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(networks.ARCHS)}")
             config_for(arch, a)  # a per-architecture flag that leaves this one out fails here
-        device = training.init_distributed(a.device)
+        device = runtime.init_distributed(a.device)
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
-    rank, world_size = training.world()
+    rank, world_size = runtime.world()
     if a.batch_size % world_size:
         print(f"train.py: error: --batch-size {a.batch_size} is the global batch; it must be a "
               f"multiple of the {world_size} processes", file=sys.stderr)
-        training.close_distributed()
+        runtime.close_distributed()
         return 2
     cache = None if str(a.cache_dir).lower() == "none" else a.cache_dir
     if rank == 0:
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
                   f"{Path(a.models_dir) / (arch + '.pt')}")
     if rank == 0:
         write_summary(rows, Path(a.out_dir) / "CSVs" / "training_summary.csv")
-    training.close_distributed()
+    runtime.close_distributed()
     return 0
 
 

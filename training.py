@@ -1,42 +1,38 @@
-"""The training side of the study: configuration, seeding and device choice, the training loop
-with early stopping and resumable checkpoints, evaluation and prediction, checkpoint I/O, and the
-helpers that let the same loop run in one process or in N under ``torchrun`` (DDP).
+"""The training side of the study: the configuration, the learning-rate schedule, one epoch
+(``train_epoch``), the loop with early stopping and resumable checkpoints (``fit``), history
+files, and notebook 2's / ``train.py``'s step for one architecture (``train_architecture``).
 
-The data side (transforms, the dataset over a manifest, the decoded-image cache, the sampler and
-loaders) is ``utils.py``; metrics are ``metrics.py``.
+The data side is ``utils.py``; checkpoints ``checkpoints.py``; seeding, devices, mixed precision
+and the DDP helpers ``runtime.py``; running a trained model ``inference.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import math
 import os
-import platform
-import random
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-import metrics
+import checkpoints
+import inference
 import networks
 import utils
-from xray_io import atomic_write, write_csv_atomic
+from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
+                     library_versions, main_process_first, seed_everything, world)
+from xray_io import write_csv_atomic
 
-LR_PRETRAINED = 3e-5  # the study's Adam learning rate for ImageNet-initialised models
+LR_PRETRAINED = networks.PRETRAINED_LR  # the study's Adam learning rate for ImageNet weights
 # From random initialisation: networks.scratch_lr(arch) (1e-3; 5e-5 for VGG, which has no batch
 # norm). 3e-5 barely moves a random network within a demo budget.
 
@@ -70,7 +66,7 @@ class TrainConfig:
     def resolved_lr(self, arch: str) -> float:
         if self.lr is not None:
             return self.lr
-        return networks.scratch_lr(arch) if self.weights is None else LR_PRETRAINED
+        return networks.default_lr(arch, pretrained=self.weights is not None)
 
 
 def per_arch(value, arch: str):
@@ -82,130 +78,7 @@ def per_arch(value, arch: str):
     return value
 
 
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-
-
-def choose_device(prefer: str | None = None) -> torch.device:
-    """``prefer`` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda > mps > cpu."""
-    if prefer:
-        return torch.device(prefer)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def library_versions() -> dict[str, str]:
-    return {"python": platform.python_version(), "torch": str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
-
-
-# --------------------------------------------------------------------------- checkpoints
-def _atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    with atomic_write(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _cpu_state(model: nn.Module) -> dict:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta) -> None:
-    """Write ``{"model_state", "meta"}`` atomically (temp file + rename).
-
-    ``meta`` must let the model be rebuilt from the file alone: ``arch`` and ``class_names`` are
-    required; by convention also ``image_size``, ``mean``, ``std``, ``epoch``, ``val_loss``,
-    ``val_acc``, ``seed``, ``config`` (a dict). Library versions are added. Values must be plain
-    Python types or tensors, so the file loads with ``weights_only=True``.
-    """
-    for key in ("arch", "class_names"):
-        if key not in meta:
-            raise ValueError(f"save_checkpoint needs meta[{key!r}]; got keys {sorted(meta)}")
-    meta = {"mean": list(utils.IMAGENET_MEAN), "std": list(utils.IMAGENET_STD), **meta,
-            "versions": library_versions()}
-    _atomic_torch_save({"model_state": _cpu_state(model), "meta": meta}, path)
-
-
-def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
-                    ) -> tuple[nn.Module, dict]:
-    """Rebuild the model saved by ``save_checkpoint`` from the file alone; returns
-    ``(model in eval mode on device, meta)``. Loads with ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found (train it with notebook 2 / "
-                                f"training.fit / train.py first)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "meta" not in ckpt:
-        raise ValueError(f"{path} is not a checkpoint written by training.save_checkpoint")
-    meta = ckpt["meta"]
-    model = networks.build_model(meta["arch"], len(meta["class_names"]), weights=None)
-    model.load_state_dict(ckpt["model_state"])
-    return model.to(device).eval(), meta
-
-
-def check_trained_on(meta: dict, manifest: pd.DataFrame, data_dir: str | os.PathLike) -> None:
-    """Raise ValueError unless the checkpoint ``meta`` was trained on this manifest's classes,
-    split and files (``utils.data_fingerprint``): scoring a model on another split can put its
-    training images in the "test" set. Checkpoints without a fingerprint (other tools) pass
-    with a warning."""
-    names = utils.class_names_from(manifest)
-    if meta["class_names"] != names:
-        raise ValueError(f"{meta['arch']} was trained on classes {meta['class_names']}; the "
-                         f"manifest has {names}")
-    if "data" not in meta:
-        warnings.warn(f"{meta['arch']}: the checkpoint records no data fingerprint; cannot "
-                      f"check that its training images are not in this test split")
-        return
-    now = utils.data_fingerprint(manifest, data_dir)
-    if meta["data"] != now:
-        raise ValueError(f"{meta['arch']} was trained on another split or other files (data "
-                         f"fingerprint {meta['data']}, this manifest and {data_dir} give {now}): "
-                         f"its training images may be in this test split. Evaluate it with the "
-                         f"manifest it was trained on, or retrain (notebook 2 / train.py)")
-
-
 # --------------------------------------------------------------------------- training
-def cpu_bf16_supported() -> bool:
-    """Whether this CPU runs bfloat16 natively in oneDNN (AVX512-BF16 or AMX). Without it CPU
-    bf16 is emulated and slower than fp32."""
-    try:
-        return bool(torch.backends.mkldnn.is_available()
-                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def amp_dtype(device: torch.device, enabled: bool = True, cpu: bool = False) -> torch.dtype | None:
-    """The autocast dtype ``autocast`` uses, or None for fp32: on CUDA bf16 where supported,
-    else fp16 (which needs a GradScaler); on a CPU with native bf16 only when ``cpu`` (training
-    and validation: ~1.6-2x faster on 2 AVX512-BF16 cores; predictions stay fp32)."""
-    if not enabled:
-        return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu and cpu_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
-    """Mixed precision with ``amp_dtype(device, enabled, cpu)``; a no-op context for fp32."""
-    dtype = amp_dtype(device, enabled, cpu)
-    if dtype is None:
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
              channels_last: bool = True) -> dict:
@@ -228,90 +101,6 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
     if n == 0:
         return {"loss": math.nan, "acc": math.nan, "n": 0}
     return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
-
-
-@torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True,
-            channels_last: bool = True, progress: bool = False, view: str | None = None,
-            dilation: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(y_true int64 (N,), y_prob float64 (N, C) softmax, index int64 (N,))``; ``index`` gives
-    each row's position in ``loader.dataset`` (files that failed to load are absent).
-
-    ``view`` (one of ``utils.LUNG_VIEWS``) is the shortcut audit's: the model sees the image as
-    it is, only its lungs, or everything but them, lungs grown by ``dilation`` px
-    (``utils.lung_view``). The loader must carry the lung masks (``utils.eval_loader(...,
-    mask_column="mask_path")``); images without a usable mask are left out of every view."""
-    model.eval()
-    ys, ps, idx = [], [], []
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
-        if batch is None:
-            continue
-        x, y, i = batch[:3]
-        if view is not None:
-            if len(batch) < 4:
-                raise ValueError(f"view {view!r} needs the lung masks: build the loader with "
-                                 f"mask_column='mask_path'")
-            ok = utils.usable_lung_masks(batch[3])
-            if not ok.any():
-                continue
-            x = utils.lung_view(x[ok], batch[3][ok], view, dilation)
-            y, i = y[ok], i[ok]
-        with autocast(device, amp):
-            logits = model(utils.prepare_batch(x, device, False, channels_last))
-        ps.append(torch.softmax(logits.float(), 1).cpu().double())
-        ys.append(y)
-        idx.append(i)
-    if not ys:
-        raise ValueError("no image of the loader could be read" + (
-            "" if view is None else " with a usable lung mask"))
-    return torch.cat(ys).numpy(), torch.cat(ps).numpy(), torch.cat(idx).numpy()
-
-
-def lung_reliance(model: nn.Module, loader: DataLoader, device: torch.device,
-                  class_names: list[str], dilation: int) -> dict:
-    """What the model needs (the shortcut audit): accuracy with a 95% Wilson interval on each of
-    ``utils.LUNG_VIEWS`` of the loader's images (lung masks grown by ``dilation`` px), how many
-    images it called each class per view, and ``chance``: the largest class share, what a model
-    that cannot see anything useful gets by calling one class. With the lungs removed a model
-    that reads the lungs drops to about chance; one that stays well above it reads something
-    else (``reads_outside_lungs``: the interval's lower end above chance)."""
-    out = {"dilation_px": int(dilation)}
-    for view in utils.LUNG_VIEWS:
-        y, p, _ = predict(model, loader, device, view=view, dilation=dilation)
-        correct = int((p.argmax(1) == y).sum())
-        lo, hi = metrics.wilson_interval(correct, len(y))
-        out[view] = {"accuracy": correct / len(y), "accuracy_ci": [float(lo), float(hi)],
-                     "n": int(len(y)), "predicted": dict(zip(class_names, np.bincount(
-                         p.argmax(1), minlength=len(class_names)).tolist()))}
-    counts = np.bincount(y, minlength=len(class_names))
-    out["chance"] = float(counts.max() / counts.sum())
-    out["reads_outside_lungs"] = bool(out["lungs_removed"]["accuracy_ci"][0] > out["chance"])
-    return out
-
-
-def calibrate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:
-    """Temperature scaling fitted on ``loader``'s images (the validation split): ``temperature``
-    and the negative log-likelihood and ECE there before and after (``metrics``). Dividing the
-    logits by T changes confidences, never the predicted class."""
-    y, p, _ = predict(model, loader, device)
-    t = metrics.fit_temperature(y, p)
-    q = metrics.apply_temperature(p, t)
-    separated = bool((p.argmax(1) == y).all())
-    return {"temperature": t, "fitted_on": "val", "n": int(len(y)),
-            "note": ("every validation image right: no finite temperature minimises the NLL, "
-                     "T = 1 (left as trained)") if separated else "",
-            "nll_before": metrics.negative_log_likelihood(y, p),
-            "nll_after": metrics.negative_log_likelihood(y, q),
-            "ece_before": metrics.expected_calibration_error(y, p),
-            "ece_after": metrics.expected_calibration_error(y, q)}
-
-
-def update_checkpoint_meta(path: str | os.PathLike, **meta) -> None:
-    """Add or replace ``meta`` entries of a checkpoint written by ``save_checkpoint``
-    (atomically; the weights are untouched), e.g. ``temperature`` after ``calibrate``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt["meta"] = {**ckpt["meta"], **meta}
-    _atomic_torch_save(ckpt, path)
 
 
 def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
@@ -371,84 +160,6 @@ HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "l
                    "train_seen", "best")  # best: 1 where this epoch's weights became <arch>.pt
 
 
-# --------------------------------------------------------------------------- distributed (DDP)
-def world() -> tuple[int, int]:
-    """``(rank, world_size)`` of this process: ``(0, 1)`` unless a process group is up."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(prefer_device: str | None = None) -> torch.device:
-    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-    ``MASTER_ADDR``/``MASTER_PORT`` in the environment) and return this process's device: NCCL
-    and ``cuda:LOCAL_RANK`` when CUDA is there (and ``prefer_device`` is not "cpu"), else gloo
-    on the CPU. Without ``WORLD_SIZE`` > 1 it only returns ``choose_device(prefer_device)``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return choose_device(prefer_device)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (prefer_device or "cuda").startswith("cuda")
-    if use_cuda:
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return device
-
-
-def close_distributed() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def barrier() -> None:
-    """Wait for every process (no-op in one process)."""
-    if world()[1] > 1:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_process_first():
-    """Rank 0 runs the block first (builds the decoded-image cache, downloads weights); the
-    others wait, then run it (reading what rank 0 wrote)."""
-    rank, size = world()
-    if size > 1 and rank != 0:
-        dist.barrier()
-    yield
-    if size > 1 and rank == 0:
-        dist.barrier()
-
-
-def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
-    """Each value summed over all processes (float64; unchanged in one process)."""
-    if world()[1] == 1:
-        return [float(v) for v in values]
-    dev = device if device.type == "cuda" else torch.device("cpu")  # gloo: CPU tensors
-    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def check_replicas_agree(model: nn.Module, device: torch.device) -> None:
-    """Under DDP, raise RuntimeError unless every process holds bit-identical parameters (a sum
-    per tensor, gathered from all ranks): a guard against silently diverged replicas."""
-    rank, size = world()
-    if size == 1:
-        return
-    dev = device if device.type == "cuda" else torch.device("cpu")
-    mine = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(dev)
-    every = [torch.empty_like(mine) for _ in range(size)]
-    dist.all_gather(every, mine)
-    for r, theirs in enumerate(every):
-        if not torch.equal(theirs, every[0]):
-            diff = (theirs - every[0]).abs().max().item()
-            raise RuntimeError(f"DDP replicas diverged: rank {r}'s parameters differ from rank "
-                               f"0's (largest per-tensor sum difference {diff:.3g})")
-
-
 # --------------------------------------------------------------------------- the loop
 def _reseed_epoch(loader: DataLoader, seed: int, epoch: int) -> None:
     """All randomness of an epoch derives from (seed, epoch): a resumed run replays it exactly.
@@ -501,7 +212,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     Adam (``config.resolved_lr(arch)``), cross-entropy, cosine LR decay over ``config.epochs`` down
     to lr/100 (or a constant LR with ``schedule="constant"``). After every epoch: a row appended
     to ``history_dir/<arch>.csv`` (``HISTORY_COLUMNS``; losses and accuracies averaged over the
-    samples actually seen), ``models_dir/<arch>.pt`` (``save_checkpoint`` format) when the
+    samples actually seen), ``models_dir/<arch>.pt`` (``checkpoints.save_checkpoint``) when the
     validation loss improved by more than ``min_delta`` (that row's ``best`` is 1: the one
     definition of the best epoch), and the resumable ``models_dir/<arch>_last.pt`` (model,
     optimizer, scheduler, scaler, epoch, early-stopping state), in that order, so a kill at any
@@ -509,7 +220,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     best weights are restored into ``model``.
 
     With ``resume=True`` a matching ``<arch>_last.pt`` (same config, class names and
-    ``extra_meta``, e.g. a ``data_fingerprint``) continues where it stopped (a finished run is
+    ``extra_meta``, e.g. a ``utils.split_fingerprint``) continues where it stopped (a finished run is
     not retrained); otherwise training starts afresh and says why. A NaN/inf training loss
     raises FloatingPointError; the checkpoints of the last good epoch stay. A validation split
     with no readable image raises ValueError. Returns the history DataFrame.
@@ -614,9 +325,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
             # resumable state and replays them), then the best weights, then the state.
             _append_history(row, hist_path)
             if improved:
-                save_checkpoint(best_path, model, **meta, epoch=epoch, val_loss=val["loss"],
+                checkpoints.save_checkpoint(best_path, model, **meta, epoch=epoch, val_loss=val["loss"],
                                 val_acc=val["acc"])
-            _atomic_torch_save({"model_state": _cpu_state(model),
+            checkpoints.save_state({"model_state": checkpoints.cpu_state(model),
                                 "optimizer_state": opt.state_dict(),
                                 "scheduler_state": sched.state_dict(),
                                 "scaler_state": scaler.state_dict(), "state": state,
@@ -633,7 +344,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
                   f"(val loss {state['best_loss']:.4f})")
     check_replicas_agree(model, device)
     if best_path.is_file():
-        best, _ = load_checkpoint(best_path)
+        best, _ = checkpoints.load_checkpoint(best_path)
         model.load_state_dict(best.state_dict())
     return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
@@ -688,8 +399,11 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
                        progress: bool = True) -> tuple[nn.Module, pd.DataFrame, dict]:
     """Notebook 2's and ``train.py``'s step for one architecture: loaders over the manifest's
     train/val splits, ImageNet/file/no weights (``networks.resolve_weights``), the model seeded
-    from ``config.seed`` alone, then ``fit`` keyed on the data (``utils.data_fingerprint``), with
-    the history in ``out_dir/CSVs/<arch>.csv`` and checkpoints in ``models_dir``.
+    from ``config.seed`` alone, then ``fit`` keyed on the data's content
+    (``utils.split_fingerprint``), with the history in ``out_dir/CSVs/<arch>.csv`` and
+    checkpoints in ``models_dir``. The checkpoint records the content digests of the training
+    and validation images (``checkpoints.trained_on_record``; cached in ``cache_dir``), so
+    evaluation can refuse a test set that holds any of them, wherever the data was copied.
 
     Under ``torchrun`` every process calls it; rank 0 decodes the images and fetches the
     weights first. Returns ``(model with the best weights, history, summary row)``; the row
@@ -704,6 +418,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
                                      pin_memory=device.type == "cuda", splits=("train", "val"),
                                      cache_dir=cache_dir, progress=progress and rank == 0,
                                      num_replicas=world_size, rank=rank)
+        digests = utils.content_digests(manifest, data_dir, cache_dir)
         w = networks.resolve_weights(arch, weights)
         config = dataclasses.replace(config, weights=None if w is None else str(w))
         seed_everything(config.seed)  # the initial weights depend on the seed alone
@@ -713,16 +428,17 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
               f"train {len(loaders['train'].dataset)} / val {len(manifest[manifest['split'] == 'val'])}"
               f" images" + (f"; {world_size} processes" if world_size > 1 else ""))
     extra = {"dataset": utils.dataset_info(data_dir),
-             "data": utils.data_fingerprint(manifest, data_dir)}
+             "data": utils.split_fingerprint(manifest, digests),
+             "trained_on": checkpoints.trained_on_record(manifest, digests)}
     history = fit(model, loaders, arch, class_names, config, device, models_dir,
                   Path(out_dir) / "CSVs", resume=resume, progress=progress, extra_meta=extra)
     if rank == 0:  # temperature scaling on the validation split, kept in the checkpoint
         val = utils.eval_loader(manifest[manifest["split"] == "val"], data_dir, class_names,
                                 config.image_size, config.batch_size, config.num_workers,
                                 pin_memory=device.type == "cuda", cache_dir=cache_dir)
-        cal = calibrate(model, val, device)
-        update_checkpoint_meta(Path(models_dir) / f"{arch}.pt", temperature=cal["temperature"],
-                               calibration=cal)
+        cal = inference.calibrate(model, val, device)
+        checkpoints.update_checkpoint_meta(Path(models_dir) / f"{arch}.pt",
+                                           temperature=cal["temperature"], calibration=cal)
     barrier()
     row = {"arch": arch, "image_size": config.image_size, "weights": w or "random init",
            **summarize_history(history, config.min_delta),

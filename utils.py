@@ -1,8 +1,9 @@
 """The data side of the study, as the study's ``utils.py`` held it: dataset metadata, masks,
 transforms and on-device augmentation, the Dataset over a split manifest and its decoded-image
-cache, the weighted sampler (shared out among DDP processes), the loaders, and the image
-statistics notebook 1 shows. Training, evaluation and checkpoints are ``training.py``; metrics
-``metrics.py``; the image reader and atomic writers ``xray_io.py`` (re-exported here).
+cache, content digests of the listed files, the weighted sampler (shared out among DDP
+processes), the loaders, and the image statistics notebook 1 shows. Training is
+``training.py``; checkpoints ``checkpoints.py``; metrics ``metrics.py``; the image reader and
+atomic writers ``xray_io.py`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -68,49 +69,6 @@ def dilate(mask: np.ndarray, pixels: int) -> np.ndarray:
         return mask
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * pixels + 1, 2 * pixels + 1))
     return cv2.dilate(mask.astype(np.uint8), k).astype(bool)
-
-
-# What a model sees in the shortcut audit (notebook 3): the image as it is, only the lungs (grown
-# by a small margin; the rest filled), or everything but the lungs (the grown lungs filled).
-LUNG_VIEWS = ("as_is", "lungs_only", "lungs_removed")
-
-
-def usable_lung_masks(masks: torch.Tensor) -> torch.Tensor:
-    """Bool ``(N,)``: which of the lung ``masks (N, S, S)`` an audit can use (neither empty, as
-    for an image without a mask file, nor covering the whole image)."""
-    area = masks.flatten(1).sum(1)
-    return (area > 0) & (area < masks[0].numel())
-
-
-def lung_view(images: torch.Tensor, masks: torch.Tensor, view: str, dilation: int = 0
-              ) -> torch.Tensor:
-    """A batch as one of ``LUNG_VIEWS``: uint8 ``images (N, 1, S, S)``, bool lung ``masks
-    (N, S, S)`` grown by ``dilation`` pixels. ``lungs_only`` replaces everything outside the
-    grown mask, ``lungs_removed`` everything inside it, with the mean of the pixels kept: a
-    neutral fill taken from what the model is allowed to see, so the removed part leaves no
-    trace, not even its brightness. Returns a new uint8 tensor (``as_is``: ``images``). An
-    image whose mask is not ``usable_lung_masks`` cannot be audited: ValueError."""
-    if view not in LUNG_VIEWS:
-        raise ValueError(f"view must be one of {', '.join(LUNG_VIEWS)}, got {view!r}")
-    if view == "as_is":
-        return images
-    if masks.shape[0] != images.shape[0] or masks.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"masks {tuple(masks.shape)} do not match images {tuple(images.shape)}"
-                         f" (expected (N, S, S) for images (N, 1, S, S))")
-    bad = ~usable_lung_masks(masks)
-    if bad.any():
-        raise ValueError(f"{int(bad.sum())} of {len(bad)} lung masks are empty or cover the "
-                         f"whole image; the lung audit needs a lung mask per image")
-    grown = torch.from_numpy(np.stack([dilate(m, dilation) for m in masks.cpu().numpy()]))
-    keep = grown if view == "lungs_only" else ~grown                       # (N, S, S)
-    n_keep = keep.flatten(1).sum(1)
-    if (n_keep == 0).any():
-        raise ValueError(f"{int((n_keep == 0).sum())} lung masks grown by {dilation} px cover "
-                         f"the whole image: nothing is left outside the lungs to show")
-    x = images[:, 0].to(torch.float64)
-    fill = (x * keep).flatten(1).sum(1) / n_keep                          # (N,)
-    out = torch.where(keep, x, fill[:, None, None]).round().to(torch.uint8)
-    return out[:, None]
 
 
 def augment_batch(x: torch.Tensor, max_rotate: float = 7.0, max_translate: float = 0.06,
@@ -249,14 +207,28 @@ def _cache_key(df: pd.DataFrame, data_dir: Path, size: int) -> str:
     return h.hexdigest()
 
 
-def data_fingerprint(manifest: pd.DataFrame, data_dir: str | os.PathLike) -> str:
-    """A key that changes when the split or any listed file changes: every row's path, label and
-    split with the file's byte size and modification time. ``fit`` stores it in the checkpoint
-    and resumes only on the same key (a re-split or redrawn data never reuses a model)."""
-    data_dir = Path(data_dir)
+DIGEST_CACHE = "digests.json"
+
+
+def content_digests(df: pd.DataFrame, data_dir: str | os.PathLike,
+                    cache_dir: str | os.PathLike | None = None) -> list[str]:
+    """The SHA-256 of every listed file's bytes (``xray_io.file_digests``; ``""`` for a missing
+    file), in ``df`` order: what the images *are*, the same after a copy or a re-download.
+    With ``cache_dir`` the digests are kept in ``cache_dir/digests.json`` and a file is read
+    again only when its size or modification time changed."""
+    cache = None if cache_dir is None else Path(cache_dir) / DIGEST_CACHE
+    return xray_io.file_digests([Path(data_dir) / p for p in df["path"]], cache)
+
+
+def split_fingerprint(manifest: pd.DataFrame, digests: list[str]) -> str:
+    """A key that changes when the split or any listed file's content changes: every row's
+    path, label and split with its content digest (``content_digests``), not its file stamp,
+    so a copied dataset keeps it. ``fit`` stores it in the checkpoint and resumes only on the
+    same key (a re-split or redrawn data never reuses a model)."""
     h = hashlib.blake2b(digest_size=12)
-    for rel, label, split in sorted(zip(manifest["path"], manifest["label"], manifest["split"])):
-        h.update(f"{rel}\0{label}\0{split}\0{_file_stamp(data_dir / rel)}\n".encode())
+    for rel, label, split, d in sorted(zip(manifest["path"], manifest["label"],
+                                           manifest["split"], digests)):
+        h.update(f"{rel}\0{label}\0{split}\0{d}\n".encode())
     return h.hexdigest()
 
 

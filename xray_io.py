@@ -7,10 +7,12 @@ Kept beside ``utils.py`` (and re-exported there as ``utils.read_xray``) so that
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -65,6 +67,71 @@ def write_json_atomic(obj, path: str | os.PathLike) -> None:
 
     with atomic_write(path) as tmp:
         tmp.write_text(json.dumps(clean(obj), indent=2) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes, as hex (what ``sha256sum`` prints)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _digest_or_empty(path: str) -> str:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return ""
+
+
+def file_digests(paths: list[str | os.PathLike], cache_file: str | os.PathLike | None = None,
+                 workers: int = 8) -> list[str]:
+    """The SHA-256 of each file's bytes (hex; ``""`` for a file that is missing or cannot be
+    read): what a file *is*, whatever its name, folder or modification time, so a copied,
+    moved or re-downloaded dataset gives the same digests.
+
+    ``cache_file`` (JSON, ``{absolute path: [bytes, mtime_ns, digest]}``) keeps earlier results:
+    a file whose size and modification time are unchanged is not read again, and only new or
+    changed files are hashed (in ``workers`` threads: hashing releases the GIL). The cache is
+    rewritten atomically when something was hashed; an unreadable cache is rebuilt."""
+    full = [os.path.abspath(p) for p in paths]
+    cache: dict = {}
+    if cache_file is not None and Path(cache_file).is_file():
+        try:
+            cache = json.loads(Path(cache_file).read_text())
+        except (ValueError, OSError):
+            cache = {}
+    stamps = [_stamp(p) for p in full]
+    out, todo = [""] * len(full), []
+    for i, (p, st) in enumerate(zip(full, stamps)):
+        hit = cache.get(p)
+        if st is None:
+            continue
+        if hit is not None and (hit[0], hit[1]) == st:
+            out[i] = hit[2]
+        else:
+            todo.append(i)
+    if todo:
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
+            for i, d in zip(todo, ex.map(_digest_or_empty, [full[i] for i in todo])):
+                out[i] = d
+                if d:
+                    cache[full[i]] = [*stamps[i], d]
+        if cache_file is not None:
+            try:
+                write_json_atomic(cache, cache_file)
+            except OSError:  # a read-only cache folder only costs the next run time
+                pass
+    return out
 
 
 def process_pool(workers: int):

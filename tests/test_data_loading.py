@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import runtime
 import training
 import utils
 
@@ -79,8 +80,8 @@ def test_seeded_loaders_repeat(demo_dir, demo_manifest):
 
 
 def test_choose_device_and_image_statistics(demo_dir, demo_manifest):
-    assert training.choose_device("cpu").type == "cpu"
-    assert training.choose_device().type in ("cpu", "cuda", "mps")
+    assert runtime.choose_device("cpu").type == "cpu"
+    assert runtime.choose_device().type in ("cpu", "cuda", "mps")
     stats = utils.image_statistics(demo_manifest, demo_dir, per_class=5)
     assert len(stats) == 20 and set(stats["mode"]) == {"L"}
     diffs = utils.class_differences(stats)

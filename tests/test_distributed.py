@@ -14,6 +14,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+import checkpoints
+import evaluation
+import networks
+import runtime
 import training
 import utils
 
@@ -69,7 +73,7 @@ def _guard_worker(rank, port, perturb, result):
         with torch.no_grad():
             model.bias[0] += 1e-6
     try:
-        training.check_replicas_agree(model, torch.device("cpu"))
+        runtime.check_replicas_agree(model, torch.device("cpu"))
         result[rank] = "agree"
     except RuntimeError as e:
         result[rank] = str(e)
@@ -162,8 +166,8 @@ def test_two_processes_see_the_one_process_epoch_and_metrics(ddp_runs, demo_mani
 
 def test_ddp_checkpoint_loads_like_any_other(ddp_runs, demo_dir, demo_manifest):
     root, _, _ = ddp_runs
-    model, meta = training.load_checkpoint(root / "p2" / "models" / "resnet18.pt")
-    training.check_trained_on(meta, demo_manifest, demo_dir)  # what notebook 3 checks
+    model, meta = checkpoints.load_checkpoint(root / "p2" / "models" / "resnet18.pt")
+    evaluation.check_split({"resnet18": (model, meta)}, demo_manifest, demo_dir)  # notebook 3's check
     assert meta["arch"] == "resnet18" and meta["image_size"] == 32
     assert not any(k.startswith("module.") for k in model.state_dict())
     assert (root / "p2" / "outputs" / "CSVs" / "training_summary.csv").is_file()

@@ -11,6 +11,9 @@ import metrics
 import training
 import utils
 from conftest import ROOT
+import audit
+import checkpoints
+import inference
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +53,9 @@ def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
     assert m["dataset"]["synthetic"] is True
     r = m["archs"]["resnet18"]
     # recompute the test metrics from the checkpoint, outside the notebook, and compare
-    model, meta = training.load_checkpoint(run_dir / "models" / "resnet18.pt")
+    model, meta = checkpoints.load_checkpoint(run_dir / "models" / "resnet18.pt")
     test = demo_manifest[demo_manifest["split"] == "test"]
-    y, prob, _ = training.predict(model, utils.eval_loader(
+    y, prob, _ = inference.predict_loader(model, utils.eval_loader(
         test, demo_dir, meta["class_names"], meta["image_size"], num_workers=0), torch.device("cpu"))
     again = metrics.summary_metrics(y, prob, meta["class_names"], n_boot=20, seed=42)
     for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc"):
@@ -71,16 +74,17 @@ def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
     assert (out / "grad_cam" / "comparison.png").is_file()
     assert (out / "roc" / "resnet18.png").is_file()
     # the shortcut audit: every test image has a lung mask; the accuracies are the model's
-    audit = r["lung_audit"]
-    assert audit["as_is"]["n"] == len(test) and audit["dilation_px"] == 1  # 3% of 32 px
-    assert audit["as_is"]["accuracy"] == pytest.approx(r["test"]["accuracy"])
+    lung_audit = r["lung_audit"]
+    assert lung_audit["as_is"]["n"] == len(test) and lung_audit["dilation_px"] == 1  # 3% of 32 px
+    assert lung_audit["as_is"]["accuracy"] == pytest.approx(r["test"]["accuracy"])
     lungs = utils.eval_loader(test, demo_dir, meta["class_names"], 32, num_workers=0,
                               mask_column="mask_path")
-    audit_again = training.lung_reliance(model, lungs, torch.device("cpu"), meta["class_names"], 1)
-    for v in utils.LUNG_VIEWS:
-        assert audit[v]["accuracy"] == pytest.approx(audit_again[v]["accuracy"]), v
-    assert audit["chance"] == 0.25 and audit["reads_outside_lungs"] == audit_again["reads_outside_lungs"]
-    cam = audit["cam"]
+    audit_again = audit.lung_reliance(model, lungs, torch.device("cpu"), meta["class_names"], 1)
+    for v in audit.LUNG_VIEWS:
+        assert lung_audit[v]["accuracy"] == pytest.approx(audit_again[v]["accuracy"]), v
+    assert lung_audit["chance"] == 0.25
+    assert lung_audit["reads_outside_lungs"] == audit_again["reads_outside_lungs"]
+    cam = lung_audit["cam"]
     assert 0 < cam["n"] <= len(test) and 0 < cam["energy_chance"] < 1
     assert cam["peaks_outside_chance"] == pytest.approx(1 - cam["energy_chance"])
     assert (out / "grad_cam" / "outside_lungs.png").is_file()

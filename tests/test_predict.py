@@ -15,6 +15,8 @@ import training
 import utils
 from conftest import REALCXR
 from test_bad_inputs import make_corpus
+import checkpoints
+import inference
 
 CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 
@@ -22,7 +24,7 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 def _checkpoint(path, seed, classes=CLASSES, size=32):
     torch.manual_seed(seed)
     model = networks.build_model("resnet18", len(classes), weights=None)
-    training.save_checkpoint(path, model, arch="resnet18", class_names=list(classes),
+    checkpoints.save_checkpoint(path, model, arch="resnet18", class_names=list(classes),
                           image_size=size, epoch=1, val_loss=1.0, val_acc=0.5, seed=seed)
     return path
 
@@ -80,9 +82,9 @@ def test_probabilities_equal_utils_predict_and_the_ensemble_is_their_mean(
     assert df["path"].tolist() == test["path"].tolist()
     assert df["label"].tolist() == test["label"].tolist()
     for name, ckpt in zip("ab", models):
-        model, meta = training.load_checkpoint(ckpt)
+        model, meta = checkpoints.load_checkpoint(ckpt)
         loader = utils.eval_loader(test, demo_dir, CLASSES, meta["image_size"], 64, 0)
-        _, ref, idx = training.predict(model, loader, torch.device("cpu"))
+        _, ref, idx = inference.predict_loader(model, loader, torch.device("cpu"))
         got = df[[f"{name}_{c}" for c in CLASSES]].to_numpy(float)[idx]
         np.testing.assert_allclose(got, ref, atol=1e-5)
     ens = df[[f"ensemble_{c}" for c in CLASSES]].to_numpy(float)
@@ -98,7 +100,7 @@ def test_probabilities_equal_utils_predict_and_the_ensemble_is_their_mean(
 def test_one_cam_picture_per_image_with_every_model(models, demo_dir, demo_manifest, tmp_path):
     rows = demo_manifest[demo_manifest["split"] == "test"].head(3)
     files = [str(demo_dir / p) for p in rows["path"]]
-    loaded = predict.load_models(list(models), torch.device("cpu"))
+    loaded = checkpoints.load_models(list(models), torch.device("cpu"))
     table = predict.collect_inputs(files)
     res = predict.predict_files(loaded, table, torch.device("cpu"), tmp_path, "hirescam",
                                 batch_size=2, progress=False)

@@ -10,10 +10,15 @@ import pytest
 import torch
 from torch import nn
 
+import audit
+import checkpoints
 import demo_data
 import grad_cam
+import inference
 import metrics
+import networks
 import predict
+import runtime
 import split_dataset
 import training
 import utils
@@ -27,32 +32,32 @@ def test_lung_views_fill_the_removed_part_with_the_mean_of_the_kept_part():
     lungs = np.zeros((10, 10), bool)
     lungs[3:6, 3:7] = True                                           # 12 px
     x, m = torch.from_numpy(img)[None, None], torch.from_numpy(lungs)[None]
-    assert utils.lung_view(x, m, "as_is") is x
-    only = utils.lung_view(x, m, "lungs_only")[0, 0].numpy()
+    assert audit.lung_view(x, m, "as_is") is x
+    only = audit.lung_view(x, m, "lungs_only")[0, 0].numpy()
     assert (only[lungs] == img[lungs]).all()
     assert (only[~lungs] == round(img[lungs].mean())).all()          # 50 + 44.5 -> 94 or 95
-    removed = utils.lung_view(x, m, "lungs_removed")[0, 0].numpy()
+    removed = audit.lung_view(x, m, "lungs_removed")[0, 0].numpy()
     assert (removed[~lungs] == img[~lungs]).all()
     assert (removed[lungs] == round(img[~lungs].mean())).all()
     # dilation by 1 px (a disc: the 4-neighbours of the rectangle join it, corners do not)
     grown = utils.dilate(lungs, 1)
     assert grown.sum() == 12 + 2 * 3 + 2 * 4
-    removed1 = utils.lung_view(x, m, "lungs_removed", dilation=1)[0, 0].numpy()
+    removed1 = audit.lung_view(x, m, "lungs_removed", dilation=1)[0, 0].numpy()
     assert (removed1[grown] == round(img[~grown].mean())).all() and (removed1[~grown] == img[~grown]).all()
-    assert utils.lung_view(x, m, "lungs_only").dtype == torch.uint8
+    assert audit.lung_view(x, m, "lungs_only").dtype == torch.uint8
 
 
 def test_lung_view_refuses_a_missing_mask_and_a_bad_view():
     x = torch.zeros(2, 1, 8, 8, dtype=torch.uint8)
     m = torch.zeros(2, 8, 8, dtype=torch.bool)
     m[0, 2:4, 2:4] = True
-    assert utils.usable_lung_masks(m).tolist() == [True, False]
+    assert audit.usable_lung_masks(m).tolist() == [True, False]
     with pytest.raises(ValueError, match="1 of 2 lung masks are empty"):
-        utils.lung_view(x, m, "lungs_only")
+        audit.lung_view(x, m, "lungs_only")
     with pytest.raises(ValueError, match="cover the whole image"):
-        utils.lung_view(x[:1], m[:1], "lungs_removed", dilation=8)
+        audit.lung_view(x[:1], m[:1], "lungs_removed", dilation=8)
     with pytest.raises(ValueError, match="as_is, lungs_only, lungs_removed"):
-        utils.lung_view(x, m, "no_lungs")
+        audit.lung_view(x, m, "no_lungs")
 
 
 # --------------------------------------------------------------------------- CAM vs lungs
@@ -63,21 +68,21 @@ def test_lung_scores_against_hand_made_maps():
     maps[0, 3, 3] = 1.0                                              # all inside, peak inside
     maps[1, 3, 3], maps[1, 0, 9] = 1.0, 3.0                          # 1/4 inside, peak outside
     maps[2] = 0.5                                                    # constant: no peak, skipped
-    s = grad_cam.lung_scores(maps, lungs)
+    s = audit.lung_scores(maps, lungs)
     assert s["index"].tolist() == [0, 1]
     assert s["energy_in_lungs"].tolist() == pytest.approx([1.0, 0.25])
     assert s["peak_outside"].tolist() == [False, True]
     assert s["lung_area"].tolist() == pytest.approx([0.18, 0.18])
     # grown by 1 px: (0, 9) is still outside; the area is the grown mask's
-    g = grad_cam.lung_scores(maps, lungs, dilation=1)
+    g = audit.lung_scores(maps, lungs, dilation=1)
     assert g["lung_area"].iloc[0] == pytest.approx(utils.dilate(lungs[0], 1).mean())
-    summ = grad_cam.summarize_lung_scores(s, n_boot=200, seed=0)
+    summ = audit.summarize_lung_scores(s, n_boot=200, seed=0)
     assert summ["n"] == 2 and summ["energy_in_lungs"] == pytest.approx(0.625)
     assert summ["peaks_outside"] == pytest.approx(0.5)
     assert summ["energy_chance"] == pytest.approx(0.18) and summ["peaks_outside_chance"] == pytest.approx(0.82)
     lo, hi = summ["energy_in_lungs_ci"]
     assert 0.25 <= lo <= 0.625 <= hi <= 1.0
-    empty = grad_cam.summarize_lung_scores(s.iloc[:0])
+    empty = audit.summarize_lung_scores(s.iloc[:0])
     assert empty["n"] == 0 and empty["energy_in_lungs"] is None and empty["peaks_outside_chance"] is None
 
 
@@ -127,8 +132,8 @@ def test_lung_reliance_tells_a_lung_reader_from_a_shortcut_reader(tmp_path):
     cpu = torch.device("cpu")
     lung_reader = RegionReader(slice(10, 22), slice(8, 24))
     shortcut_reader = RegionReader(slice(0, 4), slice(0, 4))
-    lung = training.lung_reliance(lung_reader, loader, cpu, CLASSES, dilation=1)
-    short = training.lung_reliance(shortcut_reader, loader, cpu, CLASSES, dilation=1)
+    lung = audit.lung_reliance(lung_reader, loader, cpu, CLASSES, dilation=1)
+    short = audit.lung_reliance(shortcut_reader, loader, cpu, CLASSES, dilation=1)
     assert lung["chance"] == short["chance"] == 0.25
     for a in (lung, short):
         assert a["as_is"]["accuracy"] == 1.0 and a["as_is"]["n"] == 24
@@ -151,29 +156,29 @@ def test_images_without_a_usable_lung_mask_are_left_out_of_every_view(tmp_path):
     df.loc[0, "mask_path"] = ""                                      # no mask for the first image
     loader = utils.eval_loader(df, tmp_path, CLASSES, S, 8, 0, mask_column="mask_path")
     cpu = torch.device("cpu")
-    a = training.lung_reliance(RegionReader(slice(10, 22), slice(8, 24)), loader, cpu, CLASSES, 1)
-    assert [a[v]["n"] for v in utils.LUNG_VIEWS] == [7, 7, 7]
-    y, _, idx = training.predict(RegionReader(slice(0, 4), slice(0, 4)), loader, cpu, view="as_is")
+    a = audit.lung_reliance(RegionReader(slice(10, 22), slice(8, 24)), loader, cpu, CLASSES, 1)
+    assert [a[v]["n"] for v in audit.LUNG_VIEWS] == [7, 7, 7]
+    y, _, idx = audit.predict_view(RegionReader(slice(0, 4), slice(0, 4)), loader, cpu, "as_is")
     assert 0 not in idx.tolist() and len(y) == 7
     plain = utils.eval_loader(df, tmp_path, CLASSES, S, 8, 0)
     with pytest.raises(ValueError, match="mask_column='mask_path'"):
-        training.predict(RegionReader(slice(0, 4), slice(0, 4)), plain, cpu, view="lungs_only")
+        audit.predict_view(RegionReader(slice(0, 4), slice(0, 4)), plain, cpu, "lungs_only")
 
 
 # --------------------------------------------------------------------------- calibration
 def test_calibrate_stores_the_temperature_in_the_checkpoint_and_predict_uses_it(tmp_path, demo_dir,
                                                                              demo_manifest):
     torch.manual_seed(0)
-    model = training.networks.build_model("resnet18", 4, weights=None).eval()
+    model = networks.build_model("resnet18", 4, weights=None).eval()
     path = tmp_path / "m.pt"
-    training.save_checkpoint(path, model, arch="resnet18", class_names=CLASSES, image_size=32)
+    checkpoints.save_checkpoint(path, model, arch="resnet18", class_names=CLASSES, image_size=32)
     val = utils.eval_loader(demo_manifest[demo_manifest["split"] == "val"], demo_dir, CLASSES, 32, 8, 0)
-    cal = training.calibrate(model, val, torch.device("cpu"))
-    y, p, _ = training.predict(model, val, torch.device("cpu"))
+    cal = inference.calibrate(model, val, torch.device("cpu"))
+    y, p, _ = inference.predict_loader(model, val, torch.device("cpu"))
     assert cal["temperature"] == pytest.approx(metrics.fit_temperature(y, p))
     assert cal["nll_after"] <= cal["nll_before"] + 1e-9 and cal["n"] == len(y)
-    training.update_checkpoint_meta(path, temperature=2.5, calibration=cal)
-    again, meta = training.load_checkpoint(path)
+    checkpoints.update_checkpoint_meta(path, temperature=2.5, calibration=cal)
+    again, meta = checkpoints.load_checkpoint(path)
     assert meta["temperature"] == 2.5 and meta["calibration"]["n"] == len(y)
     assert meta["image_size"] == 32                                   # the rest of meta kept
     for a, b in zip(model.state_dict().values(), again.state_dict().values()):
@@ -261,12 +266,12 @@ def test_a_model_trained_on_the_shortcut_demo_is_caught_and_one_trained_without_
     loaders = utils.make_loaders(m, d, CLASSES, 64, 16, 0, 0)
     cfg = training.TrainConfig(epochs=6, batch_size=16, image_size=64, num_workers=0, seed=0,
                                patience=100, lr=1e-3, augment=False, amp=False)
-    training.seed_everything(0)
-    model = training.networks.build_model("resnet18", 4, weights=None)
+    runtime.seed_everything(0)
+    model = networks.build_model("resnet18", 4, weights=None)
     training.fit(model, loaders, "resnet18", CLASSES, cfg, torch.device("cpu"), tmp_path / "m",
                  tmp_path / "h", resume=False, progress=False)
     test = utils.eval_loader(m[m["split"] == "test"], d, CLASSES, 64, 32, 0, mask_column="mask_path")
-    a = training.lung_reliance(model, test, torch.device("cpu"), CLASSES, dilation=2)
+    a = audit.lung_reliance(model, test, torch.device("cpu"), CLASSES, dilation=2)
     assert a["as_is"]["n"] == 60 and a["chance"] == 0.25
     assert a["as_is"]["accuracy"] >= 0.5                          # it learned (chance 0.25)
     if shortcut:

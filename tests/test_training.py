@@ -4,6 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
+import checkpoints
+import inference
 import networks
 import training
 import utils
@@ -44,10 +46,10 @@ def _killed_at_call(monkeypatch, name: str, n: int) -> None:
 def test_checkpoint_round_trip(tmp_path):
     m = networks.build_model("densenet121", 4, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
-    training.save_checkpoint(tmp_path / "c.pt", m, arch="densenet121", class_names=list("abcd"),
+    checkpoints.save_checkpoint(tmp_path / "c.pt", m, arch="densenet121", class_names=list("abcd"),
                           image_size=64, epoch=3, val_loss=0.5, val_acc=0.9, seed=1,
                           config={"lr": 1e-3})
-    m2, meta = training.load_checkpoint(tmp_path / "c.pt")
+    m2, meta = checkpoints.load_checkpoint(tmp_path / "c.pt")
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
     assert meta["arch"] == "densenet121" and meta["class_names"] == list("abcd")
@@ -59,7 +61,7 @@ def test_checkpoint_round_trip(tmp_path):
     with torch.no_grad():
         assert torch.equal(m(x), m3(x))
     with pytest.raises(ValueError, match="needs meta"):
-        training.save_checkpoint(tmp_path / "d.pt", m, arch="densenet121")
+        checkpoints.save_checkpoint(tmp_path / "d.pt", m, arch="densenet121")
 
 
 def test_fit_learns_and_writes(tmp_path, tiny):
@@ -79,7 +81,7 @@ def test_fit_learns_and_writes(tmp_path, tiny):
     assert (h["train_seen"] == len(tiny[0]["train"].dataset)).all()
     csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
     assert list(csv.columns) == list(training.HISTORY_COLUMNS) and len(csv) == 5
-    best, meta = training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
+    best, meta = checkpoints.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")
     assert meta["epoch"] == training.best_epoch(h) == int(h.loc[h["best"] == 1, "epoch"].iat[-1])
     for k, v in best.state_dict().items():     # best weights restored into the model
         assert torch.equal(v, model.state_dict()[k]), k
@@ -92,7 +94,7 @@ def test_early_stopping(tmp_path, tiny, capsys):
     assert "early stop at epoch 3; best epoch 1" in capsys.readouterr().out
     last = torch.load(tmp_path / "run" / "models" / "resnet18_last.pt", weights_only=True)
     assert last["state"]["finished"] and last["state"]["bad_epochs"] == 2
-    assert training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")[1]["epoch"] == 1
+    assert checkpoints.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")[1]["epoch"] == 1
 
 
 def _scripted_val(monkeypatch, losses):
@@ -106,11 +108,11 @@ def test_best_epoch_is_the_saved_epoch(tmp_path, tiny, monkeypatch):
     # improvements smaller than min_delta (1e-3) do not replace models/<arch>.pt
     _scripted_val(monkeypatch, [1.0, 0.9995, 0.9991, 0.5])
     _, h = _fit(tmp_path, tiny, 4)
-    saved = training.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")[1]["epoch"]
+    saved = checkpoints.load_checkpoint(tmp_path / "run" / "models" / "resnet18.pt")[1]["epoch"]
     assert h["best"].tolist() == [1, 0, 0, 1] and saved == 4
     _scripted_val(monkeypatch, [1.0, 0.9995, 0.9991])
     _, h = _fit(tmp_path, tiny, 3, tag="small")
-    saved = training.load_checkpoint(tmp_path / "small" / "models" / "resnet18.pt")[1]["epoch"]
+    saved = checkpoints.load_checkpoint(tmp_path / "small" / "models" / "resnet18.pt")[1]["epoch"]
     assert saved == 1 and training.summarize_history(h)["best_epoch"] == 1
     assert training.summarize_history(h)["val_loss"] == 1.0
     # a history without the column (older runs) is replayed with the same rule
@@ -165,21 +167,6 @@ def test_warmup_schedule_and_its_resume(tmp_path, tiny):
     assert last["state"]["epoch"] == 4  # the scheduler state saved and reloaded with weights_only
 
 
-def test_notebook_3_refuses_a_model_trained_on_another_split(demo_dir, demo_manifest):
-    import split_dataset
-    meta = {"arch": "resnet18", "class_names": utils.class_names_from(demo_manifest),
-            "data": utils.data_fingerprint(demo_manifest, demo_dir)}
-    training.check_trained_on(meta, demo_manifest, demo_dir)  # the same split: fine
-    other = split_dataset.make_split(demo_dir, val=3, test=3, seed=99, workers=1)
-    with pytest.raises(ValueError, match="trained on another split or other files"):
-        training.check_trained_on(meta, other, demo_dir)
-    with pytest.raises(ValueError, match="trained on classes"):
-        training.check_trained_on({**meta, "class_names": ["a", "b"]}, demo_manifest, demo_dir)
-    with pytest.warns(UserWarning, match="no data fingerprint"):
-        training.check_trained_on({k: v for k, v in meta.items() if k != "data"},
-                                  demo_manifest, demo_dir)
-
-
 def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monkeypatch):
     straight, h1 = _fit(tmp_path, tiny, 3, tag="straight")
     again, _ = _fit(tmp_path, tiny, 3, tag="again")
@@ -219,7 +206,7 @@ def test_nan_loss_stops_with_clear_error(tmp_path, tiny, monkeypatch):
 def test_predict_and_evaluate(tiny):
     loaders, names = tiny
     model = networks.build_model("resnet18", len(names), weights=None)
-    y, p, idx = training.predict(model, loaders["test"], torch.device("cpu"))
+    y, p, idx = inference.predict_loader(model, loaders["test"], torch.device("cpu"))
     assert p.shape == (len(y), 4) and abs(p.sum(1) - 1).max() < 1e-6
     assert list(idx) == list(range(len(y)))
     ev = training.evaluate(model, loaders["test"], torch.device("cpu"))

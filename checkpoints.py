@@ -1,0 +1,184 @@
+"""What a checkpoint is: writing, reading and amending one, and what it was trained on.
+
+A checkpoint is one ``torch.save`` file ``{"model_state": state dict on the CPU, "meta": dict}``
+that rebuilds its model alone (as nanoGPT's carries ``model_args``) and loads with
+``weights_only=True``. ``META`` below is the one description of what ``meta`` holds.
+
+What a model was trained on is recorded by content, not by file stamps: the SHA-256 of every
+training and validation image with its path relative to the dataset folder
+(``trained_on_record``). A copied, moved or re-downloaded dataset keeps its digests, so the same
+split evaluates anywhere; a test set that holds any of those images is refused
+(``check_trained_on``), and an external set's byte-identical copies of them are found
+(``training_overlap``) and left out of its metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+
+import networks
+import utils
+from runtime import library_versions
+from xray_io import atomic_write
+
+# What ``meta`` holds. Required: arch, class_names. Written by training: the rest but
+# temperature/calibration, which training adds after fitting T on the validation split.
+META = {
+    "arch": "the architecture name (networks.build_model rebuilds it)",
+    "class_names": "class names in output order",
+    "image_size": "the side, in pixels, of the square input the model was trained on",
+    "mean": "normalisation mean per channel (ImageNet's)",
+    "std": "normalisation standard deviation per channel",
+    "epoch": "the epoch whose weights these are (the best on the validation loss)",
+    "val_loss": "validation loss at that epoch",
+    "val_acc": "validation accuracy at that epoch",
+    "seed": "the training seed",
+    "config": "training.TrainConfig as a dict",
+    "dataset": "utils.dataset_info of the training data (name, synthetic, shortcut)",
+    "data": "utils.split_fingerprint of the manifest (what a resume must match)",
+    "trained_on": "trained_on_record: content digests of the training and validation images",
+    "temperature": "calibration temperature fitted on the validation split (absent: none)",
+    "calibration": "inference.calibrate's report of that fit",
+    "versions": "library versions that wrote the file",
+}
+TRAINED_SPLITS = ("train", "val")  # images a model was fitted on or selected and calibrated on
+
+
+def save_state(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically (temp file + fsync + rename): a kill leaves the old file."""
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def cpu_state(model: nn.Module) -> dict:
+    """The model's state dict copied to the CPU (a checkpoint never holds device tensors)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta) -> None:
+    """Write ``{"model_state", "meta"}`` atomically. ``meta`` (see ``META``) needs ``arch`` and
+    ``class_names``; ImageNet ``mean``/``std`` and library ``versions`` are added. Values must
+    be plain Python types or tensors, so the file loads with ``weights_only=True``."""
+    for key in ("arch", "class_names"):
+        if key not in meta:
+            raise ValueError(f"save_checkpoint needs meta[{key!r}]; got keys {sorted(meta)}")
+    meta = {"mean": list(utils.IMAGENET_MEAN), "std": list(utils.IMAGENET_STD), **meta,
+            "versions": library_versions()}
+    save_state({"model_state": cpu_state(model), "meta": meta}, path)
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
+                    ) -> tuple[nn.Module, dict]:
+    """Rebuild the model saved by ``save_checkpoint`` from the file alone; returns
+    ``(model in eval mode on device, meta)``. Loads with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found (train it with notebook 2 / "
+                                f"training.fit / train.py first)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "meta" not in ckpt:
+        raise ValueError(f"{path} is not a checkpoint written by checkpoints.save_checkpoint")
+    meta = ckpt["meta"]
+    model = networks.build_model(meta["arch"], len(meta["class_names"]), weights=None)
+    model.load_state_dict(ckpt["model_state"])
+    return model.to(device).eval(), meta
+
+
+def update_checkpoint_meta(path: str | os.PathLike, **meta) -> None:
+    """Add or replace ``meta`` entries of a checkpoint (atomically; the weights are untouched),
+    e.g. ``temperature`` after calibration. Training calls it; evaluation never does."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["meta"] = {**ckpt["meta"], **meta}
+    save_state(ckpt, path)
+
+
+def load_models(paths: list[str | os.PathLike], device: torch.device
+                ) -> dict[str, tuple[nn.Module, dict]]:
+    """``{name: (model, meta)}`` from checkpoints (name = file stem, made unique), for scoring
+    or predicting several models together. Raises ValueError naming the file when one is
+    missing or not a checkpoint, or when the class lists differ."""
+    models: dict[str, tuple[nn.Module, dict]] = {}
+    for p in paths:
+        try:
+            model, meta = load_checkpoint(p, device)
+        except FileNotFoundError as e:
+            raise ValueError(str(e)) from None
+        except (ValueError, RuntimeError, KeyError, TypeError, OSError, EOFError,
+                pickle.UnpicklingError) as e:
+            raise ValueError(f"{p}: not a model checkpoint written by notebook 2 / train.py "
+                             f"(expected a dict with 'model_state' and 'meta'; "
+                             f"{type(e).__name__}: {e})") from None
+        name, k = Path(p).stem, 2
+        while name in models:
+            name, k = f"{Path(p).stem}-{k}", k + 1
+        first = next(iter(models.values()), None)
+        if first is not None and meta["class_names"] != first[1]["class_names"]:
+            raise ValueError(f"{p} predicts {meta['class_names']} but {paths[0]} predicts "
+                             f"{first[1]['class_names']}: models scored together need one "
+                             f"class list")
+        models[name] = (model, meta)
+    return models
+
+
+# --------------------------------------------------------------------------- trained on
+def trained_on_record(manifest: pd.DataFrame, digests: list[str]) -> dict:
+    """What a model trains on, for its checkpoint: the manifest's ``TRAINED_SPLITS`` rows as
+    parallel lists ``path`` (relative to the dataset folder), ``split`` and ``sha256``
+    (``digests`` holds one per manifest row, ``utils.content_digests``)."""
+    if len(digests) != len(manifest):
+        raise ValueError(f"{len(digests)} digests for {len(manifest)} manifest rows")
+    keep = manifest["split"].isin(TRAINED_SPLITS).to_numpy()
+    rows = manifest[keep]
+    return {"algorithm": "sha256", "path": rows["path"].tolist(),
+            "split": rows["split"].tolist(),
+            "sha256": [d for d, k in zip(digests, keep) if k]}
+
+
+def training_overlap(meta: dict, paths: list[str], digests: list[str]) -> pd.DataFrame:
+    """The images among ``paths`` (with their content ``digests``) that are byte-identical to
+    one this model was trained or validated on: columns ``path``, ``trained_path``,
+    ``trained_split``. Empty when none, or when the checkpoint records nothing (see
+    ``has_trained_on``). Files without a digest (unreadable) never match."""
+    rec = meta.get("trained_on")
+    cols = ["path", "trained_path", "trained_split"]
+    if not rec:
+        return pd.DataFrame(columns=cols)
+    known = {d: (p, s) for p, s, d in zip(rec["path"], rec["split"], rec["sha256"])}
+    rows = [(p, *known[d]) for p, d in zip(paths, digests) if d and d in known]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def has_trained_on(meta: dict) -> bool:
+    return bool(meta.get("trained_on"))
+
+
+def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: str = "") -> None:
+    """Refuse to score a model on ``rows`` (a manifest's test split, say; ``digests`` one per
+    row) that hold images it was trained or validated on: ValueError naming how many and a few.
+    Also refuses another class list. A checkpoint that records no training images (older
+    checkpoints, other tools) passes with a warning: nothing can be checked."""
+    name = name or meta.get("arch", "the model")
+    names = utils.class_names_from(rows)
+    if not set(names) <= set(meta["class_names"]):
+        raise ValueError(f"{name} was trained on classes {meta['class_names']}; these images "
+                         f"are labelled {names}")
+    if not has_trained_on(meta):
+        warnings.warn(f"{name}: the checkpoint records no training images (trained_on); cannot "
+                      f"check that none of them is among the images scored", stacklevel=2)
+        return
+    leaked = training_overlap(meta, rows["path"].tolist(), digests)
+    if len(leaked):
+        few = "; ".join(f"{r.path} = {r.trained_split} image {r.trained_path}"
+                        for r in leaked.head(3).itertuples())
+        raise ValueError(
+            f"{name} was trained on {len(leaked)} of these {len(rows)} images (byte-identical "
+            f"files; e.g. {few}): its score on them would not be a test. Evaluate it with the "
+            f"manifest it was trained with (split_dataset.py with the same seed), or retrain "
+            f"on this split (notebook 2 / train.py)")

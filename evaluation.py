@@ -1,0 +1,457 @@
+"""Scoring trained models on labelled images: notebook 3's computation and ``evaluate.py``'s.
+
+Two entry points, one per kind of image set, both read-only (nothing is written, checkpoints
+least of all) and both returning an ``Evaluation``: ``metrics`` (what ``metrics.json`` holds),
+``figures`` (the plain data ``plot_utils.evaluation_figures`` draws) and ``predictions``.
+
+- ``evaluate_split``: a split of the manifest the models were trained with (the internal test).
+  Refused when the split holds images a model was trained or validated on (by content:
+  ``checkpoints.check_trained_on``), so a re-split cannot leak, while a copy of the data can
+  be evaluated anywhere.
+- ``evaluate_external``: every image under another collection's class folders (an external
+  validation set), folder names mapped onto the models' classes (``map_folders``). Folders of
+  other classes are counted and skipped, unreadable files listed, and images byte-identical to
+  a model's training images reported and left out of the metrics.
+
+Per model and scored set (``score_models``): metrics with intervals (``metrics``), Grad-CAM
+localization against the finding masks where there are any, the shortcut audit against the
+lung masks where there are any (``audit``), calibration with the checkpoint's temperature (a
+checkpoint without one is scored uncalibrated, and the output says so) and accuracy by source.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+import audit
+import checkpoints
+import grad_cam
+import inference
+import metrics
+import networks
+import split_dataset
+import utils
+from runtime import library_versions
+
+CONVENTION = "confusion_matrix rows = true class, columns = predicted"
+MASK_COLUMNS = ("lesion_mask_path", "mask_path")  # localization prefers the finding's mask
+Models = dict[str, tuple[nn.Module, dict]]          # name -> (model, checkpoint meta)
+
+
+@dataclass
+class EvalConfig:
+    """Every evaluation knob (notebook 3's parameters, ``evaluate.py``'s flags)."""
+    batch_size: int = 64
+    num_workers: int = 2
+    cam_method: str = "gradcam"       # grad_cam.METHODS
+    cam_layers: dict | str | None = None  # None: each model's last block; a path, or per arch
+    pointing_margin: float = 15 / 299  # pointing-game tolerance, fraction of the image side
+    cam_per_class: int = 2            # test images per class in the comparison figure
+    cam_max_wrong: int = 8            # misclassified images in the second figure
+    lung_margin: float = 0.03         # shortcut audit: lungs grown by this fraction of the side
+    audit_gallery: int = 6            # images per model whose maps sit most outside the lungs
+    n_boot: int = 1000                # bootstrap resamples for the intervals
+    seed: int = 42
+    cache_dir: str | None = ".cache/decoded"  # decoded images and content digests
+
+
+@dataclass
+class Evaluation:
+    metrics: dict                                      # metrics.json content
+    figures: dict = field(default_factory=dict)        # data for plot_utils.evaluation_figures
+    predictions: dict = field(default_factory=dict)    # name -> DataFrame path,true,pred,prob
+
+
+# --------------------------------------------------------------------------- loading
+def load_models(paths: list[str | os.PathLike], device: torch.device) -> Models:
+    """``checkpoints.load_models``: ``{file stem: (model, meta)}``, one class list."""
+    return checkpoints.load_models(paths, device)
+
+
+def cam_layer_for(cam_layers: dict | str | None, arch: str) -> str | None:
+    """The CAM layer path asked for ``arch``: ``cam_layers[arch]`` (None when the dict has no
+    entry: the architecture's default), or the one path given for every model."""
+    return cam_layers.get(arch) if isinstance(cam_layers, dict) else cam_layers
+
+
+def model_settings(meta: dict) -> dict:
+    """What metrics.json's ``models`` says of a checkpoint: its epoch and validation numbers,
+    the training settings that matter for reading its results, and the library versions."""
+    cfg = meta["config"]
+    return {"epoch": meta["epoch"], "val_loss": meta["val_loss"], "val_acc": meta["val_acc"],
+            **{k: cfg[k] for k in ("weights", "image_size", "batch_size", "epochs", "patience",
+                                   "lr", "seed", "max_per_class")},
+            "lr_used": cfg["lr"] or networks.default_lr(meta["arch"], cfg["weights"] is not None),
+            "trained_with": meta.get("versions", {})}
+
+
+# --------------------------------------------------------------------------- one set, all models
+def _loader(rows, data_dir, class_names, size, cfg: EvalConfig, device, **kw):
+    return utils.eval_loader(rows, data_dir, class_names, size, cfg.batch_size, cfg.num_workers,
+                             pin_memory=device.type == "cuda", cache_dir=cfg.cache_dir, **kw)
+
+
+def predictions_of(model: nn.Module, rows: pd.DataFrame, data_dir, class_names, size: int,
+                   cfg: EvalConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray,
+                                                                   pd.DataFrame, list]:
+    """``(y_true, y_prob raw softmax, table path/true/pred/prob, unreadable (path, reason))``."""
+    loader = _loader(rows, data_dir, class_names, size, cfg, device)
+    y, p, idx = inference.predict_loader(model, loader, device)
+    table = pd.DataFrame({"path": loader.dataset.df["path"].iloc[idx].values, "true": y,
+                          "pred": p.argmax(1), "prob": p.max(1)})
+    return y, p, table, list(loader.dataset.skipped)
+
+
+def scores_with_intervals(y, p, class_names, cfg: EvalConfig) -> dict:
+    """Headline metrics and the per-class table of one prediction set; the bootstrap runs once."""
+    report = metrics.classification_report(y, p, class_names, cfg.n_boot, cfg.seed)
+    summary = metrics.summary_metrics(y, p, class_names, cfg.n_boot, cfg.seed, report=report)
+    return {**summary, "per_class": report.round(6).to_dict(orient="index")}
+
+
+def localization_of(model, layer, layer_name: str, rows, data_dir, class_names, size: int,
+                    mask_column: str, cfg: EvalConfig, device) -> dict:
+    """Grad-CAM for the true class against the finding masks: the pointing game (with the
+    original game's margin) and the energy inside the mask, with intervals and chance, and the
+    per-class means."""
+    loader = _loader(rows, data_dir, class_names, size, cfg, device, mask_column=mask_column)
+    tolerance = grad_cam.margin_pixels(size, cfg.pointing_margin)
+    with grad_cam.GradCAM(model, layer, cfg.cam_method) as cam:
+        scores = grad_cam.localize_loader(cam, loader,
+                                          functools.partial(utils.prepare_batch, device=device),
+                                          tolerance=tolerance, target="true")
+    by_class = (scores.assign(label=[class_names[i] for i in scores["label"]])
+                .groupby("label")[["hit", "hit_strict", "energy", "chance"]].mean())
+    return {"mask": mask_column, "method": cfg.cam_method, "layer": layer_name,
+            "target": "true class", "image_size": size, "margin": cfg.pointing_margin,
+            "tolerance_px": tolerance, **grad_cam.summarize_localization(scores, cfg.n_boot,
+                                                                         cfg.seed),
+            "per_class": by_class.round(6).to_dict(orient="index")}
+
+
+def calibration_of(meta: dict, y, p, split: str, cfg: EvalConfig) -> dict:
+    """ECE (with an interval) and NLL on these predictions before and after the checkpoint's
+    validation-fitted temperature. Without one: the "after" values are None and ``note`` says
+    the model is scored uncalibrated (evaluation never fits or writes a temperature)."""
+    cal = meta.get("calibration")
+    ece, ece_ci = metrics.ece_with_interval(y, p, n_boot=cfg.n_boot, seed=cfg.seed)
+    part = {"n": int(len(y)), "ece_before": ece, "ece_before_ci": ece_ci}
+    if cal is None or "temperature" not in meta:
+        return {"temperature": None, "validation": None,
+                "note": "no temperature in the checkpoint: scored uncalibrated",
+                split: {**part, "ece_after": None, "ece_after_ci": None,
+                        "nll_before": metrics.negative_log_likelihood(y, p), "nll_after": None}}
+    scaled = metrics.apply_temperature(p, cal["temperature"])
+    ece_t, ece_t_ci = metrics.ece_with_interval(y, scaled, n_boot=cfg.n_boot, seed=cfg.seed)
+    return {"temperature": cal["temperature"], "validation": cal,
+            split: {**part, "ece_after": ece_t, "ece_after_ci": ece_t_ci,
+                    "nll_before": metrics.negative_log_likelihood(y, p),
+                    "nll_after": metrics.negative_log_likelihood(y, scaled)}}
+
+
+def by_source_of(table: pd.DataFrame, rows: pd.DataFrame) -> dict | None:
+    """Accuracy per source (the ``source`` column, Kaggle's metadata URL) with Wilson
+    intervals; None when the rows record no source."""
+    if "source" not in rows.columns or not (rows["source"] != "").any():
+        return None
+    sources = table["path"].map(rows.set_index("path")["source"]).replace("", "(unknown)")
+    acc = metrics.accuracy_by_group(table["true"], table["pred"], sources).round(6)
+    return acc.to_dict(orient="index")
+
+
+def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list[str],
+                 cfg: EvalConfig, device: torch.device, split: str = "test",
+                 train_rows: pd.DataFrame | None = None) -> Evaluation:
+    """Score every model on ``rows`` (columns path, label[, mask_path, lesion_mask_path,
+    source]) under the key ``split``. ``train_rows`` (the train split): each model also gets
+    metrics on the training images it drew from (its checkpoint's seeded ``max_per_class``
+    subset). Returns the per-model results (``metrics["archs"]``) and the unreadable files
+    (``metrics["unreadable"]``), the predictions, and the figure data (confusion matrices, ROC
+    and reliability curves, Grad-CAM galleries)."""
+    mask_column = next((c for c in MASK_COLUMNS if c in rows.columns
+                        and (rows[c] != "").any()), None)
+    has_lungs = "mask_path" in rows.columns and (rows["mask_path"] != "").any()
+    results, preds, probs, figs, audit_rows, unreadable = {}, {}, {}, {}, {}, []
+    layers, layer_names = {}, {}
+    for name, (model, meta) in models.items():
+        size, arch = meta["image_size"], meta["arch"]
+        layers[name] = networks.cam_target_layer(model, arch, cam_layer_for(cfg.cam_layers, arch))
+        layer_names[name] = networks.module_path(model, layers[name])
+        results[name] = {}
+        if train_rows is not None:
+            drawn = utils.cap_per_class(train_rows, meta["config"]["max_per_class"],
+                                        meta["config"]["seed"])
+            y, p, _, _ = predictions_of(model, drawn, data_dir, class_names, size, cfg, device)
+            results[name]["train"] = scores_with_intervals(y, p, class_names, cfg)
+            figs.setdefault("confusion", []).append(
+                (name, "train", results[name]["train"]["confusion_matrix"]))
+        y, p, preds[name], unreadable = predictions_of(model, rows, data_dir, class_names, size,
+                                                       cfg, device)
+        probs[name] = (y, p)
+        results[name][split] = scores_with_intervals(y, p, class_names, cfg)
+        figs.setdefault("confusion", []).append((name, split, results[name][split]["confusion_matrix"]))
+        figs.setdefault("roc", {})[name] = metrics.roc_points(y, p, class_names)
+        results[name]["localization"] = None if mask_column is None else localization_of(
+            model, layers[name], layer_names[name], rows, data_dir, class_names, size,
+            mask_column, cfg, device)
+        results[name]["lung_audit"] = None
+        if has_lungs:
+            lung_rows = rows[rows["mask_path"] != ""]
+            loader = _loader(lung_rows, data_dir, class_names, size, cfg, device,
+                             mask_column="mask_path")
+            results[name]["lung_audit"], scores = audit.audit_model(
+                model, loader, device, class_names, layers[name], layer_names[name],
+                cfg.cam_method, grad_cam.margin_pixels(size, cfg.lung_margin), cfg.n_boot,
+                cfg.seed)
+            worst = scores.sort_values("energy_in_lungs").head(cfg.audit_gallery)
+            audit_rows[name] = (loader.dataset.df.iloc[worst["index"]], worst)
+        results[name]["calibration"] = calibration_of(meta, y, p, split, cfg)
+        figs.setdefault("reliability", {})[name] = _reliability(y, p, results[name]["calibration"])
+        results[name]["by_source"] = by_source_of(preds[name], rows)
+    figs["galleries"] = _galleries(models, layers, layer_names, rows, preds, audit_rows, data_dir,
+                                   class_names, mask_column, cfg, device)
+    figs.update(cam_method=cfg.cam_method, synthetic=utils.dataset_info(data_dir)["synthetic"],
+                class_names=list(class_names), split=split, prefix="")
+    return Evaluation(metrics={"archs": results, "unreadable": [list(u) for u in unreadable]},
+                      figures=figs, predictions=preds)
+
+
+def _reliability(y, p, cal: dict) -> dict:
+    curves = {"as trained": metrics.reliability_bins(y, p)}
+    if cal["temperature"] is not None:
+        curves[f"T = {cal['temperature']:.2f}"] = metrics.reliability_bins(
+            y, metrics.apply_temperature(p, cal["temperature"]))
+    return curves
+
+
+# --------------------------------------------------------------------------- Grad-CAM galleries
+def _cam_batch(model, layer, rows, data_dir, class_names, size, mask_column, cfg, device):
+    """One batch of ``rows`` through Grad-CAM: uint8 images ``(N, S, S)``, maps, masks (or
+    None), predicted classes and their probabilities; and the rows actually read."""
+    loader = utils.eval_loader(rows, data_dir, class_names, size, len(rows), 0,
+                               mask_column=mask_column)
+    batch = next(iter(loader))
+    x, masks = batch[0], (batch[3].numpy() if mask_column else None)
+    with grad_cam.GradCAM(model, layer, cfg.cam_method) as cam:
+        classes, maps = cam(utils.prepare_batch(x, device))
+        probs = torch.softmax(cam.logits.float(), 1).cpu().numpy()
+    calls = [(class_names[c], float(probs[i, c])) for i, c in enumerate(classes.tolist())]
+    return {"gray": x[:, 0].numpy(), "maps": maps, "masks": masks, "preds": calls,
+            "classes": classes.numpy()}, loader.dataset.df
+
+
+def _galleries(models, layers, layer_names, rows, preds, audit_rows, data_dir, class_names,
+               mask_column, cfg: EvalConfig, device) -> dict:
+    """The comparison gallery (the first ``cam_per_class`` images of each class), the
+    misclassified one (images any model got wrong) and the outside-the-lungs one (each model's
+    images whose maps the audit found most outside the lungs). An empty gallery is None."""
+    wrong = set().union(*(set(p.loc[p["true"] != p["pred"], "path"]) for p in preds.values()))
+    picks = {"comparison": rows.groupby("label", group_keys=False).head(cfg.cam_per_class),
+             "misclassified": rows[rows["path"].isin(wrong)].head(cfg.cam_max_wrong)}
+    out = {}
+    for gallery, picked in picks.items():
+        if picked.empty:
+            out[gallery] = None
+            continue
+        per_model = {}
+        for name, (model, meta) in models.items():
+            per_model[name], shown = _cam_batch(model, layers[name], picked, data_dir,
+                                                class_names, meta["image_size"], mask_column,
+                                                cfg, device)
+        raw = [utils.read_xray(Path(data_dir) / p) for p in shown["path"]]
+        raw_masks = None if mask_column is None else [
+            utils.binary_mask(utils.read_xray(Path(data_dir) / m)) if m else np.zeros(r.shape, bool)
+            for r, m in zip(raw, shown[mask_column])]
+        out[gallery] = {"raw": raw, "raw_masks": raw_masks, "labels": shown["label"].tolist(),
+                        "models": per_model, "layers": layer_names,
+                        "custom_layers": cfg.cam_layers is not None}
+    tiles = []
+    for name, (picked, worst) in audit_rows.items():
+        model, meta = models[name]
+        got, _ = _cam_batch(model, layers[name], picked, data_dir, class_names,
+                            meta["image_size"], "mask_path", cfg, device)
+        for k, (energy, true, pred) in enumerate(zip(worst["energy_in_lungs"], worst["label"],
+                                                     worst["predicted"])):
+            tiles.append({"gray": got["gray"][k], "map": got["maps"][k], "lungs": got["masks"][k],
+                          "caption": f"{name}, {energy:.0%} in lungs\n{class_names[true]} → "
+                                     f"{class_names[pred]}"})
+    out["outside_lungs"] = {"tiles": tiles, "ncols": cfg.audit_gallery} if tiles else None
+    return out
+
+
+# --------------------------------------------------------------------------- the internal split
+def check_split(models: Models, manifest: pd.DataFrame, data_dir, split: str = "test",
+                cache_dir: str | None = None) -> None:
+    """Refuse (ValueError) models trained on other classes than the manifest's, or a ``split``
+    that holds images a model was trained or validated on (content digests, so the same split
+    of a copied dataset passes and a re-split does not)."""
+    names = utils.class_names_from(manifest)
+    rows = manifest[manifest["split"] == split]
+    if rows.empty:
+        raise ValueError(f"the manifest has no {split!r} rows; it has splits "
+                         f"{sorted(manifest['split'].unique())}")
+    digests = utils.content_digests(rows, data_dir, cache_dir)
+    for name, (_, meta) in models.items():
+        if meta["class_names"] != names:
+            raise ValueError(f"{name} was trained on classes {meta['class_names']}; the "
+                             f"manifest has {names}")
+        checkpoints.check_trained_on(meta, rows, digests, name)
+
+
+def evaluate_split(models: Models, manifest: pd.DataFrame, data_dir, cfg: EvalConfig,
+                   device: torch.device, split: str = "test") -> Evaluation:
+    """Notebook 3: score every model on the manifest's ``split`` and on the training images it
+    drew from (the train split, or its seeded ``max_per_class`` subset), after ``check_split``.
+    ``metrics`` is the whole ``metrics.json``: dataset, creation time, class names, the
+    convention, library versions, each model's settings and results."""
+    check_split(models, manifest, data_dir, split, cfg.cache_dir)
+    class_names = utils.class_names_from(manifest)
+    ev = score_models(models, manifest[manifest["split"] == split], data_dir, class_names, cfg,
+                      device, split, train_rows=manifest[manifest["split"] == "train"])
+    ev.metrics = {"dataset": utils.dataset_info(data_dir), "created": now(),
+                  "class_names": class_names, "convention": CONVENTION,
+                  "versions": library_versions(),
+                  "models": {n: model_settings(m) for n, (_, m) in models.items()},
+                  "archs": ev.metrics["archs"]}
+    return ev
+
+
+def now() -> str:
+    """The creation stamp of a metrics file: UTC, to the second."""
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------- an external set
+class NothingToScore(ValueError):
+    """No image of the set could be read and scored (``evaluate.py`` exits 1)."""
+
+
+def _norm(name: str) -> str:
+    """A folder or class name compared loosely: case, spaces, ``_`` and ``-`` ignored."""
+    return re.sub(r"[\s_\-]+", "", name.strip().lower())
+
+
+def map_folders(folders: dict[str, int], class_names: list[str],
+                class_map: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, int]]:
+    """Which class each folder's images belong to: ``(folder -> class scored, folder -> image
+    count skipped)``. ``class_map`` (``{folder: class}``, classes matched loosely) wins; a
+    folder named like a class (``_norm``: case, spaces, ``_`` and ``-`` ignored) maps to it
+    without a flag; any other folder is skipped, never scored and never silently dropped.
+    ValueError when the map names a class the models do not know or a folder that is not there."""
+    by_norm = {_norm(c): c for c in class_names}
+    mapped: dict[str, str] = {}
+    for folder, cls in (class_map or {}).items():
+        if _norm(cls) not in by_norm:
+            raise ValueError(f"--class-map {folder}={cls}: the models have no class {cls!r}; "
+                             f"valid: {', '.join(class_names)}")
+        if folder not in folders:
+            raise ValueError(f"--class-map {folder}={cls}: there is no class folder {folder!r}; "
+                             f"the folders are: {', '.join(sorted(folders)) or '(none)'}")
+        mapped[folder] = by_norm[_norm(cls)]
+    skipped = {}
+    for folder, n in folders.items():
+        if folder not in mapped:
+            if _norm(folder) in by_norm:
+                mapped[folder] = by_norm[_norm(folder)]
+            else:
+                skipped[folder] = n
+    return mapped, skipped
+
+
+def external_rows(data_dir, class_names: list[str], class_map: dict[str, str] | None = None
+                  ) -> tuple[pd.DataFrame, dict]:
+    """Every image under ``data_dir``'s class folders (any layout ``split_dataset.py`` reads:
+    flat class folders, or ``images/`` + ``masks/`` [+ ``lesion_masks/``] per class, masks used
+    where present; ``source`` from Kaggle-style metadata files), labelled by ``map_folders``.
+    Returns ``(rows path/label/folder/[mask_path, lesion_mask_path, source], info)``; ``info``
+    holds ``found`` (images in class folders), ``class_map``, ``skipped_folders`` and
+    ``not_read`` (files inside class folders that are not images, with the reason)."""
+    cand, rejects = split_dataset.scan_dataset(data_dir)
+    folders = cand.groupby("label").size().to_dict()
+    mapped, skipped = map_folders(folders, class_names, class_map)
+    if not mapped:
+        raise ValueError(f"no class folder of {data_dir} is one of the models' classes "
+                         f"({', '.join(class_names)}); found {', '.join(sorted(folders))}: map "
+                         f"them with --class-map FOLDER=CLASS")
+    rows = cand[cand["label"].isin(mapped)].rename(columns={"label": "folder"})
+    rows.insert(1, "label", rows["folder"].map(mapped))
+    sources = split_dataset.read_sources(data_dir)
+    if sources:
+        rows["source"] = [sources.get((f, Path(p).stem.lower()), "")
+                          for f, p in zip(rows["folder"], rows["path"])]
+    info = {"found": int(len(cand)), "class_map": mapped, "skipped_folders": skipped,
+            "not_read": [[p, r] for p, r in rejects]}
+    return rows.reset_index(drop=True), info
+
+
+def training_duplicates(models: Models, rows: pd.DataFrame, digests: list[str]
+                        ) -> tuple[pd.DataFrame, list[str]]:
+    """Images of ``rows`` byte-identical to an image any model was trained or validated on:
+    ``(path, trained_path, trained_split, models)`` rows, and the names of models whose
+    checkpoints record nothing to compare with."""
+    found, unchecked = [], []
+    for name, (_, meta) in models.items():
+        if not checkpoints.has_trained_on(meta):
+            unchecked.append(name)
+            continue
+        found.append(checkpoints.training_overlap(meta, rows["path"].tolist(), digests)
+                     .assign(models=name))
+    if not found:
+        return pd.DataFrame(columns=["path", "trained_path", "trained_split", "models"]), unchecked
+    dup = pd.concat(found, ignore_index=True)
+    dup = (dup.groupby(["path", "trained_path", "trained_split"], as_index=False, sort=True)
+           ["models"].agg(lambda m: ", ".join(sorted(set(m)))))
+    return dup, unchecked
+
+
+def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.device,
+                      class_map: dict[str, str] | None = None, name: str | None = None
+                      ) -> Evaluation:
+    """Score every model on another collection's labelled images (``external_rows``), leaving
+    out images byte-identical to training images (``training_duplicates``). ``metrics`` holds
+    the dataset-independent header and ``external[name]`` (default: the folder's name): the
+    set's ``images`` account (found, scored per class, skipped folders, files not read with the
+    reason, training duplicates, models that could not be checked) and per model the same
+    results as the internal test, under the key ``"external"``. ``NothingToScore`` when no
+    image could be read; ValueError for a bad class map."""
+    class_names = list(next(iter(models.values()))[1]["class_names"])
+    name = name or Path(data_dir).resolve().name
+    rows, info = external_rows(data_dir, class_names, class_map)
+    digests = utils.content_digests(rows, data_dir, cfg.cache_dir)
+    dup, unchecked = training_duplicates(models, rows, digests)
+    keep = rows[~rows["path"].isin(set(dup["path"]))].reset_index(drop=True)
+    size = next(iter(models.values()))[1]["image_size"]
+    _, ok, unreadable = utils.decoded_images(keep, data_dir, size, cfg.cache_dir)
+    if not ok.any():
+        raise NothingToScore(f"none of the {len(keep)} images of {data_dir} in the mapped "
+                             f"folders could be read" + (" (the rest are training images)"
+                                                         if len(dup) else "") +
+                             "".join(f"\n  {p}: {r}" for p, r in unreadable[:5]))
+    scored = keep[ok]  # the same rows when all are readable: the decoded cache is reused
+    ev = score_models(models, scored, data_dir, class_names, cfg, device, split="external")
+    info.update(scored=int(len(scored)),
+                scored_by_class=scored["label"].value_counts().sort_index().to_dict(),
+                not_read=info["not_read"] + [list(u) for u in unreadable],
+                training_duplicates=dup.to_dict(orient="records"),
+                unchecked_models=unchecked)
+    trained = next(iter(models.values()))[1].get("dataset") or {
+        "name": "unknown (the checkpoint does not say)", "synthetic": False, "shortcut": False}
+    ev.metrics = {"dataset": trained, "created": now(), "class_names": class_names,
+                  "convention": CONVENTION, "versions": library_versions(),
+                  "models": {n: model_settings(m) for n, (_, m) in models.items()},
+                  "external": {name: {
+                      "data_dir": str(Path(data_dir).resolve()), "dataset":
+                      utils.dataset_info(data_dir), "created": now(), "images": info,
+                      "archs": ev.metrics["archs"]}}}
+    ev.figures["prefix"] = f"external/{name}/"
+    return ev

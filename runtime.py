@@ -1,0 +1,159 @@
+"""Where and how the code runs: seeding, device choice, mixed precision, library versions, and
+the helpers that let one loop run in one process or in N under ``torchrun`` (DDP).
+
+Nothing here knows about models or data; ``training``, ``inference`` and the CLIs pass a
+``torch.device`` down, the way torchvision's reference scripts keep these helpers beside their
+logger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torchvision
+from torch import nn
+
+
+# --------------------------------------------------------------------------- seeding, devices
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed Python, NumPy and torch (all devices); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+
+def choose_device(prefer: str | None = None) -> torch.device:
+    """``prefer`` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda > mps > cpu."""
+    if prefer:
+        return torch.device(prefer)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def library_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "torch": str(torch.__version__),
+            "torchvision": str(torchvision.__version__), "numpy": str(np.__version__)}
+
+
+# --------------------------------------------------------------------------- mixed precision
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU runs bfloat16 natively in oneDNN (AVX512-BF16 or AMX). Without it CPU
+    bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.backends.mkldnn.is_available()
+                    and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def amp_dtype(device: torch.device, enabled: bool = True, cpu: bool = False) -> torch.dtype | None:
+    """The autocast dtype ``autocast`` uses, or None for fp32: on CUDA bf16 where supported,
+    else fp16 (which needs a GradScaler); on a CPU with native bf16 only when ``cpu`` (training
+    and validation: ~1.6-2x faster on 2 AVX512-BF16 cores; predictions stay fp32)."""
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu and cpu_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
+    """Mixed precision with ``amp_dtype(device, enabled, cpu)``; a no-op context for fp32."""
+    dtype = amp_dtype(device, enabled, cpu)
+    if dtype is None:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- distributed (DDP)
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process: ``(0, 1)`` unless a process group is up."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(prefer_device: str | None = None) -> torch.device:
+    """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``/``MASTER_PORT`` in the environment) and return this process's device: NCCL
+    and ``cuda:LOCAL_RANK`` when CUDA is there (and ``prefer_device`` is not "cpu"), else gloo
+    on the CPU. Without ``WORLD_SIZE`` > 1 it only returns ``choose_device(prefer_device)``."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return choose_device(prefer_device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (prefer_device or "cuda").startswith("cuda")
+    if use_cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return device
+
+
+def close_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in one process)."""
+    if world()[1] > 1:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (builds the decoded-image cache, downloads weights); the
+    others wait, then run it (reading what rank 0 wrote)."""
+    rank, size = world()
+    if size > 1 and rank != 0:
+        dist.barrier()
+    yield
+    if size > 1 and rank == 0:
+        dist.barrier()
+
+
+def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
+    """Each value summed over all processes (float64; unchanged in one process)."""
+    if world()[1] == 1:
+        return [float(v) for v in values]
+    dev = device if device.type == "cuda" else torch.device("cpu")  # gloo: CPU tensors
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=dev)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def check_replicas_agree(model: nn.Module, device: torch.device) -> None:
+    """Under DDP, raise RuntimeError unless every process holds bit-identical parameters (a sum
+    per tensor, gathered from all ranks): a guard against silently diverged replicas."""
+    rank, size = world()
+    if size == 1:
+        return
+    dev = device if device.type == "cuda" else torch.device("cpu")
+    mine = torch.stack([p.detach().double().sum() for p in model.parameters()]).to(dev)
+    every = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(every, mine)
+    for r, theirs in enumerate(every):
+        if not torch.equal(theirs, every[0]):
+            diff = (theirs - every[0]).abs().max().item()
+            raise RuntimeError(f"DDP replicas diverged: rank {r}'s parameters differ from rank "
+                               f"0's (largest per-tensor sum difference {diff:.3g})")
