@@ -4,6 +4,11 @@
 #                          outputs-shortcut/ and models-shortcut/: notebook 3's audit must catch it
 # make run DATA=path/to/COVID-19_Radiography_Dataset   the study's recipe on the real Kaggle database
 #                          (ImageNet weights, downloaded once by torchvision; offline: see README)
+# make external            score the trained models on a second, external demo site (another
+#                          acquisition, other folder names, an unknown class): evaluate.py, into
+#                          outputs/ beside the internal test (report.html shows both)
+# make external EXTERNAL=path/to/class/folders CLASS_MAP='"No Finding=Normal" ...'
+#                          the same on another collection of labelled images
 # make test                the test suite (CPU, offline)
 # make report              rebuild outputs/report.html (one self-contained page; notebook 3 writes it too)
 # make results             regenerate the README results table and assets/ from outputs/metrics.json
@@ -48,16 +53,32 @@ TRAIN_PARAMS ?= -p weights auto -p batch_size 16 -p max_per_class 150 -p num_wor
 	-y "schedule: {vgg16: constant, resnet18: cosine, densenet121: cosine}" \
 	-y "warmup_epochs: {vgg16: 2, resnet18: 0, densenet121: 0}" \
 	-y "augment: {vgg16: true, resnet18: false, densenet121: true}"
-EVAL_PARAMS ?= -p num_workers 0 -y "cam_layers: {vgg16: features.22, resnet18: layer3, densenet121: features.denseblock3}"
+CAM_LAYERS := vgg16=features.22,resnet18=layer3,densenet121=features.denseblock3
+EVAL_PARAMS ?= -p num_workers 0 -y "cam_layers: {$(subst =,: ,$(subst $(comma),$(comma) ,$(CAM_LAYERS)))}"
+EVAL_FLAGS ?= --num-workers 0 --cam-layer $(CAM_LAYERS)
 else
 DATA_DIR := $(DATA)
 SPLIT_ARGS ?=
 TRAIN_PARAMS ?=
 EVAL_PARAMS ?=
+EVAL_FLAGS ?=
+endif
+# The external set: the demo's second site (its folders named as another hospital might name
+# them, so they are mapped), or EXTERNAL=folder with CLASS_MAP='FOLDER=CLASS ...'.
+EXTERNAL ?=
+ifeq ($(strip $(EXTERNAL)),)
+EXT_DIR := data/demo-external-seed$(SEED)
+CLASS_MAP ?= covid19=COVID consolidation=Lung_Opacity "No Finding=Normal"
+EXT_NAME ?= demo-site-B
+else
+EXT_DIR := $(EXTERNAL)
+CLASS_MAP ?=
+EXT_NAME ?=
 endif
 COMMON := -p data_dir "$(DATA_DIR)" -p manifest_path $(MANIFEST) -p out_dir $(OUT) -p seed $(SEED)
 
-.PHONY: run data split notebooks test results report clean-outputs venv
+comma := ,
+.PHONY: run data split notebooks external test results report clean-outputs venv
 run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
@@ -86,6 +107,14 @@ notebooks: venv
 	$(PM) 1_data_exploration.ipynb $(OUT)/notebooks/1_data_exploration.ipynb $(COMMON)
 	$(PM) 2_finetune_models.ipynb $(OUT)/notebooks/2_finetune_models.ipynb $(COMMON) -p models_dir $(MODELS) $(TRAIN_PARAMS)
 	$(PM) 3_evaluate_results.ipynb $(OUT)/notebooks/3_evaluate_results.ipynb $(COMMON) -p models_dir $(MODELS) $(EVAL_PARAMS)
+
+external: venv
+	@ls $(MODELS)/*.pt >/dev/null 2>&1 || (echo "no models in $(MODELS)/: run 'make run' first" && exit 2)
+ifeq ($(strip $(EXTERNAL)),)
+	$(PY) demo_data.py $(EXT_DIR) --site external --seed $(SEED)
+endif
+	$(PY) evaluate.py $(MODELS)/*.pt --data-dir "$(EXT_DIR)" --out $(OUT) --seed $(SEED) $(EVAL_FLAGS) \
+		$(if $(strip $(CLASS_MAP)),--class-map $(CLASS_MAP)) $(if $(strip $(EXT_NAME)),--name $(EXT_NAME))
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q

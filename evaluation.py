@@ -25,6 +25,7 @@ import datetime
 import functools
 import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,12 +88,14 @@ def cam_layer_for(cam_layers: dict | str | None, arch: str) -> str | None:
 def model_settings(meta: dict) -> dict:
     """What metrics.json's ``models`` says of a checkpoint: its epoch and validation numbers,
     the training settings that matter for reading its results, and the library versions."""
-    cfg = meta["config"]
-    return {"epoch": meta["epoch"], "val_loss": meta["val_loss"], "val_acc": meta["val_acc"],
-            **{k: cfg[k] for k in ("weights", "image_size", "batch_size", "epochs", "patience",
-                                   "lr", "seed", "max_per_class")},
-            "lr_used": cfg["lr"] or networks.default_lr(meta["arch"], cfg["weights"] is not None),
-            "trained_with": meta.get("versions", {})}
+    cfg = meta.get("config") or {}  # a checkpoint from another tool may lack these
+    lr = cfg.get("lr") or (networks.default_lr(meta["arch"], cfg.get("weights") is not None)
+                           if meta["arch"] in networks.ARCHS else None)
+    return {"epoch": meta.get("epoch"), "val_loss": meta.get("val_loss"),
+            "val_acc": meta.get("val_acc"),
+            **{k: cfg.get(k) for k in ("weights", "image_size", "batch_size", "epochs",
+                                       "patience", "lr", "seed", "max_per_class")},
+            "lr_used": lr, "trained_with": meta.get("versions", {})}
 
 
 # --------------------------------------------------------------------------- one set, all models
@@ -189,8 +192,8 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
         layer_names[name] = networks.module_path(model, layers[name])
         results[name] = {}
         if train_rows is not None:
-            drawn = utils.cap_per_class(train_rows, meta["config"]["max_per_class"],
-                                        meta["config"]["seed"])
+            c = meta.get("config") or {}
+            drawn = utils.cap_per_class(train_rows, c.get("max_per_class"), c.get("seed", 0))
             y, p, _, _ = predictions_of(model, drawn, data_dir, class_names, size, cfg, device)
             results[name]["train"] = scores_with_intervals(y, p, class_names, cfg)
             figs.setdefault("confusion", []).append(
@@ -431,7 +434,9 @@ def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.d
     dup, unchecked = training_duplicates(models, rows, digests)
     keep = rows[~rows["path"].isin(set(dup["path"]))].reset_index(drop=True)
     size = next(iter(models.values()))[1]["image_size"]
-    _, ok, unreadable = utils.decoded_images(keep, data_dir, size, cfg.cache_dir)
+    with warnings.catch_warnings():  # each unreadable file is listed in the result instead
+        warnings.filterwarnings("ignore", "skipping unreadable image", UserWarning)
+        _, ok, unreadable = utils.decoded_images(keep, data_dir, size, cfg.cache_dir)
     if not ok.any():
         raise NothingToScore(f"none of the {len(keep)} images of {data_dir} in the mapped "
                              f"folders could be read" + (" (the rest are training images)"

@@ -17,6 +17,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import tables
 from metrics import format_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -65,7 +66,38 @@ def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = No
             lines.append(f"![{caption}]({path})\n")
     if any(r.get("calibration") for r in m["archs"].values()):
         lines.append(calibration_markdown(m))
+    for name in m.get("external") or {}:
+        lines.append(external_markdown(m, name))
     return "\n".join(lines)
+
+
+def external_markdown(m: dict, name: str) -> str:
+    """An external set (``make external``): what was scored, and each model's internal test and
+    external numbers side by side, with intervals."""
+    x = m["external"][name]
+    info = x["images"]
+    skipped = ", ".join(f"{f} ({n} images)" for f, n in info["skipped_folders"].items())
+    dups = info["training_duplicates"]
+    lines = [f"External validation, `{name}` (`evaluate.py`; {x['dataset']['name']}): "
+             f"{info['scored']} images scored ("
+             + ", ".join(f"{c} {n}" for c, n in info["scored_by_class"].items()) + "); folders "
+             + ", ".join(f"`{f}` -> {c}" for f, c in info["class_map"].items())
+             + (f"; skipped, a class the models do not know: {skipped}" if skipped else "")
+             + (f"; left out, byte-identical to training or validation images: {len(dups)}"
+                if dups else "") + ". ECE with T: the temperature fitted on the internal "
+             "validation split.\n", tables.markdown(_wide(tables.internal_vs_external(m, name)))]
+    return "\n".join(lines)
+
+
+def _wide(side):
+    """The side-by-side table with one row per metric and two columns per model."""
+    order = list(dict.fromkeys(side.index.get_level_values("metric")))
+    wide = side.unstack("model").reindex(order)
+    models = list(dict.fromkeys(side.index.get_level_values("model")))
+    cols = [(kind, mdl) for mdl in models for kind in ("internal test", "external")]
+    wide = wide[cols]
+    wide.columns = [f"{mdl} {kind.replace(' test', '')}" for kind, mdl in cols]
+    return wide.fillna("").rename_axis("metric")
 
 
 def audit_markdown(runs: dict[str, dict]) -> str:
