@@ -69,7 +69,7 @@ EXTERNAL ?=
 ifeq ($(strip $(EXTERNAL)),)
 EXT_DIR := data/demo-external-seed$(SEED)
 CLASS_MAP ?= covid19=COVID consolidation=Lung_Opacity "No Finding=Normal"
-EXT_NAME ?= demo-site-B
+EXT_NAME ?= demo-external
 else
 EXT_DIR := $(EXTERNAL)
 CLASS_MAP ?=

@@ -23,7 +23,8 @@ full epoch of ours per architecture) on a GPU.
 
 ``--predict`` measures ``predict.py`` instead: images per second from PNG files to
 probabilities (decoding included), without CAM and with Grad-CAM, against a bare no-grad forward
-loop of the same model over pre-made tensors at the same batch size
+loop of the same model over pre-made tensors at the same batch size, and ``evaluate.py``'s
+inference (``evaluation.predictions_of``, decoding included, no cache) on the same files
 (``outputs/benchmark_predict.json``).
 """
 
@@ -95,10 +96,10 @@ def train_flops_per_image(arch: str, size: int) -> float:
     """FLOPs of one forward + backward pass of one image (torch.utils.flop_counter)."""
     from torch.utils.flop_counter import FlopCounterMode
     model = networks.build_model(arch, 4, weights=None)
-    x = torch.randn(1, 3, size, size)
+    x = torch.randn(2, 3, size, size)  # two: batch norm needs more than one value per channel
     with FlopCounterMode(display=False) as fc:
         model(x).sum().backward()
-    return float(fc.get_total_flops())
+    return float(fc.get_total_flops()) / 2
 
 
 def loader_rate(loader, device, consume, max_batches: int | None = None) -> tuple[float, int]:
@@ -151,7 +152,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     ckpt = work / f"{arch}.pt"
     checkpoints.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
                           class_names=list(demo_data.CLASSES), image_size=size)
-    models = predict.load_models([str(ckpt)], device)
+    models = checkpoints.load_models([str(ckpt)], device)
     model = models[arch][0]
     x = utils.normalize(torch.rand(batch, 1, size, size, device=device))
     steps = -(-len(files) // batch)
@@ -174,12 +175,23 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
                                     batch_size=batch, progress=False)
         _sync(device)
         out[f"predict_{cam}_img_s"] = int((res["status"] == "ok").sum()) / (time.perf_counter() - t)
+    # evaluate.py's inference: the same files, decoded (no cache) and predicted in batches
+    import evaluation  # noqa: PLC0415
+    rows = pd.DataFrame({"path": [str(Path(f).relative_to(data)) for f in files],
+                         "label": [Path(f).parent.parent.name for f in files]})
+    cfg = evaluation.EvalConfig(batch_size=batch, num_workers=0, cache_dir=None)
+    t = time.perf_counter()
+    _, _, table, _ = evaluation.predictions_of(model, rows, data, list(demo_data.CLASSES), size,
+                                               cfg, device)
+    _sync(device)
+    out["evaluate_img_s"] = len(table) / (time.perf_counter() - t)
     out["ratio_none_vs_bare"] = out["predict_none_img_s"] / out["bare_img_s"]
     out["ratio_gradcam_vs_bare"] = out["predict_gradcam_img_s"] / out["bare_img_s"]
+    out["ratio_evaluate_vs_predict"] = out["evaluate_img_s"] / out["predict_none_img_s"]
     return out
 
 
-def main(argv=None) -> int:
+def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None)
     p.add_argument("--images", type=int, default=None,
@@ -197,67 +209,60 @@ def main(argv=None) -> int:
     p.add_argument("--work-dir", default=None, help="where the synthetic data goes (temp)")
     p.add_argument("--out", default="outputs/benchmark.json")
     p.add_argument("--predict", action="store_true",
-                   help="only predict.py against a bare forward loop (default: 256 images, "
-                        "batch 32 on a CPU; writes outputs/benchmark_predict.json)")
-    a = p.parse_args(argv)
-    device = runtime.choose_device(a.device)
-    gpu = device.type == "cuda"
-    if a.predict:
-        work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
-        rows = []
-        for arch in a.archs:
-            r = predict_benchmark(arch, a.size, a.images or (2048 if gpu else 256),
-                                  a.batch_size or (128 if gpu else 32), device, work)
-            r["device"] = torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)"
-            print(f"{arch}: bare {r['bare_img_s']:.1f} img/s; predict.py without CAM "
-                  f"{r['predict_none_img_s']:.1f} ({r['ratio_none_vs_bare']:.2f}x), with Grad-CAM "
-                  f"{r['predict_gradcam_img_s']:.1f} ({r['ratio_gradcam_vs_bare']:.2f}x)",
-                  flush=True)
-            rows.append(r)
-        out = Path(a.out).with_name("benchmark_predict.json")
-        utils.write_json_atomic(rows, out)
-        print("wrote", out)
-        return 0
-    n_images = a.images or (20685 if gpu else 512)
-    bs = a.batch_size or (128 if gpu else 16)
-    # ours: batched reads from the page cache are cheap, so on a CPU the main process does them
-    # (workers would only add inter-process copies); a GPU host uses workers to overlap.
-    workers = a.workers if a.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 0)
-    amp = cl = gpu
-    if gpu:
-        torch.backends.cudnn.benchmark = True
-    work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
-    report = {"machine": {"device": torch.cuda.get_device_name() if gpu else platform.processor()
-                          or platform.machine(), "cpu_cores": os.cpu_count(),
-                          "torch": str(torch.__version__), "python": platform.python_version()},
-              "images": n_images, "size": a.size, "batch_size": bs, "workers_ours": workers}
-    print(f"benchmark on {report['machine']['device']} ({device}), {n_images} images, "
-          f"{a.size} px, batch {bs}", flush=True)
+                   help="only predict.py and evaluate.py's inference against a bare forward "
+                        "loop (default: 256 images, batch 32 on a CPU; writes "
+                        "outputs/benchmark_predict.json)")
+    return p.parse_args(argv)
 
+
+def predict_benches(a: argparse.Namespace, device: torch.device) -> int:
+    """``--predict``: ``predict_benchmark`` per architecture, one JSON list."""
+    gpu = device.type == "cuda"
+    work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
+    rows = []
+    for arch in a.archs:
+        r = predict_benchmark(arch, a.size, a.images or (2048 if gpu else 256),
+                              a.batch_size or (128 if gpu else 32), device, work)
+        r["device"] = torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)"
+        print(f"{arch}: bare {r['bare_img_s']:.1f} img/s; predict.py without CAM "
+              f"{r['predict_none_img_s']:.1f} ({r['ratio_none_vs_bare']:.2f}x), with Grad-CAM "
+              f"{r['predict_gradcam_img_s']:.1f} ({r['ratio_gradcam_vs_bare']:.2f}x); "
+              f"evaluate.py's inference {r['evaluate_img_s']:.1f} "
+              f"({r['ratio_evaluate_vs_predict']:.2f}x predict.py)", flush=True)
+        rows.append(r)
+    out = Path(a.out).with_name("benchmark_predict.json")
+    utils.write_json_atomic(rows, out)
+    print("wrote", out)
+    return 0
+
+
+def synthetic_table(work: Path, n_images: int, n_unique: int) -> tuple[Path, pd.DataFrame]:
+    """``n_unique`` demo images under ``work/data`` and a table of ``n_images`` rows cycling
+    through them (path, label, split)."""
     data = work / "data"
-    n_unique = min(n_images, a.unique or (2048 if gpu else n_images))
     if not (data / demo_data.MARKER_FILE).is_file():
         per = {c: n_unique // 4 + (i < n_unique % 4) for i, c in enumerate(demo_data.CLASSES)}
         demo_data.generate(data, counts=per, seed=0, verbose=True)
     rows = [(f"{c}/images/{p.name}", c) for c in demo_data.CLASSES
             for p in sorted((data / c / "images").iterdir())]
     rows = [rows[i % len(rows)] for i in range(n_images)]
-    df = pd.DataFrame(rows, columns=["path", "label"]).assign(split="train")
-    report["unique_images"] = n_unique
+    return data, pd.DataFrame(rows, columns=["path", "label"]).assign(split="train")
+
+
+def loader_bench(df: pd.DataFrame, data: Path, work: Path, size: int, bs: int, workers: int,
+                 device: torch.device) -> tuple[dict, DataLoader, utils.XrayDataset, DataLoader]:
+    """The study's loader against ours (cache build timed apart; ours with and without batched
+    augmentation). Returns the report part and the loaders (and our dataset) for the steps."""
+    gpu = device.type == "cuda"
     names = utils.class_names_from(df)
     labels = [names.index(c) for c in df["label"]]
-
-    report["matmul_peak"] = peak = matmul_peak(device)
-    print(f"matmul peak: {peak['tflops']:.2f} TFLOP/s ({peak['dtype']})", flush=True)
-
-    base_ds = StudyDataset([str(data / p) for p in df["path"]], labels, a.size)
+    base_ds = StudyDataset([str(data / p) for p in df["path"]], labels, size)
     base_loader = DataLoader(base_ds, batch_size=bs, shuffle=True, num_workers=2,
                              generator=torch.Generator().manual_seed(0))
     t = time.perf_counter()
-    ours_ds = utils.XrayDataset(df, data, names, a.size, preload=True, cache_dir=work / "cache",
+    ours_ds = utils.XrayDataset(df, data, names, size, preload=True, cache_dir=work / "cache",
                                 workers=os.cpu_count())
-    report["cache_build_seconds"] = time.perf_counter() - t
-    report["cache_bytes"] = int(np.prod(ours_ds.images.shape))
+    build = time.perf_counter() - t
     ours_loader = DataLoader(ours_ds, batch_size=bs, shuffle=True, num_workers=workers,
                              pin_memory=gpu, collate_fn=utils.collate_skip_none,
                              persistent_workers=workers > 0, drop_last=True,
@@ -269,73 +274,108 @@ def main(argv=None) -> int:
     # Like for like: the study's loader does no augmentation, so "ours" is the cached read +
     # normalisation on the device; the augmented rate is reported beside it.
     ours_rate, _ = loader_rate(
-        ours_loader, device, lambda b: utils.prepare_batch(b[0], device, False, cl), max_b)
+        ours_loader, device, lambda b: utils.prepare_batch(b[0], device, False, gpu), max_b)
     aug_rate, _ = loader_rate(
-        ours_loader, device, lambda b: utils.prepare_batch(b[0], device, True, cl), max_b)
-    report["loader"] = {"baseline_images_per_s": base_rate, "ours_images_per_s": ours_rate,
-                        "ratio": ours_rate / base_rate, "ours_augmented_images_per_s": aug_rate}
+        ours_loader, device, lambda b: utils.prepare_batch(b[0], device, True, gpu), max_b)
+    part = {"cache_build_seconds": build, "cache_bytes": int(np.prod(ours_ds.images.shape)),
+            "loader": {"baseline_images_per_s": base_rate, "ours_images_per_s": ours_rate,
+                       "ratio": ours_rate / base_rate, "ours_augmented_images_per_s": aug_rate}}
     print(f"loader: baseline {base_rate:.0f} img/s, ours (cached) {ours_rate:.0f} img/s: "
           f"{ours_rate / base_rate:.1f}x; with batched augmentation on {device.type} "
-          f"{aug_rate:.0f} img/s (cache built once in {report['cache_build_seconds']:.1f} s)",
-          flush=True)
+          f"{aug_rate:.0f} img/s (cache built once in {build:.1f} s)", flush=True)
+    return part, base_loader, ours_ds, ours_loader
 
+
+def training_bench(arch: str, size: int, bs: int, train_batches: int | None, device: torch.device,
+                   base_loader: DataLoader, ours_ds, ours_loader: DataLoader, peak: dict) -> dict:
+    """One architecture's training step three ways: the study's (its loader, fp32, for-each
+    Adam), ours (``training.train_epoch`` over our cached loader) and a bare loop over pre-made
+    device tensors with our settings; FLOP rate against the matmul peak."""
+    gpu = device.type == "cuda"
+    amp = cl = gpu
+    r = {}
+    torch.manual_seed(0)
+    model = networks.build_model(arch, 4, weights=None).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+
+    def base_step(b):
+        loss = F.cross_entropy(model(b[0].to(device)), b[1].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    base_step(next(iter(base_loader)))
+    r["baseline_images_per_s"], _ = loader_rate(base_loader, device, base_step,
+                                                train_batches or max(1, 2048 // bs))
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    torch.manual_seed(0)
+    model = networks.build_model(arch, 4, weights=None).to(
+        device, memory_format=torch.channels_last if cl else torch.preserve_format)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    sub = ours_loader
+    if train_batches:
+        sub = DataLoader(torch.utils.data.Subset(ours_ds, range(train_batches * bs)),
+                         batch_size=bs, num_workers=0, collate_fn=utils.collate_skip_none)
+    warm = DataLoader(torch.utils.data.Subset(ours_ds, range(2 * bs)), batch_size=bs)
+    training.train_epoch(model, warm, opt, scaler, device, amp, cl)   # cudnn autotune, caches
+    _sync(device)
+    t = time.perf_counter()
+    res = training.train_epoch(model, sub, opt, scaler, device, amp, cl)
+    _sync(device)
+    secs = time.perf_counter() - t
+    r["ours_images_per_s"] = res["seen"] / secs
+    if not train_batches:
+        r["ours_epoch_seconds"], r["ours_epoch_images"] = secs, res["seen"]
+    r["bare_images_per_s"] = bare_rate(model, opt, device, bs, size, train_batches or 30, amp, cl)
+    if gpu:
+        r["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    r["train_flops_per_image"] = flops = train_flops_per_image(arch, size)
+    r["achieved_tflops"] = flops * r["ours_images_per_s"] / 1e12
+    r["fraction_of_matmul_peak"] = r["achieved_tflops"] / peak["tflops"]
+    r["ours_vs_baseline"] = r["ours_images_per_s"] / r["baseline_images_per_s"]
+    r["ours_vs_bare"] = r["ours_images_per_s"] / r["bare_images_per_s"]
+    print(f"{arch}: baseline {r['baseline_images_per_s']:.1f} img/s, ours "
+          f"{r['ours_images_per_s']:.1f} ({r['ours_vs_baseline']:.2f}x baseline, "
+          f"{r['ours_vs_bare']:.2f}x bare loop {r['bare_images_per_s']:.1f}), "
+          f"{r['achieved_tflops']:.2f} TFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% "
+          f"of the matmul peak" + (f", epoch {r['ours_epoch_seconds']:.1f} s"
+                                   if "ours_epoch_seconds" in r else ""), flush=True)
+    return r
+
+
+def main(argv=None) -> int:
+    a = _parse(argv)
+    device = runtime.choose_device(a.device)
+    if a.predict:
+        return predict_benches(a, device)
+    gpu = device.type == "cuda"
+    n_images = a.images or (20685 if gpu else 512)
+    bs = a.batch_size or (128 if gpu else 16)
+    # ours: batched reads from the page cache are cheap, so on a CPU the main process does them
+    # (workers would only add inter-process copies); a GPU host uses workers to overlap.
+    workers = a.workers if a.workers is not None else (min(8, os.cpu_count() or 1) if gpu else 0)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    work = Path(a.work_dir or tempfile.mkdtemp(prefix="cxr-bench-"))
+    n_unique = min(n_images, a.unique or (2048 if gpu else n_images))
+    report = {"machine": {"device": torch.cuda.get_device_name() if gpu else platform.processor()
+                          or platform.machine(), "cpu_cores": os.cpu_count(),
+                          "torch": str(torch.__version__), "python": platform.python_version()},
+              "images": n_images, "size": a.size, "batch_size": bs, "workers_ours": workers,
+              "unique_images": n_unique}
+    print(f"benchmark on {report['machine']['device']} ({device}), {n_images} images, "
+          f"{a.size} px, batch {bs}", flush=True)
+    data, df = synthetic_table(work, n_images, n_unique)
+    report["matmul_peak"] = peak = matmul_peak(device)
+    print(f"matmul peak: {peak['tflops']:.2f} TFLOP/s ({peak['dtype']})", flush=True)
+    part, base_loader, ours_ds, ours_loader = loader_bench(df, data, work, a.size, bs, workers,
+                                                           device)
+    report.update(part)
     train_batches = a.train_batches or (None if gpu else 3)
-    report["training"] = {}
-    for arch in a.archs:
-        r = {}
-        flops = train_flops_per_image(arch, a.size)
-        # baseline: study loader, fp32, plain (for-each) Adam
-        torch.manual_seed(0)
-        model = networks.build_model(arch, 4, weights=None).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-        nb = train_batches or max(1, 2048 // bs)
-
-        def base_step(b):
-            loss = F.cross_entropy(model(b[0].to(device)), b[1].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        base_step(next(iter(base_loader)))
-        r["baseline_images_per_s"], _ = loader_rate(base_loader, device, base_step, nb)
-        if gpu:
-            torch.cuda.reset_peak_memory_stats()
-        # ours: training.train_epoch over our cached loader
-        torch.manual_seed(0)
-        model = networks.build_model(arch, 4, weights=None).to(
-            device, memory_format=torch.channels_last if cl else torch.preserve_format)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-5, fused=device.type in ("cpu", "cuda"))
-        scaler = torch.amp.GradScaler("cuda", enabled=False)
-        sub = ours_loader
-        if train_batches:
-            sub = DataLoader(torch.utils.data.Subset(ours_ds, range(train_batches * bs)),
-                             batch_size=bs, num_workers=0, collate_fn=utils.collate_skip_none)
-        warm = DataLoader(torch.utils.data.Subset(ours_ds, range(2 * bs)), batch_size=bs)
-        training.train_epoch(model, warm, opt, scaler, device, amp, cl)   # cudnn autotune, caches
-        _sync(device)
-        t = time.perf_counter()
-        res = training.train_epoch(model, sub, opt, scaler, device, amp, cl)
-        _sync(device)
-        secs = time.perf_counter() - t
-        r["ours_images_per_s"] = res["seen"] / secs
-        if not train_batches:
-            r["ours_epoch_seconds"] = secs
-            r["ours_epoch_images"] = res["seen"]
-        r["bare_images_per_s"] = bare_rate(model, opt, device, bs, a.size,
-                                           train_batches or 30, amp, cl)
-        if gpu:
-            r["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        r["train_flops_per_image"] = flops
-        r["achieved_tflops"] = flops * r["ours_images_per_s"] / 1e12
-        r["fraction_of_matmul_peak"] = r["achieved_tflops"] / peak["tflops"]
-        r["ours_vs_baseline"] = r["ours_images_per_s"] / r["baseline_images_per_s"]
-        r["ours_vs_bare"] = r["ours_images_per_s"] / r["bare_images_per_s"]
-        report["training"][arch] = r
-        print(f"{arch}: baseline {r['baseline_images_per_s']:.1f} img/s, ours "
-              f"{r['ours_images_per_s']:.1f} ({r['ours_vs_baseline']:.2f}x baseline, "
-              f"{r['ours_vs_bare']:.2f}x bare loop {r['bare_images_per_s']:.1f}), "
-              f"{r['achieved_tflops']:.2f} TFLOP/s = {100 * r['fraction_of_matmul_peak']:.0f}% "
-              f"of the matmul peak" + (f", epoch {r['ours_epoch_seconds']:.1f} s"
-                                       if "ours_epoch_seconds" in r else ""), flush=True)
+    report["training"] = {arch: training_bench(arch, a.size, bs, train_batches, device,
+                                               base_loader, ours_ds, ours_loader, peak)
+                          for arch in a.archs}
     report["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if gpu and all("ours_epoch_seconds" in r for r in report["training"].values()):
         full = sum(r["ours_epoch_seconds"] / r["ours_epoch_images"] * 20685

@@ -203,6 +203,130 @@ def make_schedule(opt: torch.optim.Optimizer, config: TrainConfig):
     return torch.optim.lr_scheduler.SequentialLR(opt, [warm, main], milestones=[w])
 
 
+@dataclass
+class EarlyStopping:
+    """Early stopping on the validation loss, and the position of a run (what a resume needs):
+    an epoch improves when its loss beats the best so far by more than ``min_delta``; the run is
+    finished after ``patience`` epochs without improvement or at the last epoch."""
+    patience: int
+    min_delta: float
+    epoch: int = 0
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    finished: bool = False
+
+    STATE = ("epoch", "best_loss", "best_epoch", "bad_epochs", "finished")
+
+    def update(self, epoch: int, val_loss: float, last_epoch: int) -> bool:
+        """Record ``epoch``'s validation loss; returns whether it improved."""
+        improved = val_loss < self.best_loss - self.min_delta
+        if improved:
+            self.best_loss, self.best_epoch, self.bad_epochs = val_loss, epoch, 0
+        else:
+            self.bad_epochs += 1
+        self.epoch = epoch
+        self.finished = self.bad_epochs >= self.patience or epoch == last_epoch
+        return improved
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict, last_epoch: int) -> None:
+        """Continue from a saved state. A run that ended by running out of epochs (not
+        patience) is reopened when more epochs are asked for now."""
+        for k in self.STATE:
+            setattr(self, k, state[k])
+        if self.finished and self.bad_epochs < self.patience and self.epoch < last_epoch:
+            self.finished = False
+
+
+@dataclass
+class _Step:
+    """What one training step needs besides the model: optimizer, schedule, gradient scaler,
+    whether autocast is on, whether tensors are channels-last."""
+    opt: torch.optim.Optimizer
+    sched: object
+    scaler: torch.amp.GradScaler
+    amp: bool
+    channels_last: bool
+
+
+def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.device
+             ) -> tuple[nn.Module, _Step]:
+    """Seed, move the model (channels-last, SyncBatchNorm under DDP on CUDA) and build the
+    optimizer, schedule and precision for ``config``."""
+    seed_everything(config.seed, config.deterministic)
+    cl = config.channels_last and device.type in ("cuda", "cpu")
+    if config.sync_bn and world()[1] > 1 and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.deterministic
+    # Fused Adam: one kernel for all parameters; on a CPU it makes VGG-16's step (138M
+    # parameters) ~6x cheaper than the per-tensor loop.
+    opt = torch.optim.Adam(model.parameters(), lr=config.resolved_lr(arch),
+                           weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
+    precision = amp_dtype(device, config.amp, cpu=True)
+    return model, _Step(opt, make_schedule(opt, config),
+                        torch.amp.GradScaler("cuda", enabled=precision == torch.float16),
+                        precision is not None, cl)
+
+
+def try_resume(last_path: Path, model: nn.Module, step: _Step, stopper: EarlyStopping,
+               meta: dict, extra_meta: dict | None, config: TrainConfig, say) -> None:
+    """Load ``last_path`` (model, optimizer, schedule, scaler, early-stopping state) when it
+    was trained with the same config (``_config_key``), data (``extra_meta``) and classes;
+    otherwise leave everything as it is and say why training starts afresh."""
+    arch = meta["arch"]
+    last = torch.load(last_path, map_location="cpu", weights_only=True)
+    same_data = all(last["meta"].get(k) == v for k, v in (extra_meta or {}).items())
+    same_config = _config_key(last["meta"]["config"]) == _config_key(meta["config"])
+    if not (same_config and same_data and last["meta"]["class_names"] == meta["class_names"]):
+        why = ("another config (e.g. epochs with a cosine schedule)" if not same_config
+               else "other data" if not same_data else "other classes")
+        say(f"{arch}: {last_path} was trained with {why}; starting afresh")
+        return
+    model.load_state_dict(last["model_state"])
+    step.opt.load_state_dict(last["optimizer_state"])
+    step.sched.load_state_dict(last["scheduler_state"])
+    step.scaler.load_state_dict(last["scaler_state"])
+    stopper.load_state_dict(last["state"], config.epochs)
+    if stopper.finished and stopper.epoch >= 1:
+        say(f"{arch}: already trained ({stopper.epoch} epochs, best epoch {stopper.best_epoch}); "
+            f"delete {last_path} to retrain")
+    else:
+        say(f"{arch}: resuming after epoch {stopper.epoch}")
+
+
+def save_epoch(row: dict, improved: bool, model: nn.Module, step: _Step, stopper: EarlyStopping,
+               meta: dict, paths: dict[str, Path]) -> None:
+    """Write what an epoch leaves behind, in an order that survives a kill in between: the
+    history row first (a resume drops rows past the resumable state and replays them), then the
+    best weights when the epoch improved, then the resumable state."""
+    _append_history(row, paths["history"])
+    if improved:
+        checkpoints.save_checkpoint(paths["best"], model, **meta, epoch=row["epoch"],
+                                    val_loss=row["val_loss"], val_acc=row["val_acc"])
+    checkpoints.save_state({"model_state": checkpoints.cpu_state(model),
+                            "optimizer_state": step.opt.state_dict(),
+                            "scheduler_state": step.sched.state_dict(),
+                            "scaler_state": step.scaler.state_dict(),
+                            "state": stopper.state_dict(),
+                            "meta": {**meta, "versions": library_versions(),
+                                     "world_size": world()[1]}}, paths["last"])
+
+
+def _wrap(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
+    """The module the steps run: DDP under torchrun, compiled if asked. Both share the
+    parameters with ``model``, which is what checkpoints save."""
+    step_model = model
+    if world()[1] > 1:
+        step_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(step_model) if config.compile else step_model
+
+
 def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names: list[str],
         config: TrainConfig, device: torch.device, models_dir: str | os.PathLike = "models",
         history_dir: str | os.PathLike = "outputs/CSVs", resume: bool = True,
@@ -230,121 +354,58 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     the loss, accuracy and validation numbers are all-reduced (every process stops at the same
     epoch), and only rank 0 writes files. ``config.batch_size`` is the global batch.
     """
-    cfg = dataclasses.asdict(config)
-    models_dir, history_dir = Path(models_dir), Path(history_dir)
-    best_path, last_path = models_dir / f"{arch}.pt", models_dir / f"{arch}_last.pt"
-    hist_path = history_dir / f"{arch}.csv"
     if "train" not in loaders or "val" not in loaders:
         raise ValueError(f"fit needs 'train' and 'val' loaders, got {sorted(loaders)}")
-    rank, world_size = world()
-    main = rank == 0
-    seed_everything(config.seed, config.deterministic)
-    cl = config.channels_last and device.type in ("cuda", "cpu")
-    if config.sync_bn and world_size > 1 and device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=torch.channels_last if cl else torch.preserve_format)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-    lr = config.resolved_lr(arch)
-    # Fused Adam: one kernel for all parameters; on a CPU it makes VGG-16's step (138M
-    # parameters) ~6x cheaper than the per-tensor loop.
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=config.weight_decay,
-                           fused=device.type in ("cpu", "cuda"))
-    sched = make_schedule(opt, config)
-    precision = amp_dtype(device, config.amp, cpu=True)
-    use_amp = precision is not None
-    scaler = torch.amp.GradScaler("cuda", enabled=precision == torch.float16)
+    main = world()[0] == 0
+    say = print if main else (lambda *_: None)
+    paths = {"best": Path(models_dir) / f"{arch}.pt", "last": Path(models_dir) / f"{arch}_last.pt",
+             "history": Path(history_dir) / f"{arch}.csv"}
+    model, step = _prepare(model, config, arch, device)
     meta = {"arch": arch, "class_names": list(class_names), "image_size": config.image_size,
-            "seed": config.seed, "config": cfg, **(extra_meta or {})}
-    state = {"epoch": 0, "best_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-             "finished": False}
-
-    if resume and last_path.is_file():
-        last = torch.load(last_path, map_location="cpu", weights_only=True)
-        same_data = all(last["meta"].get(k) == v for k, v in (extra_meta or {}).items())
-        same_config = _config_key(last["meta"]["config"]) == _config_key(cfg)
-        if same_config and same_data and last["meta"]["class_names"] == list(class_names):
-            model.load_state_dict(last["model_state"])
-            opt.load_state_dict(last["optimizer_state"])
-            sched.load_state_dict(last["scheduler_state"])
-            scaler.load_state_dict(last["scaler_state"])
-            state = last["state"]
-            if state["finished"] and state["bad_epochs"] < config.patience and \
-                    state["epoch"] < config.epochs:
-                state["finished"] = False  # ran out of epochs, not patience: more were asked
-            if state["finished"] and state["epoch"] >= 1:
-                if main:
-                    print(f"{arch}: already trained ({state['epoch']} epochs, best epoch "
-                          f"{state['best_epoch']}); delete {last_path} to retrain")
-            elif main:
-                print(f"{arch}: resuming after epoch {state['epoch']}")
-        elif main:
-            why = ("another config (e.g. epochs with a cosine schedule)" if not same_config
-                   else "other data" if not same_data else "other classes")
-            print(f"{arch}: {last_path} was trained with {why}; starting afresh")
-    history = _read_history(hist_path, upto=state["epoch"])
+            "seed": config.seed, "config": dataclasses.asdict(config), **(extra_meta or {})}
+    stopper = EarlyStopping(config.patience, config.min_delta)
+    if resume and paths["last"].is_file():
+        try_resume(paths["last"], model, step, stopper, meta, extra_meta, config, say)
+    history = _read_history(paths["history"], upto=stopper.epoch)
     if main:
-        _write_history(history, hist_path)
+        _write_history(history, paths["history"])
     rows = history.to_dict("records")
-
-    # DDP (and a compiled wrapper) share the parameters; checkpoints always save the plain module.
-    step_model = model
-    if world_size > 1:
-        step_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        step_model = torch.compile(step_model)
-    for epoch in range(state["epoch"] + 1, config.epochs + 1):
-        if state["finished"]:
+    step_model = _wrap(model, config, device)
+    for epoch in range(stopper.epoch + 1, config.epochs + 1):
+        if stopper.finished:
             break
         t0 = time.perf_counter()
         _reseed_epoch(loaders["train"], config.seed, epoch)
-        tr = train_epoch(step_model, loaders["train"], opt, scaler, device, use_amp, cl,
-                         desc=f"{arch} epoch {epoch}/{config.epochs}", progress=progress and main,
+        tr = train_epoch(step_model, loaders["train"], step.opt, step.scaler, device, step.amp,
+                         step.channels_last, desc=f"{arch} epoch {epoch}/{config.epochs}",
+                         progress=progress and main,
                          nan_hint=f"{arch} epoch {epoch}: the last good checkpoints are "
-                                  f"{last_path} and {best_path}",
+                                  f"{paths['last']} and {paths['best']}",
                          augment=config.augment, freeze_bn=config.freeze_bn)
-        val = evaluate(model, loaders["val"], device, use_amp, cl)
+        val = evaluate(model, loaders["val"], device, step.amp, step.channels_last)
         if val["n"] == 0:
             raise ValueError(f"{arch}: no validation image could be read "
                              f"({len(loaders['val'].dataset)} listed); early stopping needs them")
-        improved = val["loss"] < state["best_loss"] - config.min_delta
+        improved = stopper.update(epoch, val["loss"], config.epochs)
         row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-               "val_loss": val["loss"], "val_acc": val["acc"], "lr": opt.param_groups[0]["lr"],
-               "seconds": time.perf_counter() - t0, "train_seen": tr["seen"],
-               "best": int(improved)}
-        sched.step()
-        if improved:
-            state.update(best_loss=val["loss"], best_epoch=epoch, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        state["finished"] = state["bad_epochs"] >= config.patience or epoch == config.epochs
+               "val_loss": val["loss"], "val_acc": val["acc"],
+               "lr": step.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
+               "train_seen": tr["seen"], "best": int(improved)}
+        step.sched.step()
         if main:
-            # Order matters for a kill in between: the row first (a resume drops rows past the
-            # resumable state and replays them), then the best weights, then the state.
-            _append_history(row, hist_path)
-            if improved:
-                checkpoints.save_checkpoint(best_path, model, **meta, epoch=epoch, val_loss=val["loss"],
-                                val_acc=val["acc"])
-            checkpoints.save_state({"model_state": checkpoints.cpu_state(model),
-                                "optimizer_state": opt.state_dict(),
-                                "scheduler_state": sched.state_dict(),
-                                "scaler_state": scaler.state_dict(), "state": state,
-                                "meta": {**meta, "versions": library_versions(),
-                                         "world_size": world_size}}, last_path)
+            save_epoch(row, improved, model, step, stopper, meta, paths)
         barrier()
         rows.append(row)
-        if progress and main:
-            print(f"{arch} epoch {epoch}: train loss {row['train_loss']:.4f} acc "
-                  f"{row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc "
-                  f"{row['val_acc']:.3f} | {row['seconds']:.1f} s" + (" *" if improved else ""))
-        if state["finished"] and epoch < config.epochs and main:
-            print(f"{arch}: early stop at epoch {epoch}; best epoch {state['best_epoch']} "
-                  f"(val loss {state['best_loss']:.4f})")
+        if progress:
+            say(f"{arch} epoch {epoch}: train loss {row['train_loss']:.4f} acc "
+                f"{row['train_acc']:.3f} | val loss {row['val_loss']:.4f} acc "
+                f"{row['val_acc']:.3f} | {row['seconds']:.1f} s" + (" *" if improved else ""))
+        if stopper.finished and epoch < config.epochs:
+            say(f"{arch}: early stop at epoch {epoch}; best epoch {stopper.best_epoch} "
+                f"(val loss {stopper.best_loss:.4f})")
     check_replicas_agree(model, device)
-    if best_path.is_file():
-        best, _ = checkpoints.load_checkpoint(best_path)
+    if paths["best"].is_file():
+        best, _ = checkpoints.load_checkpoint(paths["best"])
         model.load_state_dict(best.state_dict())
     return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 

@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 import demo_data
+import phantoms
 import split_dataset
 import utils
 
@@ -36,7 +37,7 @@ def test_deterministic_and_order_independent(tmp_path):
 def test_findings_inside_lungs_and_masks_binary():
     rng = np.random.default_rng(0)
     for c in demo_data.CLASSES:
-        img, lung, lesion = demo_data.render_phantom(c, rng)
+        img, lung, lesion = phantoms.render_phantom(c, rng)
         assert img.dtype == np.uint8 and img.shape == (299, 299)
         assert set(np.unique(lung)) <= {0, 255} and set(np.unique(lesion)) <= {0, 255}
         assert 0.1 < (lung > 0).mean() < 0.5
@@ -52,7 +53,7 @@ def test_no_global_brightness_cue():
     stats = {c: [] for c in demo_data.CLASSES}
     for c in demo_data.CLASSES:
         for i in range(30):
-            img = demo_data.render_phantom(c, np.random.default_rng([9, i]))[0] / 255.0
+            img = phantoms.render_phantom(c, np.random.default_rng([9, i]))[0] / 255.0
             stats[c].append((img.mean(), img.std()))
     arr = {c: np.array(v) for c, v in stats.items()}
     for k in (0, 1):
@@ -72,7 +73,7 @@ def _geometry(label, n=24, seed=5):
     in the lung (0 apex, 1 base), mean distance from the midline (0 midline, 1 lateral edge)."""
     rows = []
     for i in range(n):
-        img, lung, les = demo_data.render_phantom(label, np.random.default_rng([seed, i]))
+        img, lung, les = phantoms.render_phantom(label, np.random.default_rng([seed, i]))
         img, lung, les = img / 255.0, lung > 0, les > 0
         ys, xs = np.nonzero(lung)
         mid, half = (xs.min() + xs.max()) / 2, (xs.max() - xs.min()) / 2

@@ -13,6 +13,7 @@ from torch import nn
 import audit
 import checkpoints
 import demo_data
+import phantoms
 import grad_cam
 import inference
 import metrics
@@ -208,7 +209,7 @@ def test_shortcut_marks_lie_outside_the_grown_lungs_and_follow_the_class():
     grown_by = round(0.03 * 299)                                      # notebook 3's lung_margin
     for ci, label in enumerate(CLASSES):
         for i in range(25):
-            img, lung, _ = demo_data.render_phantom(label, np.random.default_rng([9, ci, i]))
+            img, lung, _ = phantoms.render_phantom(label, np.random.default_rng([9, ci, i]))
             grown = utils.dilate(lung > 0, grown_by)
             for source in demo_data.SOURCES:
                 marked = demo_data.burn_source_mark(img.copy(), source) != img
