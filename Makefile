@@ -3,7 +3,9 @@
 # make run SHORTCUT=1      the demo with a planted shortcut (source marks outside the lungs), into
 #                          outputs-shortcut/ and models-shortcut/: notebook 3's audit must catch it
 # make run DATA=path/to/COVID-19_Radiography_Dataset   the study's recipe on the real Kaggle database
-#                          (ImageNet weights, downloaded once by torchvision; offline: see README)
+#                          (profiles/study.yaml: ImageNet weights, downloaded once by torchvision;
+#                          offline: see README). PROFILE=name|path picks another profile;
+#                          PARAMS='-p epochs 3' overrides notebook 2's settings
 # make external            score the trained models on a second, external demo site (another
 #                          acquisition, other folder names, an unknown class): evaluate.py, into
 #                          outputs/ beside the internal test (report.html shows both)
@@ -37,32 +39,18 @@ PM := $(PY) -m papermill --cwd . --log-output -k python3
 
 ifeq ($(strip $(DATA)),)
 DATA_DIR := $(DEMO_DIR)
-# Demo profile: about 10 minutes of training on 2 CPU cores from random initialisation (ImageNet
-# weights only if already cached: "auto"), chosen by measurement (README, "The demo profile").
-# Each model gets the input size its Grad-CAM needs and its CPU time allows (bf16 autocast on
-# CPUs that have it). VGG-16 (no batch norm) sits at chance for 2-3 epochs before it learns, so
-# it warms its learning rate up over 2 epochs, keeps it constant and does not stop early. Grad-CAM
-# maps come from the block before the last (at 96/160/128 px the last is 3x3/5x5/4x4). ResNet-18
-# trains without augmentation (the phantoms already vary in pose and exposure): with it, its
-# Grad-CAM for Lung Opacity drifted below the lungs (pointing game 0.48 on seed 7; 0.67 without).
-SPLIT_ARGS ?= --val 30 --test 30
-TRAIN_PARAMS ?= -p weights auto -p batch_size 16 -p max_per_class 150 -p num_workers 0 \
-	-y "image_size: {vgg16: 96, resnet18: 160, densenet121: 128}" \
-	-y "epochs: {vgg16: 11, resnet18: 8, densenet121: 6}" \
-	-y "patience: {vgg16: 11, resnet18: 3, densenet121: 3}" \
-	-y "schedule: {vgg16: constant, resnet18: cosine, densenet121: cosine}" \
-	-y "warmup_epochs: {vgg16: 2, resnet18: 0, densenet121: 0}" \
-	-y "augment: {vgg16: true, resnet18: false, densenet121: true}"
-CAM_LAYERS := vgg16=features.22,resnet18=layer3,densenet121=features.denseblock3
-EVAL_PARAMS ?= -p num_workers 0 -y "cam_layers: {$(subst =,: ,$(subst $(comma),$(comma) ,$(CAM_LAYERS)))}"
-EVAL_FLAGS ?= --num-workers 0 --cam-layer $(CAM_LAYERS)
+# The demo profile (profiles/demo-cpu.yaml): about 10 minutes of training on 2 CPU cores from
+# random initialisation, chosen by measurement (docs/demo-data.md). The notebooks, train.py and
+# evaluate.py read the same file; PARAMS adds papermill overrides, e.g. PARAMS='-p epochs 2'.
+PROFILE ?= demo-cpu
 else
 DATA_DIR := $(DATA)
-SPLIT_ARGS ?=
-TRAIN_PARAMS ?=
-EVAL_PARAMS ?=
-EVAL_FLAGS ?=
+PROFILE ?= study
 endif
+PARAMS ?=
+# split_dataset.py's --val/--test come from the profile too (read when the recipe runs, once the
+# venv exists)
+SPLIT_ARGS ?= $$($(PY) config.py $(PROFILE) --split-args)
 # The external set: the demo's second site (its folders named as another hospital might name
 # them, so they are mapped), or EXTERNAL=folder with CLASS_MAP='FOLDER=CLASS ...'.
 EXTERNAL ?=
@@ -76,8 +64,8 @@ CLASS_MAP ?=
 EXT_NAME ?=
 endif
 COMMON := -p data_dir "$(DATA_DIR)" -p manifest_path $(MANIFEST) -p out_dir $(OUT) -p seed $(SEED)
+MODEL_PARAMS := -p profile $(PROFILE) -p models_dir $(MODELS)
 
-comma := ,
 .PHONY: run data split notebooks external test results report clean-outputs venv
 run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
@@ -105,15 +93,15 @@ split: data
 notebooks: venv
 	@mkdir -p $(OUT)/notebooks
 	$(PM) 1_data_exploration.ipynb $(OUT)/notebooks/1_data_exploration.ipynb $(COMMON)
-	$(PM) 2_finetune_models.ipynb $(OUT)/notebooks/2_finetune_models.ipynb $(COMMON) -p models_dir $(MODELS) $(TRAIN_PARAMS)
-	$(PM) 3_evaluate_results.ipynb $(OUT)/notebooks/3_evaluate_results.ipynb $(COMMON) -p models_dir $(MODELS) $(EVAL_PARAMS)
+	$(PM) 2_finetune_models.ipynb $(OUT)/notebooks/2_finetune_models.ipynb $(COMMON) $(MODEL_PARAMS) $(PARAMS)
+	$(PM) 3_evaluate_results.ipynb $(OUT)/notebooks/3_evaluate_results.ipynb $(COMMON) $(MODEL_PARAMS)
 
 external: venv
 	@ls $(MODELS)/*.pt >/dev/null 2>&1 || (echo "no models in $(MODELS)/: run 'make run' first" && exit 2)
 ifeq ($(strip $(EXTERNAL)),)
 	$(PY) demo_data.py $(EXT_DIR) --site external --seed $(SEED)
 endif
-	$(PY) evaluate.py $(MODELS)/*.pt --data-dir "$(EXT_DIR)" --out $(OUT) --seed $(SEED) $(EVAL_FLAGS) \
+	$(PY) evaluate.py $(MODELS)/*.pt --data-dir "$(EXT_DIR)" --out $(OUT) --seed $(SEED) --profile $(PROFILE) \
 		$(if $(strip $(CLASS_MAP)),--class-map $(CLASS_MAP)) $(if $(strip $(EXT_NAME)),--name $(EXT_NAME))
 
 test: $(VENV)/.installed-test

@@ -8,7 +8,7 @@ On synthetic data shaped like the real database (299x299 8-bit grayscale PNGs fr
 
 - the baseline loader: what the study did every epoch (PIL decode -> RGB -> Resize -> ToTensor ->
   Normalize, 2 DataLoader workers);
-- our loader once cached: decoded uint8 images memory-mapped from disk (``utils.decoded_images``),
+- our loader once cached: decoded uint8 images memory-mapped from disk (``image_cache.decoded_images``),
   batched augmentation + normalisation on the device (``utils.prepare_batch``); the one-off cache
   build is timed separately;
 - per architecture, a full training step three ways: the baseline (baseline loader, fp32, plain

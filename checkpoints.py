@@ -42,7 +42,7 @@ META = {
     "seed": "the training seed",
     "config": "training.TrainConfig as a dict",
     "dataset": "utils.dataset_info of the training data (name, synthetic, shortcut)",
-    "data": "utils.split_fingerprint of the manifest (what a resume must match)",
+    "data": "image_cache.split_fingerprint of the manifest (what a resume must match)",
     "trained_on": "trained_on_record: content digests of the training and validation images",
     "temperature": "calibration temperature fitted on the validation split (absent: none)",
     "calibration": "inference.calibrate's report of that fit",
@@ -131,7 +131,7 @@ def load_models(paths: list[str | os.PathLike], device: torch.device
 def trained_on_record(manifest: pd.DataFrame, digests: list[str]) -> dict:
     """What a model trains on, for its checkpoint: the manifest's ``TRAINED_SPLITS`` rows as
     parallel lists ``path`` (relative to the dataset folder), ``split`` and ``sha256``
-    (``digests`` holds one per manifest row, ``utils.content_digests``)."""
+    (``digests`` holds one per manifest row, ``image_cache.content_digests``)."""
     if len(digests) != len(manifest):
         raise ValueError(f"{len(digests)} digests for {len(manifest)} manifest rows")
     keep = manifest["split"].isin(TRAINED_SPLITS).to_numpy()

@@ -3,7 +3,7 @@ hospital's collection (external validation).
 
 SYNOPSIS
     python evaluate.py MODEL.pt [MODEL.pt ...] --data-dir DIR [--manifest M [--split test]]
-                       [--class-map FOLDER=CLASS ...] [--name NAME] [--out DIR]
+                       [--class-map FOLDER=CLASS ...] [--name NAME] [--out DIR] [--profile P]
                        [--cam gradcam|gradcam++|hirescam] [--cam-layer [ARCH=]LAYER[,...]]
                        [--batch-size N] [--num-workers N] [--device D] [--n-boot N]
                        [--seed S] [--cache-dir DIR|none]
@@ -27,6 +27,10 @@ DESCRIPTION
     is neither is listed with its image count as skipped, never scored. Files that cannot be
     read are listed with the reason. Images byte-identical to a model's training or validation
     images (public chest X-ray collections overlap) are listed and left out of the metrics.
+
+    Settings (Grad-CAM layers, batch size, workers) come from a profile (profiles/*.yaml, the
+    ones notebook 3 reads): --profile, or by default demo-cpu for models trained on the synthetic
+    demo and study otherwise; every flag given overrides it.
 
     Probabilities: the metrics use each model's softmax as trained; calibration is reported
     before and after the temperature stored in the checkpoint (fitted on its validation split
@@ -109,15 +113,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="external set's name in metrics.json "
                                                 "(default: the folder's name)")
     p.add_argument("--out", default="outputs", help="output folder (default outputs)")
-    p.add_argument("--cam", default="gradcam", choices=grad_cam.METHODS,
+    p.add_argument("--profile", default=None,
+                   help="a profile name in profiles/ (demo-cpu, study) or a .yaml path (default: "
+                        "demo-cpu for models trained on the synthetic demo, study otherwise)")
+    p.add_argument("--cam", default=None, choices=grad_cam.METHODS,
                    help="class activation maps (default gradcam)")
     p.add_argument("--cam-layer", default=None,
                    help="Grad-CAM target layer: LAYER for every model, or ARCH=LAYER,... "
-                        "(default: each model's last convolutional block, as in the study)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (64)")
-    p.add_argument("--num-workers", type=int, default=2, help="loader worker processes (2)")
+                        "(default: the profile's; the study's is each model's last "
+                        "convolutional block)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per forward pass (the profile's; 64)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="loader worker processes (the profile's; 2)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best found)")
-    p.add_argument("--n-boot", type=int, default=1000,
+    p.add_argument("--n-boot", type=int, default=None,
                    help="bootstrap resamples for the intervals (1000)")
     p.add_argument("--seed", type=int, default=42, help="seed of the bootstrap (42)")
     p.add_argument("--cache-dir", default=".cache/decoded",
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {', '.join(bad)}: expected checkpoints ending in .pt or .pth (the "
               f"images are given with --data-dir)", file=sys.stderr)
         return 2
-    if a.batch_size < 1 or a.n_boot < 0:
+    if (a.batch_size is not None and a.batch_size < 1) or (a.n_boot is not None and a.n_boot < 0):
         print(f"error: --batch-size must be >= 1 and --n-boot >= 0, got {a.batch_size} and "
               f"{a.n_boot}", file=sys.stderr)
         return 2
@@ -157,27 +167,31 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.data_dir).is_dir():
         print(f"error: --data-dir {a.data_dir} is not a folder", file=sys.stderr)
         return 2
-    import evaluation  # torch: only once the arguments are known to be sound
+    import config  # torch: only once the arguments are known to be sound
+    import evaluation
+    import external
     import plot_utils
     import runtime
     import tables
 
     device = runtime.choose_device(a.device)
-    cfg = evaluation.EvalConfig(batch_size=a.batch_size, num_workers=a.num_workers,
-                                cam_method=a.cam, cam_layers=cam_layer_arg(a.cam_layer),
-                                n_boot=a.n_boot, seed=a.seed,
-                                cache_dir=None if a.cache_dir.lower() == "none" else a.cache_dir)
     try:
         models = evaluation.load_models(_model_paths(a.models), device)
+        demo = any((m.get("dataset") or {}).get("synthetic") for _, m in models.values())
+        _, cfg, _ = config.eval_settings(
+            a.profile or (config.DEMO if demo else config.STUDY), None, None,
+            batch_size=a.batch_size, num_workers=a.num_workers, cam_method=a.cam,
+            cam_layers=cam_layer_arg(a.cam_layer), n_boot=a.n_boot, seed=a.seed)
+        cfg.cache_dir = None if a.cache_dir.lower() == "none" else a.cache_dir
         if a.manifest:
             manifest = utils.read_manifest(a.manifest)
             ev = evaluation.evaluate_split(models, manifest, a.data_dir, cfg, device, a.split)
         else:
-            ev = evaluation.evaluate_external(models, a.data_dir, cfg, device,
-                                              class_map_arg(a.class_map), a.name)
+            ev = external.evaluate_external(models, a.data_dir, cfg, device,
+                                            class_map_arg(a.class_map), a.name)
         out = Path(a.out)
         path, note = report.save_metrics(ev.metrics, out)
-    except evaluation.NothingToScore as e:
+    except external.NothingToScore as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as e:

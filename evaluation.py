@@ -8,10 +8,8 @@ least of all) and both returning an ``Evaluation``: ``metrics`` (what ``metrics.
   Refused when the split holds images a model was trained or validated on (by content:
   ``checkpoints.check_trained_on``), so a re-split cannot leak, while a copy of the data can
   be evaluated anywhere.
-- ``evaluate_external``: every image under another collection's class folders (an external
-  validation set), folder names mapped onto the models' classes (``map_folders``). Folders of
-  other classes are counted and skipped, unreadable files listed, and images byte-identical to
-  a model's training images reported and left out of the metrics.
+- ``external.evaluate_external``: every image under another collection's class folders (an
+  external validation set), scored by ``score_models`` here.
 
 Per model and scored set (``score_models``): metrics with intervals (``metrics``), Grad-CAM
 localization against the finding masks where there are any, the shortcut audit against the
@@ -24,8 +22,6 @@ from __future__ import annotations
 import datetime
 import functools
 import os
-import re
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +33,10 @@ from torch import nn
 import audit
 import checkpoints
 import grad_cam
+import image_cache
 import inference
 import metrics
 import networks
-import split_dataset
 import utils
 from runtime import library_versions
 
@@ -303,7 +299,7 @@ def check_split(models: Models, manifest: pd.DataFrame, data_dir, split: str = "
     if rows.empty:
         raise ValueError(f"the manifest has no {split!r} rows; it has splits "
                          f"{sorted(manifest['split'].unique())}")
-    digests = utils.content_digests(rows, data_dir, cache_dir)
+    digests = image_cache.content_digests(rows, data_dir, cache_dir)
     for name, (_, meta) in models.items():
         if meta["class_names"] != names:
             raise ValueError(f"{name} was trained on classes {meta['class_names']}; the "
@@ -332,131 +328,3 @@ def evaluate_split(models: Models, manifest: pd.DataFrame, data_dir, cfg: EvalCo
 def now() -> str:
     """The creation stamp of a metrics file: UTC, to the second."""
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-# --------------------------------------------------------------------------- an external set
-class NothingToScore(ValueError):
-    """No image of the set could be read and scored (``evaluate.py`` exits 1)."""
-
-
-def _norm(name: str) -> str:
-    """A folder or class name compared loosely: case, spaces, ``_`` and ``-`` ignored."""
-    return re.sub(r"[\s_\-]+", "", name.strip().lower())
-
-
-def map_folders(folders: dict[str, int], class_names: list[str],
-                class_map: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, int]]:
-    """Which class each folder's images belong to: ``(folder -> class scored, folder -> image
-    count skipped)``. ``class_map`` (``{folder: class}``, classes matched loosely) wins; a
-    folder named like a class (``_norm``: case, spaces, ``_`` and ``-`` ignored) maps to it
-    without a flag; any other folder is skipped, never scored and never silently dropped.
-    ValueError when the map names a class the models do not know or a folder that is not there."""
-    by_norm = {_norm(c): c for c in class_names}
-    mapped: dict[str, str] = {}
-    for folder, cls in (class_map or {}).items():
-        if _norm(cls) not in by_norm:
-            raise ValueError(f"--class-map {folder}={cls}: the models have no class {cls!r}; "
-                             f"valid: {', '.join(class_names)}")
-        if folder not in folders:
-            raise ValueError(f"--class-map {folder}={cls}: there is no class folder {folder!r}; "
-                             f"the folders are: {', '.join(sorted(folders)) or '(none)'}")
-        mapped[folder] = by_norm[_norm(cls)]
-    skipped = {}
-    for folder, n in folders.items():
-        if folder not in mapped:
-            if _norm(folder) in by_norm:
-                mapped[folder] = by_norm[_norm(folder)]
-            else:
-                skipped[folder] = n
-    return mapped, skipped
-
-
-def external_rows(data_dir, class_names: list[str], class_map: dict[str, str] | None = None
-                  ) -> tuple[pd.DataFrame, dict]:
-    """Every image under ``data_dir``'s class folders (any layout ``split_dataset.py`` reads:
-    flat class folders, or ``images/`` + ``masks/`` [+ ``lesion_masks/``] per class, masks used
-    where present; ``source`` from Kaggle-style metadata files), labelled by ``map_folders``.
-    Returns ``(rows path/label/folder/[mask_path, lesion_mask_path, source], info)``; ``info``
-    holds ``found`` (images in class folders), ``class_map``, ``skipped_folders`` and
-    ``not_read`` (files inside class folders that are not images, with the reason)."""
-    cand, rejects = split_dataset.scan_dataset(data_dir)
-    folders = cand.groupby("label").size().to_dict()
-    mapped, skipped = map_folders(folders, class_names, class_map)
-    if not mapped:
-        raise ValueError(f"no class folder of {data_dir} is one of the models' classes "
-                         f"({', '.join(class_names)}); found {', '.join(sorted(folders))}: map "
-                         f"them with --class-map FOLDER=CLASS")
-    rows = cand[cand["label"].isin(mapped)].rename(columns={"label": "folder"})
-    rows.insert(1, "label", rows["folder"].map(mapped))
-    sources = split_dataset.read_sources(data_dir)
-    if sources:
-        rows["source"] = [sources.get((f, Path(p).stem.lower()), "")
-                          for f, p in zip(rows["folder"], rows["path"])]
-    info = {"found": int(len(cand)), "class_map": mapped, "skipped_folders": skipped,
-            "not_read": [[p, r] for p, r in rejects]}
-    return rows.reset_index(drop=True), info
-
-
-def training_duplicates(models: Models, rows: pd.DataFrame, digests: list[str]
-                        ) -> tuple[pd.DataFrame, list[str]]:
-    """Images of ``rows`` byte-identical to an image any model was trained or validated on:
-    ``(path, trained_path, trained_split, models)`` rows, and the names of models whose
-    checkpoints record nothing to compare with."""
-    found, unchecked = [], []
-    for name, (_, meta) in models.items():
-        if not checkpoints.has_trained_on(meta):
-            unchecked.append(name)
-            continue
-        found.append(checkpoints.training_overlap(meta, rows["path"].tolist(), digests)
-                     .assign(models=name))
-    if not found:
-        return pd.DataFrame(columns=["path", "trained_path", "trained_split", "models"]), unchecked
-    dup = pd.concat(found, ignore_index=True)
-    dup = (dup.groupby(["path", "trained_path", "trained_split"], as_index=False, sort=True)
-           ["models"].agg(lambda m: ", ".join(sorted(set(m)))))
-    return dup, unchecked
-
-
-def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.device,
-                      class_map: dict[str, str] | None = None, name: str | None = None
-                      ) -> Evaluation:
-    """Score every model on another collection's labelled images (``external_rows``), leaving
-    out images byte-identical to training images (``training_duplicates``). ``metrics`` holds
-    the dataset-independent header and ``external[name]`` (default: the folder's name): the
-    set's ``images`` account (found, scored per class, skipped folders, files not read with the
-    reason, training duplicates, models that could not be checked) and per model the same
-    results as the internal test, under the key ``"external"``. ``NothingToScore`` when no
-    image could be read; ValueError for a bad class map."""
-    class_names = list(next(iter(models.values()))[1]["class_names"])
-    name = name or Path(data_dir).resolve().name
-    rows, info = external_rows(data_dir, class_names, class_map)
-    digests = utils.content_digests(rows, data_dir, cfg.cache_dir)
-    dup, unchecked = training_duplicates(models, rows, digests)
-    keep = rows[~rows["path"].isin(set(dup["path"]))].reset_index(drop=True)
-    size = next(iter(models.values()))[1]["image_size"]
-    with warnings.catch_warnings():  # each unreadable file is listed in the result instead
-        warnings.filterwarnings("ignore", "skipping unreadable image", UserWarning)
-        _, ok, unreadable = utils.decoded_images(keep, data_dir, size, cfg.cache_dir)
-    if not ok.any():
-        raise NothingToScore(f"none of the {len(keep)} images of {data_dir} in the mapped "
-                             f"folders could be read" + (" (the rest are training images)"
-                                                         if len(dup) else "") +
-                             "".join(f"\n  {p}: {r}" for p, r in unreadable[:5]))
-    scored = keep[ok]  # the same rows when all are readable: the decoded cache is reused
-    ev = score_models(models, scored, data_dir, class_names, cfg, device, split="external")
-    info.update(scored=int(len(scored)),
-                scored_by_class=scored["label"].value_counts().sort_index().to_dict(),
-                not_read=info["not_read"] + [list(u) for u in unreadable],
-                training_duplicates=dup.to_dict(orient="records"),
-                unchecked_models=unchecked)
-    trained = next(iter(models.values()))[1].get("dataset") or {
-        "name": "unknown (the checkpoint does not say)", "synthetic": False, "shortcut": False}
-    ev.metrics = {"dataset": trained, "created": now(), "class_names": class_names,
-                  "convention": CONVENTION, "versions": library_versions(),
-                  "models": {n: model_settings(m) for n, (_, m) in models.items()},
-                  "external": {name: {
-                      "data_dir": str(Path(data_dir).resolve()), "dataset":
-                      utils.dataset_info(data_dir), "created": now(), "images": info,
-                      "archs": ev.metrics["archs"]}}}
-    ev.figures["prefix"] = f"external/{name}/"
-    return ev

@@ -243,7 +243,7 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
     return manifest
 
 
-def dataset_fingerprint(data_dir: str | os.PathLike) -> str:
+def listing_fingerprint(data_dir: str | os.PathLike) -> str:
     """A hash of every file's relative path, size and modification time under ``data_dir``
     (a listing, no decoding: it changes when a file is added, removed, replaced or touched)."""
     root = Path(data_dir)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: dataset folder {a.data_dir} does not exist", file=sys.stderr)
         return 2
     params = {"data_dir": str(data_dir), "val": a.val, "test": a.test, "seed": a.seed,
-              "fingerprint": dataset_fingerprint(data_dir)}
+              "fingerprint": listing_fingerprint(data_dir)}
     if not a.force and out.is_file() and info_path(out).is_file():
         # the JSON records the CSV's hash: a kill between writing the two (or an edited CSV)
         # makes the pair disagree, and the split is drawn again

@@ -15,9 +15,12 @@ Under torchrun ``--batch-size`` is the GLOBAL batch: each of the N processes loa
 images of every step, and the learning rate is the one given (not scaled by N). Only rank 0
 writes files. CUDA processes use NCCL, CPU processes gloo.
 
-Per-architecture values: ``--image-size vgg16=96,resnet18=128`` (also --epochs, --patience,
---lr, --schedule, --warmup-epochs, --augment); a plain value applies to every architecture. Exit status:
-0 trained, 2 bad arguments or input (the message says which).
+Settings come from a profile (``--profile``, ``profiles/*.yaml``: by default ``demo-cpu`` on the
+synthetic demo and ``study`` on any other data, the same files notebook 2 and the Makefile read);
+every flag given overrides it, and every ``training.TrainConfig`` field has one. Per-architecture
+values: ``--image-size vgg16=96,resnet18=128`` (also --epochs, --patience, --min-delta, --lr,
+--weight-decay, --schedule, --warmup-epochs, --augment); a plain value applies to every
+architecture. Exit status: 0 trained, 2 bad arguments or input (the message says which).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
+import config
 import networks
 import plot_utils
 import runtime
@@ -68,62 +72,80 @@ def on_off(text: str) -> bool:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description="Fine-tune VGG-16 / ResNet-18 / DenseNet-121 on a split manifest "
-                    "(one device, or N processes under torchrun).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data-dir", required=True, help="the dataset folder the manifest's paths are relative to")
+                    "(one device, or N processes under torchrun). Settings come from a profile "
+                    "(profiles/*.yaml); every flag given overrides it.")
+    p.add_argument("--data-dir", required=True,
+                   help="the dataset folder the manifest's paths are relative to")
     p.add_argument("--manifest", required=True, help="split manifest CSV from split_dataset.py")
-    p.add_argument("--archs", nargs="+", default=["vgg16", "resnet18", "densenet121"],
-                   help=f"architectures ({', '.join(networks.ARCHS)})")
-    p.add_argument("--weights", default="imagenet",
-                   help='"imagenet" (the study), "none" (random init), "auto" (ImageNet if cached), '
-                        "or a .pth file")
-    p.add_argument("--image-size", type=per_arch_arg(int), default=224)
-    p.add_argument("--batch-size", type=int, default=32, help="GLOBAL batch (all processes together)")
-    p.add_argument("--epochs", type=per_arch_arg(int), default=25, help="upper bound; early stopping")
-    p.add_argument("--patience", type=per_arch_arg(int), default=5,
+    p.add_argument("--profile", default=None,
+                   help="a profile name in profiles/ (demo-cpu, study) or a .yaml path "
+                        "(default: demo-cpu on the synthetic demo, study otherwise)")
+    p.add_argument("--archs", nargs="+", default=None,
+                   help=f"architectures ({', '.join(networks.ARCHS)}; default: the profile's)")
+    p.add_argument("--weights", default=None,
+                   help='"imagenet" (the study), "none" (random init), "auto" (ImageNet if '
+                        'cached), or a .pth file')
+    p.add_argument("--image-size", type=per_arch_arg(int), default=None)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="GLOBAL batch (all processes together)")
+    p.add_argument("--epochs", type=per_arch_arg(int), default=None,
+                   help="upper bound; early stopping")
+    p.add_argument("--patience", type=per_arch_arg(int), default=None,
                    help="epochs without a validation-loss improvement before stopping")
+    p.add_argument("--min-delta", type=per_arch_arg(float), default=None,
+                   help="how much the validation loss must fall to count as an improvement")
     p.add_argument("--lr", type=per_arch_arg(float), default=None,
-                   help="Adam learning rate (default: 3e-5 with pretrained weights; from random "
+                   help="Adam learning rate (unset: 3e-5 with pretrained weights; from random "
                         "init 1e-3, VGG-16 5e-5); never rescaled by the number of processes")
-    p.add_argument("--schedule", type=per_arch_arg(str), default="cosine", help="cosine or constant")
-    p.add_argument("--warmup-epochs", type=per_arch_arg(int), default=0,
+    p.add_argument("--weight-decay", type=per_arch_arg(float), default=None)
+    p.add_argument("--schedule", type=per_arch_arg(str), default=None, help="cosine or constant")
+    p.add_argument("--warmup-epochs", type=per_arch_arg(int), default=None,
                    help="epochs of linear learning-rate warm-up before the schedule")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-per-class", type=int, default=None, help="cap on training images per class")
-    p.add_argument("--num-workers", type=int, default=2, help="loader workers per process")
+    p.add_argument("--max-per-class", type=int, default=None,
+                   help="cap on training images per class")
+    p.add_argument("--num-workers", type=int, default=None, help="loader workers per process")
     p.add_argument("--out-dir", default="outputs")
     p.add_argument("--models-dir", default="models")
     p.add_argument("--cache-dir", default=".cache/decoded",
                    help='decoded-image cache (built once, by rank 0); "none" to decode into RAM')
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda > mps > cpu)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs "
                         "with native bf16")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--augment", type=per_arch_arg(on_off), default=True,
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (CUDA)")
+    p.add_argument("--augment", type=per_arch_arg(on_off), default=None,
                    help="on-device augmentation of training batches: on, off, or per "
                         "architecture, e.g. resnet18=off,vgg16=on")
     p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
                    help="the same as --augment off")
-    p.add_argument("--freeze-bn", action="store_true",
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
                    help="batch norm in eval mode while training (frozen running statistics)")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm across GPUs under torchrun")
-    p.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower)")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="SyncBatchNorm across GPUs under torchrun")
+    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
+                   help="deterministic kernels (slower)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start afresh even if a matching <arch>_last.pt exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
 
-def config_for(arch: str, a: argparse.Namespace) -> training.TrainConfig:
-    return training.TrainConfig(
-        epochs=training.per_arch(a.epochs, arch), batch_size=a.batch_size,
-        lr=training.per_arch(a.lr, arch), warmup_epochs=training.per_arch(a.warmup_epochs, arch),
-        patience=training.per_arch(a.patience, arch),
-        image_size=training.per_arch(a.image_size, arch), num_workers=a.num_workers,
-        seed=a.seed, amp=a.amp, compile=a.compile, deterministic=a.deterministic,
-        max_per_class=a.max_per_class, schedule=training.per_arch(a.schedule, arch),
-        augment=training.per_arch(a.augment, arch), freeze_bn=a.freeze_bn, sync_bn=a.sync_bn)
+TRAIN_FLAGS = ("weights", "image_size", "batch_size", "epochs", "patience", "min_delta", "lr",
+               "weight_decay", "schedule", "warmup_epochs", "seed", "max_per_class",
+               "num_workers", "amp", "channels_last", "compile", "augment", "freeze_bn",
+               "sync_bn", "deterministic")  # every training.TrainConfig field
+
+
+def settings_for(a: argparse.Namespace) -> tuple[dict, dict]:
+    """``config.train_settings`` from the profile and the flags given."""
+    for arch in a.archs or []:
+        if arch not in networks.ARCHS:
+            raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(networks.ARCHS)}")
+    return config.train_settings(a.profile, a.data_dir, a.archs,
+                                 **{k: getattr(a, k) for k in TRAIN_FLAGS})
 
 
 def write_summary(rows: list[dict], path: Path) -> pd.DataFrame:
@@ -142,32 +164,31 @@ def main(argv=None) -> int:
         manifest = utils.read_manifest(a.manifest)
         if not Path(a.data_dir).is_dir():
             raise FileNotFoundError(f"--data-dir {a.data_dir} is not a folder")
-        for arch in a.archs:
-            if arch not in networks.ARCHS:
-                raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(networks.ARCHS)}")
-            config_for(arch, a)  # a per-architecture flag that leaves this one out fails here
+        settings, prof = settings_for(a)  # a per-architecture flag that leaves one out fails here
         device = runtime.init_distributed(a.device)
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     rank, world_size = runtime.world()
-    if a.batch_size % world_size:
-        print(f"train.py: error: --batch-size {a.batch_size} is the global batch; it must be a "
-              f"multiple of the {world_size} processes", file=sys.stderr)
+    batches = {cfg.batch_size for cfg, _ in settings.values()}
+    if any(b % world_size for b in batches):
+        print(f"train.py: error: --batch-size {sorted(batches)} is the global batch; it must be "
+              f"a multiple of the {world_size} processes", file=sys.stderr)
         runtime.close_distributed()
         return 2
     cache = None if str(a.cache_dir).lower() == "none" else a.cache_dir
     if rank == 0:
         info = utils.dataset_info(a.data_dir)
-        print(f"train.py: {world_size} process(es) on {device}; global batch {a.batch_size} "
-              f"({a.batch_size // world_size} per process); dataset {info['name']}"
+        print(f"train.py: {world_size} process(es) on {device}; global batch "
+              f"{'/'.join(map(str, sorted(batches)))} ({'/'.join(str(b // world_size) for b in sorted(batches))}"
+              f" per process); dataset {info['name']}"
               + (" (synthetic demo)" if info["synthetic"] and "synthetic" not in info["name"]
-                 else ""))
+                 else "") + f"; profile {prof['name']}")
     rows = []
-    for arch in a.archs:
+    for arch, (cfg, weights) in settings.items():
         _, history, row = training.train_architecture(
-            arch, manifest, a.data_dir, config_for(arch, a), device, a.weights, a.models_dir,
-            a.out_dir, cache, resume=a.resume, progress=not a.quiet)
+            arch, manifest, a.data_dir, cfg, device, weights, a.models_dir, a.out_dir, cache,
+            resume=a.resume, progress=not a.quiet)
         rows.append(row)
         if rank == 0:
             fig = plot_utils.training_curves(
@@ -180,7 +201,6 @@ def main(argv=None) -> int:
         write_summary(rows, Path(a.out_dir) / "CSVs" / "training_summary.csv")
     runtime.close_distributed()
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

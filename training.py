@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import checkpoints
+import image_cache
 import inference
 import networks
 import utils
@@ -344,7 +345,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     best weights are restored into ``model``.
 
     With ``resume=True`` a matching ``<arch>_last.pt`` (same config, class names and
-    ``extra_meta``, e.g. a ``utils.split_fingerprint``) continues where it stopped (a finished run is
+    ``extra_meta``, e.g. a ``image_cache.split_fingerprint``) continues where it stopped (a finished run is
     not retrained); otherwise training starts afresh and says why. A NaN/inf training loss
     raises FloatingPointError; the checkpoints of the last good epoch stay. A validation split
     with no readable image raises ValueError. Returns the history DataFrame.
@@ -461,7 +462,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
     """Notebook 2's and ``train.py``'s step for one architecture: loaders over the manifest's
     train/val splits, ImageNet/file/no weights (``networks.resolve_weights``), the model seeded
     from ``config.seed`` alone, then ``fit`` keyed on the data's content
-    (``utils.split_fingerprint``), with the history in ``out_dir/CSVs/<arch>.csv`` and
+    (``image_cache.split_fingerprint``), with the history in ``out_dir/CSVs/<arch>.csv`` and
     checkpoints in ``models_dir``. The checkpoint records the content digests of the training
     and validation images (``checkpoints.trained_on_record``; cached in ``cache_dir``), so
     evaluation can refuse a test set that holds any of them, wherever the data was copied.
@@ -479,7 +480,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
                                      pin_memory=device.type == "cuda", splits=("train", "val"),
                                      cache_dir=cache_dir, progress=progress and rank == 0,
                                      num_replicas=world_size, rank=rank)
-        digests = utils.content_digests(manifest, data_dir, cache_dir)
+        digests = image_cache.content_digests(manifest, data_dir, cache_dir)
         w = networks.resolve_weights(arch, weights)
         config = dataclasses.replace(config, weights=None if w is None else str(w))
         seed_everything(config.seed)  # the initial weights depend on the seed alone
@@ -489,7 +490,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
               f"train {len(loaders['train'].dataset)} / val {len(manifest[manifest['split'] == 'val'])}"
               f" images" + (f"; {world_size} processes" if world_size > 1 else ""))
     extra = {"dataset": utils.dataset_info(data_dir),
-             "data": utils.split_fingerprint(manifest, digests),
+             "data": image_cache.split_fingerprint(manifest, digests),
              "trained_on": checkpoints.trained_on_record(manifest, digests)}
     history = fit(model, loaders, arch, class_names, config, device, models_dir,
                   Path(out_dir) / "CSVs", resume=resume, progress=progress, extra_meta=extra)

@@ -1,7 +1,7 @@
 """The data side of the study, as the study's ``utils.py`` held it: dataset metadata, masks,
-transforms and on-device augmentation, the Dataset over a split manifest and its decoded-image
-cache, content digests of the listed files, the weighted sampler (shared out among DDP
-processes), the loaders, and the image statistics notebook 1 shows. Training is
+transforms and on-device augmentation, the Dataset over a split manifest (reading the
+decoded-image cache of ``image_cache.py``), the weighted sampler (shared out among DDP processes)
+and the loaders. Notebook 1's image statistics are ``exploration.py``; training is
 ``training.py``; checkpoints ``checkpoints.py``; metrics ``metrics.py``; the image reader and
 atomic writers ``xray_io.py`` (re-exported here).
 """
@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import functools
 import json
-import hashlib
 import math
 import os
 import random
-import shutil
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -25,12 +23,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from tqdm.auto import tqdm
 
-import xray_io
+from image_cache import decoded_images
 # The reader and atomic writers live in xray_io (no torch there); re-exported for the notebooks.
-from xray_io import (load_resized, load_resized_or_reason, process_pool, read_xray,  # noqa: F401
-                     write_csv_atomic, write_json_atomic)
+from xray_io import (load_resized, read_xray, write_csv_atomic,  # noqa: F401
+                     write_json_atomic)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -159,151 +156,6 @@ def cap_per_class(df: pd.DataFrame, max_per_class: int | None, seed: int) -> pd.
         return df
     keep = df.sample(frac=1.0, random_state=seed).groupby("label").head(max_per_class)
     return df.loc[sorted(keep.index)]
-
-
-def _file_stamp(path: Path) -> str:
-    """``"<bytes>\\0<mtime_ns>"`` of a file, or ``"missing"``: what changes when it is replaced
-    or touched."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size}\0{st.st_mtime_ns}"
-
-
-@functools.lru_cache(maxsize=1)
-def decoder_version() -> str:
-    """A hash of ``xray_io.py``, the code that decodes and resizes: a decoded cache built by
-    another version of it is never reused."""
-    return hashlib.blake2b(Path(xray_io.__file__).read_bytes(), digest_size=6).hexdigest()
-
-
-def _remove_stale_temps(cache_dir: Path) -> None:
-    """Delete the temporary files of cache builds whose process is gone (killed mid-build)."""
-    for tmp in cache_dir.glob("decoded-*.u8.tmp*"):
-        pid = tmp.name.rpartition(".tmp")[2]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cache_key(df: pd.DataFrame, data_dir: Path, size: int) -> str:
-    """Content key of a decoded cache: data folder, image size, the decoder's version, and every
-    listed file's path, byte size and modification time (a replaced or touched file gives a new
-    key)."""
-    h = hashlib.blake2b(digest_size=12)
-    h.update(f"{data_dir.resolve()}\n{size}\n{decoder_version()}\n".encode())
-    for rel in df["path"]:
-        h.update(f"{rel}\0{_file_stamp(data_dir / rel)}\n".encode())
-    return h.hexdigest()
-
-
-DIGEST_CACHE = "digests.json"
-
-
-def content_digests(df: pd.DataFrame, data_dir: str | os.PathLike,
-                    cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """The SHA-256 of every listed file's bytes (``xray_io.file_digests``; ``""`` for a missing
-    file), in ``df`` order: what the images *are*, the same after a copy or a re-download.
-    With ``cache_dir`` the digests are kept in ``cache_dir/digests.json`` and a file is read
-    again only when its size or modification time changed."""
-    cache = None if cache_dir is None else Path(cache_dir) / DIGEST_CACHE
-    return xray_io.file_digests([Path(data_dir) / p for p in df["path"]], cache)
-
-
-def split_fingerprint(manifest: pd.DataFrame, digests: list[str]) -> str:
-    """A key that changes when the split or any listed file's content changes: every row's
-    path, label and split with its content digest (``content_digests``), not its file stamp,
-    so a copied dataset keeps it. ``fit`` stores it in the checkpoint and resumes only on the
-    same key (a re-split or redrawn data never reuses a model)."""
-    h = hashlib.blake2b(digest_size=12)
-    for rel, label, split, d in sorted(zip(manifest["path"], manifest["label"],
-                                           manifest["split"], digests)):
-        h.update(f"{rel}\0{label}\0{split}\0{d}\n".encode())
-    return h.hexdigest()
-
-
-def _decode_all(paths: list[str], size: int, workers: int | None, progress: bool):
-    """Decode + resize every path (process pool for many files); yields (image|None, reason)."""
-    jobs = [(p, size) for p in paths]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 256 + 1))
-    if workers == 1:
-        it = map(load_resized_or_reason, jobs)
-        yield from tqdm(it, total=len(jobs), desc="decoding", disable=not progress, leave=False)
-        return
-    with process_pool(workers) as pool:
-        it = pool.imap(load_resized_or_reason, jobs, chunksize=64)
-        yield from tqdm(it, total=len(jobs), desc="decoding", disable=not progress, leave=False)
-
-
-def decoded_images(df: pd.DataFrame, data_dir: str | os.PathLike, size: int,
-                   cache_dir: str | os.PathLike | None = None, workers: int | None = None,
-                   progress: bool = False) -> tuple[np.ndarray, np.ndarray, list]:
-    """Every image of ``df`` decoded once (``read_xray``) and resized to uint8 ``(N, S, S)``.
-
-    Returns ``(images, ok, skipped)``: ``ok`` bool ``(N,)`` marks readable files, ``skipped``
-    lists ``(path, reason)`` for the others (their rows are zeros). With ``cache_dir`` the array
-    is a memory-mapped file ``decoded-<key>-<S>px.u8`` there, keyed by ``_cache_key``: later
-    epochs, runs and DataLoader workers read it instead of decoding; a changed manifest, file or
-    size gives a new key, and so does another version of the decoder (``decoder_version``). The
-    file is written under a temporary name, synced and renamed when complete; temporary files
-    of builds killed midway are deleted by the next build.
-    Falls back to RAM (with a warning) when the cache folder lacks space or cannot be written.
-    """
-    data_dir = Path(data_dir)
-    n = len(df)
-    paths = [str(data_dir / p) for p in df["path"]]
-    if cache_dir is not None:
-        cache_dir = Path(cache_dir)
-        stem = cache_dir / f"decoded-{_cache_key(df, data_dir, size)}-{size}px"
-        data_file, info_file = stem.with_suffix(".u8"), stem.with_suffix(".json")
-        if data_file.is_file() and info_file.is_file():
-            info = json.loads(info_file.read_text())
-            images = np.memmap(data_file, np.uint8, "r", shape=(n, size, size))
-            return images, np.array(info["ok"], bool), [tuple(x) for x in info["skipped"]]
-        try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            _remove_stale_temps(cache_dir)
-            free = shutil.disk_usage(cache_dir).free
-            if free < n * size * size * 1.1 + 2**28:
-                raise OSError(f"{free / 2**30:.1f} GiB free in {cache_dir}, need "
-                              f"{n * size * size / 2**30:.1f} GiB")
-            tmp = data_file.with_suffix(f".u8.tmp{os.getpid()}")
-            images = np.memmap(tmp, np.uint8, "w+", shape=(n, size, size))
-        except OSError as e:
-            warnings.warn(f"decoded-image cache not used ({e}); decoding into memory",
-                          stacklevel=2)
-            cache_dir = None
-    if cache_dir is None:
-        images = np.zeros((n, size, size), np.uint8)
-    ok, skipped = np.ones(n, bool), []
-    for i, (img, reason) in enumerate(_decode_all(paths, size, workers, progress)):
-        if img is None:
-            ok[i] = False
-            skipped.append((df["path"].iloc[i], reason))
-        else:
-            images[i] = img
-    for rel, reason in skipped:
-        warnings.warn(f"skipping unreadable image: {reason}", stacklevel=2)
-    if cache_dir is not None:
-        images.flush()
-        del images
-        with open(tmp, "rb+") as f:  # on disk before the rename makes it visible
-            os.fsync(f.fileno())
-        os.replace(tmp, data_file)
-        write_json_atomic({"ok": ok.tolist(), "skipped": skipped, "size": size, "n": n},
-                          info_file)
-        images = np.memmap(data_file, np.uint8, "r", shape=(n, size, size))
-    return images, ok, skipped
 
 
 class XrayDataset(Dataset):
@@ -487,68 +339,3 @@ def make_loaders(manifest: pd.DataFrame, data_dir: str | os.PathLike, class_name
             collate_fn=collate_skip_none, worker_init_fn=_seed_worker,
             generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory)
     return loaders
-
-
-def sample_rows(manifest: pd.DataFrame, per_class: int, split: str | None = None,
-                seed: int = 0) -> pd.DataFrame:
-    """``per_class`` rows of each class (seeded), optionally from one split, class-ordered."""
-    df = manifest if split is None else manifest[manifest["split"] == split]
-    return (df.sample(frac=1.0, random_state=seed).groupby("label").head(per_class)
-              .sort_values(["label", "path"]))
-
-
-def image_statistics(manifest: pd.DataFrame, data_dir: str | os.PathLike, per_class: int = 100,
-                     seed: int = 0) -> pd.DataFrame:
-    """Per-image file and intensity statistics for a seeded sample of each class.
-
-    Columns: ``path, label, width, height, mode`` (as stored), and ``mean, std, p05, p95,
-    border_mean`` of the decoded [0, 1] image (``border_mean``: the outer 8% frame, where
-    markers, text and collimation live).
-    """
-    from PIL import Image
-    rows = []
-    for r in sample_rows(manifest, per_class, seed=seed).itertuples():
-        p = Path(data_dir) / r.path
-        try:
-            a = read_xray(p)
-            with Image.open(p) as im:
-                mode = im.mode
-        except (ValueError, OSError):
-            continue
-        h, w = a.shape
-        b = max(1, int(0.08 * min(h, w)))
-        frame = np.concatenate([a[:b].ravel(), a[-b:].ravel(), a[:, :b].ravel(), a[:, -b:].ravel()])
-        rows.append({"path": r.path, "label": r.label, "width": w, "height": h, "mode": mode,
-                     "mean": float(a.mean()), "std": float(a.std()),
-                     "p05": float(np.percentile(a, 5)), "p95": float(np.percentile(a, 95)),
-                     "border_mean": float(frame.mean())})
-    return pd.DataFrame(rows)
-
-
-def class_differences(stats: pd.DataFrame, threshold: float = 0.8) -> pd.DataFrame:
-    """How much each statistic differs between classes: a shortcut check.
-
-    Numeric columns: the largest gap between class means divided by the pooled within-class
-    standard deviation (a Cohen's-d-like effect size); categorical columns (size, mode): 1 minus
-    the overlap of the classes' value sets. ``flag`` marks values above ``threshold``: a model
-    could separate those classes without looking at the lungs.
-    """
-    out = []
-    stats = stats.assign(size=stats["width"].astype(str) + "x" + stats["height"].astype(str))
-    for col in ("mean", "std", "p05", "p95", "border_mean"):
-        g = stats.groupby("label")[col]
-        pooled = float(np.sqrt(g.var(ddof=1).fillna(0).mean())) or 1e-9
-        gap = float(g.mean().max() - g.mean().min())
-        out.append({"statistic": col, "difference": gap / pooled,
-                    "by_class": ", ".join(f"{k}: {v:.3f}" for k, v in g.mean().items())})
-    for col in ("size", "mode"):
-        sets = stats.groupby("label")[col].agg(lambda v: set(v))
-        common = set.intersection(*sets) if len(sets) else set()
-        union = set.union(*sets) if len(sets) else set()
-        out.append({"statistic": col, "difference": 1 - len(common) / max(len(union), 1),
-                    "by_class": ", ".join(f"{k}: {'/'.join(sorted(v))}" for k, v in sets.items())})
-    df = pd.DataFrame(out)
-    df["flag"] = df["difference"] > threshold
-    return df
-
-

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+import exploration
+import image_cache
 import runtime
-import training
 import utils
 
 
@@ -82,9 +83,9 @@ def test_seeded_loaders_repeat(demo_dir, demo_manifest):
 def test_choose_device_and_image_statistics(demo_dir, demo_manifest):
     assert runtime.choose_device("cpu").type == "cpu"
     assert runtime.choose_device().type in ("cpu", "cuda", "mps")
-    stats = utils.image_statistics(demo_manifest, demo_dir, per_class=5)
+    stats = exploration.image_statistics(demo_manifest, demo_dir, per_class=5)
     assert len(stats) == 20 and set(stats["mode"]) == {"L"}
-    diffs = utils.class_differences(stats)
+    diffs = exploration.class_differences(stats)
     assert set(diffs["statistic"]) >= {"mean", "size", "mode"}
     assert not diffs.loc[diffs["statistic"].isin(["size", "mode"]), "flag"].any()
     assert utils.dataset_info(demo_dir)["synthetic"] is True
@@ -120,7 +121,7 @@ def test_decoded_cache_same_batches_invalidation_and_fallback(demo_dir, demo_man
     files = sorted((tmp_path / "c").glob("*.u8"))
     assert len(files) == 1 and files[0].stat().st_size == len(df) * 40 * 40
     # a second dataset reuses the file (no decoding: reading a broken decoder would fail)
-    monkeypatch.setattr(utils, "load_resized_or_reason", None)
+    monkeypatch.setattr(image_cache, "load_resized_or_reason", None)
     again = utils.XrayDataset(df, demo_dir, names, 40, preload=True, cache_dir=tmp_path / "c")
     assert torch.equal(again[3][0], cached[3][0])
     monkeypatch.undo()
@@ -173,17 +174,17 @@ def test_decoded_cache_keys_on_the_decoder_syncs_and_sweeps_crashed_builds(
     synced, real_fsync = [], os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}"))
                         or real_fsync(fd))
-    utils.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
+    image_cache.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
     assert not stale.exists() and live.exists()
     built = sorted(c.glob("*.u8"))
     assert len(built) == 1 and any(".u8.tmp" in p for p in synced)  # synced before the rename
     # another decoder version never reuses it
-    utils.decoder_version.cache_clear()
-    monkeypatch.setattr(utils.xray_io, "__file__", str(Path(utils.__file__)))
+    image_cache.decoder_version.cache_clear()
+    monkeypatch.setattr(image_cache.xray_io, "__file__", str(Path(utils.__file__)))
     try:
-        utils.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
+        image_cache.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
     finally:
-        utils.decoder_version.cache_clear()
+        image_cache.decoder_version.cache_clear()
     assert len(sorted(c.glob("*.u8"))) == 2
 
 

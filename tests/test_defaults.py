@@ -1,44 +1,147 @@
-"""The study's recipe is the default on real data; the demo's random init is opt-in ("auto")."""
+"""One source for a profile: the study's recipe is the default on real data, the demo's on the
+synthetic demo; notebooks 2 and 3, train.py, evaluate.py and the Makefile read the same files,
+and every setting can be overridden from each."""
 
+import dataclasses
 import json
+import shutil
+import socket
 import subprocess
 
+import papermill as pm
+import pytest
+
+import config
+import evaluate
+import evaluation
 import networks
+import train
 import training
 from conftest import ROOT
 
 
-def _parameters(notebook: str) -> dict:
+def _cell(notebook: str, tag: str | None = "parameters", index: int | None = None) -> str:
     nb = json.loads((ROOT / notebook).read_text())
-    cell = next(c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", []))
+    if index is not None:
+        return "".join(nb["cells"][index]["source"])
+    cell = next(c for c in nb["cells"] if tag in c.get("metadata", {}).get("tags", []))
+    return "".join(cell["source"])
+
+
+def _parameters(notebook: str) -> dict:
     ns: dict = {}
-    exec("".join(cell["source"]), ns)  # the cell holds plain assignments only
-    return ns
+    exec(_cell(notebook), ns)  # the cell holds plain assignments only
+    return {k: v for k, v in ns.items() if not k.startswith("__")}
 
 
 def _make_dry_run(*args: str) -> str:
-    return subprocess.run(["make", "-n", "notebooks", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run(["make", "-n", "run", *args], cwd=ROOT, capture_output=True,
                           text=True, check=True).stdout
 
 
-def test_notebook_defaults_are_the_study():
-    p = _parameters("2_finetune_models.ipynb")
-    assert p["weights"] == "imagenet" and p["lr"] is None and p["image_size"] == 224
-    w = networks.resolve_weights("vgg16", p["weights"])
-    assert w == "imagenet"  # never silently random init
-    cfg = training.TrainConfig(weights=str(w), lr=p["lr"])
-    assert cfg.resolved_lr("vgg16") == 3e-5 == training.LR_PRETRAINED
-    q = _parameters("3_evaluate_results.ipynb")
-    assert q["cam_layers"] is None  # the study's layer: each model's last convolutional block
-    assert abs(q["pointing_margin"] * 299 - 15) < 1e-9
+def test_the_study_is_the_default_on_real_data(tmp_path):
+    settings, prof = config.train_settings(None, tmp_path)  # not the synthetic demo
+    assert prof["name"] == "study" and list(settings) == ["vgg16", "resnet18", "densenet121"]
+    cfg, weights = settings["vgg16"]
+    assert weights == "imagenet" == networks.resolve_weights("vgg16", weights)  # never random
+    assert (cfg.image_size, cfg.batch_size, cfg.epochs, cfg.patience) == (224, 32, 25, 5)
+    assert cfg.lr is None and dataclasses.replace(cfg, weights="imagenet").resolved_lr(
+        "vgg16") == 3e-5 == training.LR_PRETRAINED
+    archs, ecfg, _ = config.eval_settings(None, tmp_path)
+    assert ecfg.cam_layers is None  # the study's layer: each model's last convolutional block
+    assert abs(ecfg.pointing_margin * 299 - 15) < 1e-9
+    assert config.split_args("study") == ["--val", "60", "--test", "60"]
 
 
-def test_make_passes_auto_for_the_demo_only():
-    demo = _make_dry_run()
-    real = _make_dry_run("DATA=/some/COVID-19_Radiography_Dataset")
+def test_the_demo_profile_is_the_default_on_the_demo(demo_dir):
+    settings, prof = config.train_settings(None, demo_dir)
+    assert prof["name"] == "demo-cpu"
+    want = {"vgg16": (96, 11, 11, "constant", 2, True), "resnet18": (160, 8, 3, "cosine", 0, False),
+            "densenet121": (128, 6, 3, "cosine", 0, True)}
+    for arch, (cfg, weights) in settings.items():
+        assert weights == "auto" and cfg.batch_size == 16 and cfg.max_per_class == 150
+        assert (cfg.image_size, cfg.epochs, cfg.patience, cfg.schedule, cfg.warmup_epochs,
+                cfg.augment) == want[arch], arch
+    _, ecfg, _ = config.eval_settings(None, demo_dir)
+    assert ecfg.cam_layers == {"vgg16": "features.22", "resnet18": "layer3",
+                               "densenet121": "features.denseblock3"}
+    assert config.split_args("demo-cpu") == ["--val", "30", "--test", "30"]
+
+
+def test_explicit_values_override_the_profile_and_mistakes_are_named(demo_dir, tmp_path):
+    settings, _ = config.train_settings("demo-cpu", demo_dir, ["resnet18"], epochs=2,
+                                        image_size={"resnet18": 32}, augment=None, amp=False)
+    cfg, _ = settings["resnet18"]
+    assert (cfg.epochs, cfg.image_size, cfg.augment, cfg.amp) == (2, 32, False, False)
+    with pytest.raises(ValueError, match="unknown setting 'epoch' .*did you mean 'epochs'"):
+        config.train_settings("demo-cpu", demo_dir, epoch=3)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  batchsize: 8\n")
+    with pytest.raises(ValueError, match="bad.yaml: train: unknown setting 'batchsize'"):
+        config.load_profile(bad)
+    with pytest.raises(FileNotFoundError, match="demo-cpu, study"):
+        config.load_profile("nope")
+
+
+def test_every_setting_can_be_set_from_the_notebooks_and_the_clis():
+    train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+    p2 = _parameters("2_finetune_models.ipynb")
+    named = {"compile": "compile_model"}  # a notebook variable may not shadow compile()
+    for f in train_fields:
+        assert p2.get(named.get(f, f), "missing") is None or f == "seed", f
+        assert f"{f}={named.get(f, f)}" in _cell("2_finetune_models.ipynb", index=2), f
+    assert p2["profile"] is None and p2["archs"] is None
+    assert set(train.TRAIN_FLAGS) == train_fields
+    a = train.parse_args(["--data-dir", "d", "--manifest", "m"])
+    assert all(getattr(a, f) is None for f in train_fields if f != "seed")
+    p3 = _parameters("3_evaluate_results.ipynb")
+    for f in (f.name for f in dataclasses.fields(evaluation.EvalConfig)):
+        assert f in p3, f
+        assert f == "cache_dir" or f"{f}={f}" in _cell("3_evaluate_results.ipynb", index=2), f
+    e = evaluate.parse_args(["m.pt", "--data-dir", "d"])
+    assert e.profile is None and e.cam is None and e.cam_layer is None and e.batch_size is None
+
+
+def test_make_passes_the_profile_and_reads_its_split_from_it():
+    demo, real = _make_dry_run(), _make_dry_run("DATA=/some/COVID-19_Radiography_Dataset")
     nb2 = [line for line in demo.splitlines() if "2_finetune_models" in line]
-    assert nb2 and "-p weights auto" in nb2[0]
+    assert nb2 and "-p profile demo-cpu" in nb2[0] and "weights" not in nb2[0]
     nb2_real = [line for line in real.splitlines() if "2_finetune_models" in line]
-    assert nb2_real and "weights" not in nb2_real[0] and "image_size" not in nb2_real[0]
-    assert "cam_layers" not in real
+    assert nb2_real and "-p profile study" in nb2_real[0] and "image_size" not in nb2_real[0]
+    assert "config.py demo-cpu --split-args" in demo and "config.py study --split-args" in real
     assert "-p seed 42" in nb2_real[0] and "-p seed 7" in _make_dry_run("SEED=7")
+    assert subprocess.run([str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists()
+                           else "python3", "config.py", "demo-cpu", "--split-args"], cwd=ROOT,
+                          capture_output=True, text=True).stdout.strip() == "--val 30 --test 30"
+
+
+def _online() -> bool:
+    try:
+        socket.create_connection(("download.pytorch.org", 443), timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_notebook_2_with_no_settings_on_real_data_runs_the_study(demo_dir, demo_manifest,
+                                                                tmp_path, monkeypatch):
+    """What a user meets opening notebook 2 on a non-demo folder: the study's recipe, which
+    wants ImageNet weights; offline, it stops at once saying which file to put where."""
+    if _online():
+        pytest.skip("online: the study profile would download ImageNet weights")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty weights cache
+    real = tmp_path / "real"
+    shutil.copytree(demo_dir, real)
+    (real / "demo_dataset.json").unlink()  # no longer the synthetic demo
+    manifest = tmp_path / "manifest.csv"
+    demo_manifest.to_csv(manifest, index=False)
+    with pytest.raises(pm.PapermillExecutionError, match="ImageNet weights for vgg16 are not in "
+                                                         "the cache"):
+        pm.execute_notebook(str(ROOT / "2_finetune_models.ipynb"), str(tmp_path / "nb2.ipynb"),
+                            parameters={"data_dir": str(real), "manifest_path": str(manifest),
+                                        "out_dir": str(tmp_path / "out"),
+                                        "models_dir": str(tmp_path / "models")},
+                            cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+    out = json.loads((tmp_path / "nb2.ipynb").read_text())
+    shown = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
+    assert "profile study" in shown

@@ -5,9 +5,9 @@ import pytest
 from PIL import Image
 
 import demo_data
+import exploration
 import phantoms
 import split_dataset
-import utils
 
 
 def test_layout_and_marker(demo_dir):
@@ -101,13 +101,13 @@ def test_findings_are_visible_sized_and_where_the_disease_puts_them(label):
 
 
 def test_no_statistic_of_notebook_1_gives_the_class_away(tmp_path):
-    """Notebook 1's shortcut table (utils.class_differences) flags nothing on the demo data."""
+    """Notebook 1's shortcut table (exploration.class_differences) flags nothing on the demo data."""
     demo_data.generate(tmp_path / "d", counts={c: 40 for c in demo_data.CLASSES}, seed=3,
                        workers=1, verbose=False)
     manifest = split_dataset.make_split(tmp_path / "d", val=4, test=4, seed=0, workers=1)
-    stats = utils.image_statistics(manifest, tmp_path / "d", per_class=40, seed=0)
+    stats = exploration.image_statistics(manifest, tmp_path / "d", per_class=40, seed=0)
     assert len(stats) == 160
-    diffs = utils.class_differences(stats).set_index("statistic")
+    diffs = exploration.class_differences(stats).set_index("statistic")
     assert not diffs["flag"].any(), diffs
     numeric = diffs.loc[["mean", "std", "p05", "p95", "border_mean"], "difference"]
     assert (numeric < 0.8).all(), numeric

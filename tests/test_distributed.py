@@ -16,9 +16,7 @@ import torch.multiprocessing as mp
 
 import checkpoints
 import evaluation
-import networks
 import runtime
-import training
 import utils
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-import checkpoints
 import evaluate
 import evaluation
+import external
+import image_cache
 import metrics
 import report
 import split_dataset
@@ -69,8 +70,8 @@ def test_checkpoint_records_the_training_images_by_content(trained, demo_dir, de
     assert sorted(rec["path"]) == sorted(dev["path"]) and set(rec["split"]) == {"train", "val"}
     for p, d in zip(rec["path"][:5], rec["sha256"][:5]):   # what sha256sum would print
         assert d == xray_io.file_sha256(demo_dir / p)
-    assert meta["data"] == utils.split_fingerprint(
-        demo_manifest, utils.content_digests(demo_manifest, demo_dir))
+    assert meta["data"] == image_cache.split_fingerprint(
+        demo_manifest, image_cache.content_digests(demo_manifest, demo_dir))
 
 
 def test_digest_cache_rehashes_only_what_changed(tmp_path, monkeypatch):
@@ -160,14 +161,14 @@ def test_without_a_temperature_the_model_is_scored_uncalibrated(trained, demo_di
 # --------------------------------------------------------------------------- an external set
 def test_folders_map_onto_classes_loosely_or_by_the_class_map():
     folders = {"normal": 5, "LUNG OPACITY": 3, "covid-19 positive": 2, "Effusion": 4}
-    mapped, skipped = evaluation.map_folders(folders, CLASSES, {"covid-19 positive": "covid"})
+    mapped, skipped = external.map_folders(folders, CLASSES, {"covid-19 positive": "covid"})
     assert mapped == {"covid-19 positive": "COVID", "normal": "Normal",
                       "LUNG OPACITY": "Lung_Opacity"}
     assert skipped == {"Effusion": 4}
     with pytest.raises(ValueError, match=r"no class 'Tuberculosis'.*valid: COVID, Lung_Opacity"):
-        evaluation.map_folders(folders, CLASSES, {"Effusion": "Tuberculosis"})
+        external.map_folders(folders, CLASSES, {"Effusion": "Tuberculosis"})
     with pytest.raises(ValueError, match=r"no class folder 'Pneumonia'.*Effusion, LUNG OPACITY"):
-        evaluation.map_folders(folders, CLASSES, {"Pneumonia": "Viral Pneumonia"})
+        external.map_folders(folders, CLASSES, {"Pneumonia": "Viral Pneumonia"})
 
 
 def _external_set(root, demo_dir, demo_manifest):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import metrics
-import training
 import utils
 from conftest import ROOT
 import audit

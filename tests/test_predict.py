@@ -11,7 +11,6 @@ from PIL import Image
 
 import networks
 import predict
-import training
 import utils
 from conftest import REALCXR
 from test_bad_inputs import make_corpus

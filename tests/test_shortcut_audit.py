@@ -14,7 +14,6 @@ import audit
 import checkpoints
 import demo_data
 import phantoms
-import grad_cam
 import inference
 import metrics
 import networks
