@@ -84,12 +84,21 @@ def _merge(section: dict, overrides: dict) -> dict:
     return {**section, **{k: v for k, v in overrides.items() if v is not None}}
 
 
+def per_arch(value, arch: str):
+    """``value[arch]`` when ``value`` is a dict (per-architecture settings), else ``value``."""
+    if isinstance(value, dict):
+        if arch not in value:
+            raise ValueError(f"no setting for {arch!r} in {value}; give one per architecture")
+        return value[arch]
+    return value
+
+
 def train_settings(profile, data_dir, archs: list[str] | None = None, **overrides
                    ) -> tuple[dict, dict]:
     """What notebook 2 and ``train.py`` train: ``({arch: (TrainConfig, weights)}, profile)``.
     ``overrides``: TrainConfig fields and ``weights`` (None: the profile's); each value may be
-    per architecture (``training.per_arch``). ``archs`` None: the profile's."""
-    from training import TrainConfig, per_arch  # noqa: PLC0415
+    per architecture (``per_arch``). ``archs`` None: the profile's."""
+    from training import TrainConfig  # noqa: PLC0415
     prof = load_profile(profile, data_dir)
     _check(overrides, _fields(TrainConfig), "overrides")
     values = _merge(prof["train"], overrides)

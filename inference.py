@@ -1,21 +1,24 @@
-"""Running a trained model over a loader: class probabilities, and the calibration temperature
-fitted on them. Training (validation, calibration after fitting), the shortcut audit and the
-evaluation use these; nothing here trains or writes files.
+"""Running a model over a loader: class probabilities (``predict_loader``), the validation loss
+and accuracy (``evaluate``, all-reduced under DDP), and the calibration temperature fitted on a
+split. Training (validation, calibration after fitting), the shortcut audit and the evaluation
+use these; nothing here trains or writes files.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import metrics
 import utils
-from runtime import autocast
+from runtime import all_reduce_sums, autocast
 
 
 @torch.no_grad()
@@ -48,6 +51,30 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
     if not ys:
         raise ValueError("no image of the loader could be read" + what)
     return torch.cat(ys).numpy(), torch.cat(ps).numpy(), torch.cat(idx).numpy()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
+             channels_last: bool = True) -> dict:
+    """The validation pass of training: mean cross-entropy loss and accuracy over ``loader`` (``n`` = images actually read; NaN
+    loss and accuracy when none could be read). Under DDP each process passes its shard and the
+    sums are all-reduced, so every process gets the same numbers. ``amp``: the device's mixed
+    precision (``fit`` passes its own; CPU bf16 included), else fp32."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for batch in loader:
+        if batch is None:
+            continue
+        x, y = utils.prepare_batch(batch[0], device, False, channels_last), batch[1].to(device)
+        with autocast(device, amp, cpu=True):
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    loss_sum, correct, n = all_reduce_sums(loss_sum, correct, n, device=device)
+    if n == 0:
+        return {"loss": math.nan, "acc": math.nan, "n": 0}
+    return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
 
 
 def calibrate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:

@@ -40,7 +40,7 @@ import utils
 
 
 def per_arch_arg(kind):
-    """argparse type: ``VALUE`` or ``arch=VALUE,arch=VALUE`` (a dict, see training.per_arch)."""
+    """argparse type: ``VALUE`` or ``arch=VALUE,arch=VALUE`` (a dict, see config.per_arch)."""
 
     def parse(text: str):
         if "=" not in text:

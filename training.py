@@ -29,6 +29,7 @@ import image_cache
 import inference
 import networks
 import utils
+from inference import evaluate  # the validation pass (fit calls it through this name)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
                      library_versions, main_process_first, seed_everything, world)
 from xray_io import write_csv_atomic
@@ -70,40 +71,7 @@ class TrainConfig:
         return networks.default_lr(arch, pretrained=self.weights is not None)
 
 
-def per_arch(value, arch: str):
-    """``value[arch]`` when ``value`` is a dict (per-architecture settings), else ``value``."""
-    if isinstance(value, dict):
-        if arch not in value:
-            raise ValueError(f"no setting for {arch!r} in {value}; give one per architecture")
-        return value[arch]
-    return value
-
-
 # --------------------------------------------------------------------------- training
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-             channels_last: bool = True) -> dict:
-    """Mean cross-entropy loss and accuracy over ``loader`` (``n`` = images actually read; NaN
-    loss and accuracy when none could be read). Under DDP each process passes its shard and the
-    sums are all-reduced, so every process gets the same numbers. ``amp``: the device's mixed
-    precision (``fit`` passes its own; CPU bf16 included), else fp32."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for batch in loader:
-        if batch is None:
-            continue
-        x, y = utils.prepare_batch(batch[0], device, False, channels_last), batch[1].to(device)
-        with autocast(device, amp, cpu=True):
-            logits = model(x)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    loss_sum, correct, n = all_reduce_sums(loss_sum, correct, n, device=device)
-    if n == 0:
-        return {"loss": math.nan, "acc": math.nan, "n": 0}
-    return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
-
-
 def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer,
                 scaler: torch.amp.GradScaler, device: torch.device, amp: bool = True,
                 channels_last: bool = True, desc: str = "train", progress: bool = False,

@@ -1,10 +1,14 @@
-"""Regenerate the README's results section and assets/ from outputs/metrics.json.
+"""Regenerate the results in the README and in docs/results.md, and assets/, from metrics.json.
 
-    python update_readme.py [--metrics outputs/metrics.json] [--readme README.md] [--assets assets]
+    python update_readme.py [--metrics outputs/metrics.json] [--readme README.md]
+                            [--results docs/results.md] [--assets assets]
                             [--shortcut-metrics outputs-shortcut/metrics.json]
 
-Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` and copies the
-Grad-CAM comparison, the test confusion matrices and the shortcut audit's gallery into assets/.
+Replaces the text between ``<!-- results:start -->`` and ``<!-- results:end -->`` in both files:
+the README gets the headline (``headline_markdown``: one row per model, with the external sets),
+``docs/results.md`` everything (``results_markdown``: metrics, localization, confusion matrices,
+the shortcut audit, calibration, external sets). Copies the Grad-CAM comparison, the test
+confusion matrices and the shortcut audit's gallery into assets/ (linked relative to each file).
 With ``--shortcut-metrics`` (a ``make run SHORTCUT=1`` run) the shortcut audit is shown for both
 runs side by side, with the planted run's results by source. Nothing is typed by hand.
 """
@@ -13,18 +17,46 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
 
 import tables
-from metrics import format_ci
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+_ci = tables.ci  # "0.950 [0.894, 0.977]", the one way intervals are written
 
 
-def _ci(r: dict, key: str) -> str:
-    return format_ci(r[key], r[key + "_ci"])
+def headline_markdown(m: dict, assets: dict[str, str]) -> str:
+    """The README's results: per model the test set's accuracy, balanced accuracy and macro AUC,
+    the pointing game and the accuracy with the lungs removed (each with its interval), and the
+    accuracy on each external set; then the Grad-CAM comparison."""
+    lines = []
+    if m["dataset"].get("synthetic"):
+        lines.append("> **Synthetic demo data** (`demo_data.py` phantoms): these numbers show that "
+                     "the pipeline runs and that the models find the drawn findings; they say "
+                     "nothing about COVID-19.\n")
+    external = list(m.get("external") or {})
+    head = ["model", "test n", "accuracy", "balanced accuracy", "macro AUC",
+            "pointing game (chance)", "accuracy, lungs removed (chance)"]
+    head += [f"accuracy, external `{x}` (n)" for x in external]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arch, r in m["archs"].items():
+        t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
+        cells = [arch, str(t["n"]), _ci(t, "accuracy"), _ci(t, "balanced_accuracy"),
+                 _ci(t, "macro_auc"),
+                 f"{_ci(loc, 'pointing_game')} ({loc['chance']:.2f})" if loc.get("n") else "n/a",
+                 f"{_ci(a.get('lungs_removed'), 'accuracy')} ({a['chance']:.2f})"
+                 if a.get("as_is") else "n/a"]
+        for x in external:
+            e = (m["external"][x]["archs"].get(arch) or {}).get("external")
+            cells.append(f"{_ci(e, 'accuracy')} ({e['n']})" if e else "n/a")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append(f"\nDataset: {m['dataset']['name']}; generated {m.get('created', '?')}. 95% "
+                 "intervals: Wilson for accuracies, bootstrap for the rest.\n")
+    lines += [f"![{c}]({p})\n" for c, p in assets.items() if c == "Grad-CAM comparison"]
+    return "\n".join(lines)
 
 
 def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = None) -> str:
@@ -128,15 +160,15 @@ def audit_markdown(runs: dict[str, dict]) -> str:
 
 def by_source_markdown(m: dict) -> str:
     """Test accuracy per source for each model of a run (metrics.json ``by_source``)."""
-    tables = {a: r["by_source"] for a, r in m["archs"].items() if r.get("by_source")}
-    if not tables:
+    by_model = {a: r["by_source"] for a, r in m["archs"].items() if r.get("by_source")}
+    if not by_model:
         return ""
-    sources = sorted({s for t in tables.values() for s in t})
+    sources = sorted({s for t in by_model.values() for s in t})
     lines = ["Planted-shortcut run, test accuracy by source (a source's mark is what the shortcut "
              "reads; each class comes mostly from its own source):\n",
              "| model | " + " | ".join(f"{s} (n)" for s in sources) + " |",
              "|---|" + "---|" * len(sources)]
-    for arch, t in tables.items():
+    for arch, t in by_model.items():
         cells = [f"{t[s]['accuracy']:.3f} ({t[s]['n']})" if s in t else "" for s in sources]
         lines.append(f"| {arch} | " + " | ".join(cells) + " |")
     lines.append("")
@@ -157,9 +189,11 @@ def calibration_markdown(m: dict) -> str:
             continue
         t = c["test"]
         note = (c.get("validation") or {}).get("note")
-        lines.append(f"| {arch} | {c['temperature']:.3g}{' (val all right: left at 1)' if note else ''} | "
-                     f"{_ci(t, 'ece_before')} | {_ci(t, 'ece_after')} | {t['nll_before']:.4f} | "
-                     f"{t['nll_after']:.4f} |")
+        temp = ("none (uncalibrated)" if c["temperature"] is None else f"{c['temperature']:.3g}"
+                + (" (val all right: left at 1)" if note else ""))
+        after = "n/a" if t["nll_after"] is None else f"{t['nll_after']:.4f}"
+        lines.append(f"| {arch} | {temp} | {_ci(t, 'ece_before')} | {_ci(t, 'ece_after')} | "
+                     f"{t['nll_before']:.4f} | {after} |")
     lines.append("")
     return "\n".join(lines)
 
@@ -192,10 +226,22 @@ def localization_markdown(locs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _replace_block(path: Path, body: str) -> bool:
+    """Put ``body`` between the markers of ``path``; False when the file lacks them."""
+    text = path.read_text()
+    if START not in text or END not in text:
+        return False
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    path.write_text(f"{head}{START}\n{body}\n{END}{tail}")
+    return True
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--metrics", default="outputs/metrics.json")
     p.add_argument("--readme", default="README.md")
+    p.add_argument("--results", default="docs/results.md")
     p.add_argument("--assets", default="assets")
     p.add_argument("--shortcut-metrics", default=None,
                    help="metrics.json of a 'make run SHORTCUT=1' run, for the audit comparison")
@@ -230,15 +276,26 @@ def main(argv=None) -> int:
         if src.is_file():
             dst = assets_dir / name
             shutil.copyfile(src, dst)
-            copied[caption] = dst.as_posix()
-    readme = Path(a.readme).read_text()
-    if START not in readme or END not in readme:
-        print(f"error: {a.readme} lacks the {START} ... {END} markers", file=sys.stderr)
+            copied[caption] = dst
+    readme, results = Path(a.readme), Path(a.results)
+
+    def linked(doc: Path) -> dict[str, str]:
+        return {c: Path(os.path.relpath(dst.resolve(), doc.resolve().parent)).as_posix()
+                for c, dst in copied.items()}
+
+    if not results.is_file():
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text("# Results\n\nRegenerated by `make results` from `outputs/metrics.json`"
+                           f" (never typed by hand).\n\n{START}\n{END}\n")
+    blocks = {readme: headline_markdown(m, linked(readme)),
+              results: results_markdown(m, linked(results), shortcut)}
+    unmarked = [str(doc) for doc, body in blocks.items()
+                if not (doc.is_file() and _replace_block(doc, body))]
+    if unmarked:
+        print(f"error: {', '.join(unmarked)} lack(s) the {START} ... {END} markers",
+              file=sys.stderr)
         return 2
-    head, rest = readme.split(START, 1)
-    _, tail = rest.split(END, 1)
-    Path(a.readme).write_text(f"{head}{START}\n{results_markdown(m, copied, shortcut)}\n{END}{tail}")
-    print(f"updated {a.readme} and {len(copied)} images in {assets_dir}/")
+    print(f"updated {readme}, {results} and {len(copied)} images in {assets_dir}/")
     return 0
 
 

@@ -132,3 +132,46 @@ def test_cli_keeps_an_identical_dataset_and_redraws_another(tmp_path, capsys):
     assert info["shortcut"] is True and info["shortcut_p"] == demo_data.SHORTCUT_P
     assert sorted(p.name for p in out.glob("*.metadata.xlsx")) == sorted(
         f"{c}.metadata.xlsx" for c in demo_data.CLASSES)
+
+
+def test_external_site_differs_in_acquisition_and_shares_a_few_images(tmp_path):
+    main, ext = tmp_path / "main", tmp_path / "ext"
+    demo_data.generate(main, counts={c: 3 for c in demo_data.CLASSES}, seed=4, workers=1,
+                       verbose=False)
+    info = demo_data.generate_external(ext, per_class=4, effusion=3, seed=4, shared=2, workers=1,
+                                       verbose=False)
+    assert info["synthetic"] and info["site"] == "external"
+    cand, rejects = split_dataset.scan_dataset(ext)
+    assert not rejects
+    assert cand.groupby("label").size().to_dict() == {
+        "covid19": 6, "consolidation": 6, "No Finding": 6, "viral_pneumonia": 6, "Effusion": 3}
+    own = cand[~cand["path"].str.contains("shared")]
+    assert own["path"].str.endswith(".jpg").all() and (own["mask_path"] != "").all()
+    with Image.open(ext / own["path"].iloc[0]) as im:
+        assert im.size == (400, 400) and im.format == "JPEG"
+    # the shared images are the main demo's, byte for byte (image and masks)
+    for label, folder in demo_data.EXTERNAL_FOLDERS.items():
+        if label == "Effusion":
+            continue
+        for i in (1, 2):
+            for sub in ("images", "masks"):
+                assert (ext / folder / sub / f"{folder}-shared-{i}.png").read_bytes() == \
+                    (main / label / sub / f"{label}-{i}.png").read_bytes()
+    # collimator shutters: every own image has dark bands at its edges, the main demo none
+    for rel in own["path"]:
+        a = np.asarray(Image.open(ext / rel).convert("L"), float)
+        assert min(a[:2].mean(), a[-2:].mean(), a[:, :2].mean(), a[:, -2:].mean()) < 20, rel
+    first = np.asarray(Image.open(main / "Normal" / "images" / "Normal-1.png"), float)
+    assert first[:, :2].mean() > 20
+
+
+def test_effusion_sits_at_a_lung_base_inside_its_mask():
+    for i in range(6):
+        img, lung, lesion = phantoms.render_phantom("Effusion", np.random.default_rng([3, i]))
+        les, lg = lesion > 0, lung > 0
+        assert les.sum() > 0.03 * lg.sum() and (les & lg).sum() / les.sum() > 0.9
+        rows = np.nonzero(les.any(1))[0]
+        lung_rows = np.nonzero(lg.any(1))[0]
+        assert rows.mean() > np.percentile(lung_rows, 60)      # the base, not the apex
+    with pytest.raises(ValueError, match="valid: COVID, Effusion, Lung_Opacity, Normal"):
+        phantoms.render_phantom("Tuberculosis", np.random.default_rng(0))

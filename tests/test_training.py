@@ -69,14 +69,14 @@ def test_fit_learns_and_writes(tmp_path, tiny):
     train_eval = utils.eval_loader(loaders["train"].dataset.df, loaders["train"].dataset.data_dir,
                                    names, 32, num_workers=0)
     torch.manual_seed(0)
-    before = training.evaluate(networks.build_model("resnet18", 4, weights=None), train_eval,
+    before = inference.evaluate(networks.build_model("resnet18", 4, weights=None), train_eval,
                             torch.device("cpu"))
     model, h = _fit(tmp_path, tiny, 5, patience=5)
     assert list(h["epoch"]) == [1, 2, 3, 4, 5]
     last = networks.build_model("resnet18", 4, weights=None)
     last.load_state_dict(torch.load(tmp_path / "run" / "models" / "resnet18_last.pt",
                                     weights_only=True)["model_state"])
-    after = training.evaluate(last, train_eval, torch.device("cpu"))
+    after = inference.evaluate(last, train_eval, torch.device("cpu"))
     assert after["loss"] < before["loss"]
     assert (h["train_seen"] == len(tiny[0]["train"].dataset)).all()
     csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
@@ -122,7 +122,7 @@ def test_best_epoch_is_the_saved_epoch(tmp_path, tiny, monkeypatch):
 def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
     nothing = torch.utils.data.DataLoader([None, None], batch_size=2,
                                           collate_fn=utils.collate_skip_none)
-    ev = training.evaluate(networks.build_model("resnet18", 4, weights=None), nothing,
+    ev = inference.evaluate(networks.build_model("resnet18", 4, weights=None), nothing,
                            torch.device("cpu"))
     assert ev["n"] == 0 and math.isnan(ev["loss"]) and math.isnan(ev["acc"])
     loaders, names = tiny
@@ -209,7 +209,7 @@ def test_predict_and_evaluate(tiny):
     y, p, idx = inference.predict_loader(model, loaders["test"], torch.device("cpu"))
     assert p.shape == (len(y), 4) and abs(p.sum(1) - 1).max() < 1e-6
     assert list(idx) == list(range(len(y)))
-    ev = training.evaluate(model, loaders["test"], torch.device("cpu"))
+    ev = inference.evaluate(model, loaders["test"], torch.device("cpu"))
     assert ev["n"] == len(y) and abs(ev["acc"] - (p.argmax(1) == y).mean()) < 1e-9
 
 

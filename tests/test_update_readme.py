@@ -20,12 +20,17 @@ def test_results_section_regenerated_from_metrics(tmp_path):
              "per_class": {"COVID": {"hit": 0.75}, "Viral Pneumonia": {"hit": 0.25}}}},
              "vgg16": {"test": t, "localization": None}}}
     (out / "metrics.json").write_text(json.dumps(m))
-    readme = tmp_path / "README.md"
+    readme, results = tmp_path / "README.md", tmp_path / "docs" / "results.md"
     readme.write_text("# x\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n")
     assert update_readme.main(["--metrics", str(out / "metrics.json"), "--readme", str(readme),
-                               "--assets", str(tmp_path / "assets")]) == 0
-    text = readme.read_text()
-    assert "old" not in text and text.endswith("tail\n")
+                               "--results", str(results), "--assets", str(tmp_path / "assets")]) == 0
+    head = readme.read_text()
+    assert "old" not in head and head.endswith("tail\n")
+    assert "| resnet18 | 120 | 0.900 [0.850, 0.950] | 0.900 [0.850, 0.950] | 0.900 [0.850, " \
+           "0.950] | 0.500 [0.200, 0.800] (0.14) | n/a |" in head
+    assert "(assets/grad_cam_comparison.png)" in head
+    text = results.read_text()
+    assert "(../assets/grad_cam_comparison.png)" in text
     assert "synthetic demo dataset" in text
     assert "| resnet18 | 120 | 0.900 [0.850, 0.950] |" in text
     assert "| resnet18 | 128 px | `layer3` | 0.500 [0.200, 0.800] (0.14) | 0.300 [0.100, 0.600] " \
@@ -34,7 +39,7 @@ def test_results_section_regenerated_from_metrics(tmp_path):
     assert (tmp_path / "assets" / "grad_cam_comparison.png").is_file()
     readme.write_text("no markers")
     assert update_readme.main(["--metrics", str(out / "metrics.json"), "--readme", str(readme),
-                               "--assets", str(tmp_path / "assets")]) == 2
+                               "--results", str(results), "--assets", str(tmp_path / "assets")]) == 2
 
 
 def _view(acc: float) -> dict:
@@ -69,12 +74,12 @@ def test_shortcut_audit_and_calibration_tables_for_two_runs(tmp_path):
                                                   "https://demo.invalid/site-D": {"n": 25, "accuracy": 0.4}}}}}
         (out / "metrics.json").write_text(json.dumps(m))
         runs[name] = out / "metrics.json"
-    readme = tmp_path / "README.md"
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
     readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
     assert update_readme.main(["--metrics", str(runs["outputs"]), "--readme", str(readme),
-                               "--assets", str(tmp_path / "assets"),
+                               "--results", str(results), "--assets", str(tmp_path / "assets"),
                                "--shortcut-metrics", str(runs["outputs-shortcut"])]) == 0
-    text = readme.read_text()
+    text = results.read_text()
     assert ("| normal demo | resnet18 | 0.600 [0.550, 0.650] (0.34) | 0.100 [0.050, 0.150] (0.66) | "
             "0.950 [0.900, 1.000] | 0.900 [0.850, 0.950] | 0.250 [0.200, 0.300] (0.25) | no |") in text
     assert "| planted shortcut | resnet18 |" in text and "0.810 [0.760, 0.860] (0.25) | **yes** |" in text
@@ -84,4 +89,42 @@ def test_shortcut_audit_and_calibration_tables_for_two_runs(tmp_path):
     assert (tmp_path / "assets" / "outside_lungs_shortcut.png").read_bytes() == b"outputs-shortcut"
     assert "(assets/outside_lungs_shortcut.png)" in text.replace(str(tmp_path) + "/", "")
     assert update_readme.main(["--metrics", str(runs["outputs"]), "--readme", str(readme),
+                               "--results", str(results),
                                "--shortcut-metrics", str(tmp_path / "missing.json")]) == 2
+
+
+def test_external_sets_in_the_headline_and_side_by_side(tmp_path):
+    """An external set (make external) gets a column in the README and a side-by-side table with
+    intervals in docs/results.md; an uncalibrated model's row says so."""
+    def block(acc):
+        return {"n": 100, "accuracy": acc, "accuracy_ci": [acc - 0.1, acc + 0.05],
+                "balanced_accuracy": acc, "balanced_accuracy_ci": [acc - 0.1, acc + 0.05],
+                "macro_f1": acc, "macro_f1_ci": [acc - 0.1, acc + 0.05], "macro_auc": 0.99,
+                "macro_auc_ci": [0.98, 1.0],
+                "per_class": {"COVID": {"recall": acc, "recall_lo": acc - 0.2, "recall_hi": 1.0}}}
+    cal = {"temperature": None, "validation": None, "note": "no temperature",
+           "test": {"n": 100, "ece_before": 0.05, "ece_before_ci": [0.03, 0.08], "ece_after": None,
+                    "ece_after_ci": None, "nll_before": 0.2, "nll_after": None}}
+    ext_cal = {**cal, "external": cal["test"]}
+    m = {"dataset": {"name": "demo", "synthetic": True}, "created": "now",
+         "archs": {"resnet18": {"test": block(0.95), "calibration": cal}},
+         "external": {"site-X": {"dataset": {"name": "other"},
+                                 "images": {"scored": 100, "scored_by_class": {"COVID": 100},
+                                            "class_map": {"covid": "COVID"},
+                                            "skipped_folders": {"Effusion": 4},
+                                            "training_duplicates": [{"path": "a"}]},
+                                 "archs": {"resnet18": {"external": block(0.8),
+                                                        "calibration": ext_cal}}}}}
+    (tmp_path / "metrics.json").write_text(json.dumps(m))
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    assert update_readme.main(["--metrics", str(tmp_path / "metrics.json"), "--readme",
+                               str(readme), "--results", str(results), "--assets",
+                               str(tmp_path / "assets")]) == 0
+    head = readme.read_text()
+    assert "accuracy, external `site-X` (n) |" in head and "| 0.800 [0.700, 0.850] (100) |" in head
+    text = results.read_text()
+    assert "| accuracy | 0.950 [0.850, 1.000] | 0.800 [0.700, 0.850] |" in text
+    assert "| recall, COVID | 0.950 [0.750, 1.000] | 0.800 [0.600, 1.000] |" in text
+    assert "Effusion (4 images)" in text and "training or validation images: 1" in text
+    assert "| resnet18 | none (uncalibrated) | 0.050 [0.030, 0.080] | n/a | 0.2000 | n/a |" in text
