@@ -73,8 +73,8 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bo
         n += len(y)
     loss_sum, correct, n = all_reduce_sums(loss_sum, correct, n, device=device)
     if n == 0:
-        return {"loss": math.nan, "acc": math.nan, "n": 0}
-    return {"loss": loss_sum / n, "acc": correct / n, "n": int(n)}
+        return {"loss": math.nan, "accuracy": math.nan, "n": 0}
+    return {"loss": loss_sum / n, "accuracy": correct / n, "n": int(n)}
 
 
 def calibrate(model: nn.Module, loader: DataLoader, device: torch.device) -> dict:

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 import tables
-from metrics import format_ci
 from split_dataset import split_table
 from xray_io import atomic_write, write_json_atomic
 
@@ -43,24 +42,12 @@ def _png(path: Path) -> str | None:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _ci(d: dict, key: str) -> str:
-    v, ci = d.get(key), d.get(key + "_ci")
-    if v is None:
-        return "n/a"
-    return format_ci(v, ci) if ci else f"{v:.3f}"
+_ci = tables.ci  # one formatter for both interval shapes (_ci pairs, _lo/_hi columns)
 
 
 def _per_class_rows(per_class: dict) -> list[dict]:
-    rows = []
-    for cls, r in per_class.items():
-        support = r.get("support")
-        row = {"class": cls, "support": "" if support is None else int(support)}
-        for k in PER_CLASS:
-            v, lo, hi = r.get(k), r.get(k + "_lo"), r.get(k + "_hi")
-            row[k] = ("n/a" if v is None else f"{v:.3f}" if lo is None or hi is None
-                      else f"{v:.3f} [{lo:.3f}, {hi:.3f}]")
-        rows.append(row)
-    return rows
+    return [{"class": cls, "support": "" if r.get("support") is None else int(r["support"]),
+             **{k: _ci(r, k) for k in PER_CLASS}} for cls, r in per_class.items()]
 
 
 def _cell(v, digits: int = 3) -> str:
@@ -95,13 +82,9 @@ def _by_source(by_source: dict | None) -> dict | None:
     """Accuracy per source (metrics.json ``by_source``): source, test n, accuracy [Wilson CI]."""
     if not by_source:
         return None
-    rows = []
-    for src, r in by_source.items():
-        lo, hi = r.get("accuracy_lo"), r.get("accuracy_hi")
-        acc = (format_ci(r["accuracy"], (lo, hi)) if lo is not None and hi is not None
-               else _cell(float(r["accuracy"])))
-        rows.append([src or "(unknown)", _cell(int(r["n"])), acc])
-    return {"columns": ["source", "test n", "accuracy"], "rows": rows}
+    return {"columns": ["source", "test n", "accuracy"],
+            "rows": [[src or "(unknown)", _cell(int(r["n"])), _ci(r, "accuracy")]
+                     for src, r in by_source.items()]}
 
 
 def _audit(a: dict | None) -> dict | None:
@@ -123,11 +106,12 @@ def _calibration(c: dict | None) -> dict | None:
     """Temperature scaling of one model (metrics.json ``calibration``) as strings."""
     if not c:
         return None
-    t = c["test"]
-    return {"temperature": f"{c['temperature']:.3g}",
-            "note": (c.get("validation") or {}).get("note", ""),
+    t, temp = c["test"], c["temperature"]
+    return {"temperature": "none (uncalibrated)" if temp is None else f"{temp:.3g}",
+            "note": c.get("note") or (c.get("validation") or {}).get("note", ""),
             "ece_before": _ci(t, "ece_before"), "ece_after": _ci(t, "ece_after"),
-            "nll_before": f"{t['nll_before']:.4f}", "nll_after": f"{t['nll_after']:.4f}"}
+            "nll_before": f"{t['nll_before']:.4f}",
+            "nll_after": "n/a" if t["nll_after"] is None else f"{t['nll_after']:.4f}"}
 
 
 def report_context(out_dir: str | Path) -> dict:

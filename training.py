@@ -83,7 +83,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
     mode (running statistics frozen, their affine weights still trained). Under DDP the returned
     values are summed over all processes (the global epoch).
 
-    Returns ``{"loss", "acc", "seen"}`` averaged over the samples actually seen. Loss and
+    Returns ``{"loss", "accuracy", "seen"}`` averaged over the samples actually seen. Loss and
     accuracy accumulate on the device; the host syncs every ``check_every`` steps to check the
     loss is finite (raising FloatingPointError with ``nan_hint``) and to update the bar.
     """
@@ -122,7 +122,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
             bar.set_postfix(loss=f"{mean:.4f}", acc=f"{correct.item() / seen:.3f}")
     loss_sum, correct, seen = all_reduce_sums(loss_sum.item(), correct.item(), seen, device=device)
     n = max(seen, 1)
-    return {"loss": loss_sum / n, "acc": correct / n, "seen": int(seen)}
+    return {"loss": loss_sum / n, "accuracy": correct / n, "seen": int(seen)}
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
@@ -356,8 +356,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
             raise ValueError(f"{arch}: no validation image could be read "
                              f"({len(loaders['val'].dataset)} listed); early stopping needs them")
         improved = stopper.update(epoch, val["loss"], config.epochs)
-        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["acc"],
-               "val_loss": val["loss"], "val_acc": val["acc"],
+        row = {"epoch": epoch, "train_loss": tr["loss"], "train_acc": tr["accuracy"],
+               "val_loss": val["loss"], "val_acc": val["accuracy"],
                "lr": step.opt.param_groups[0]["lr"], "seconds": time.perf_counter() - t0,
                "train_seen": tr["seen"], "best": int(improved)}
         step.sched.step()

@@ -156,6 +156,10 @@ def test_without_a_temperature_the_model_is_scored_uncalibrated(trained, demo_di
         bare, weights_only=True)["meta"]
     assert tables.calibration(ev.metrics["archs"]).loc["resnet18", "T (fitted on val)"] == \
         "none (uncalibrated)"
+    # the report of such a run says so too
+    report.save_metrics(ev.metrics, tmp_path / "out")
+    html = report.build_report(tmp_path / "out").read_text()
+    assert "none (uncalibrated)" in html and "scored uncalibrated" in html
 
 
 # --------------------------------------------------------------------------- an external set

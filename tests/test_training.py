@@ -101,7 +101,7 @@ def _scripted_val(monkeypatch, losses):
     """training.evaluate returning the given validation losses, one per call."""
     it = iter(losses)
     monkeypatch.setattr(training, "evaluate",
-                        lambda *a, **k: {"loss": next(it), "acc": 0.5, "n": 4})
+                        lambda *a, **k: {"loss": next(it), "accuracy": 0.5, "n": 4})
 
 
 def test_best_epoch_is_the_saved_epoch(tmp_path, tiny, monkeypatch):
@@ -124,7 +124,7 @@ def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
                                           collate_fn=utils.collate_skip_none)
     ev = inference.evaluate(networks.build_model("resnet18", 4, weights=None), nothing,
                            torch.device("cpu"))
-    assert ev["n"] == 0 and math.isnan(ev["loss"]) and math.isnan(ev["acc"])
+    assert ev["n"] == 0 and math.isnan(ev["loss"]) and math.isnan(ev["accuracy"])
     loaders, names = tiny
     model = networks.build_model("resnet18", 4, weights=None)
     with pytest.raises(ValueError, match="no validation image could be read"):
@@ -210,7 +210,7 @@ def test_predict_and_evaluate(tiny):
     assert p.shape == (len(y), 4) and abs(p.sum(1) - 1).max() < 1e-6
     assert list(idx) == list(range(len(y)))
     ev = inference.evaluate(model, loaders["test"], torch.device("cpu"))
-    assert ev["n"] == len(y) and abs(ev["acc"] - (p.argmax(1) == y).mean()) < 1e-9
+    assert ev["n"] == len(y) and abs(ev["accuracy"] - (p.argmax(1) == y).mean()) < 1e-9
 
 
 def test_lr_schedules(tmp_path, tiny):
