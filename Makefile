@@ -6,11 +6,16 @@
 #                          (profiles/study.yaml: ImageNet weights, downloaded once by torchvision;
 #                          offline: see README). PROFILE=name|path picks another profile;
 #                          PARAMS='-p epochs 3' overrides notebook 2's settings
+# make run ARCHS="resnet18 convnext_tiny efficientnet_b0"   other architectures (any torchvision
+#                          classifier; the demo profile has settings for the modern families),
+#                          into outputs-archs/ and models-archs/
 # make external            score the trained models on a second, external demo site (another
 #                          acquisition, other folder names, an unknown class): evaluate.py, into
 #                          outputs/ beside the internal test (report.html shows both)
 # make external EXTERNAL=path/to/class/folders CLASS_MAP='"No Finding=Normal" ...'
 #                          the same on another collection of labelled images
+# make app                 try the trained models on your own radiograph in the browser
+#                          (http://127.0.0.1:7860; installs requirements-app.txt)
 # make test                the test suite (CPU, offline)
 # make report              rebuild outputs/report.html (one self-contained page; notebook 3 writes it too)
 # make results             regenerate the README results table and assets/ from outputs/metrics.json
@@ -21,6 +26,17 @@ PY := $(VENV)/bin/python
 DATA ?=
 SEED ?= 42
 SHORTCUT ?=
+ARCHS ?=
+empty :=
+space := $(empty) $(empty)
+comma := ,
+ifneq ($(strip $(ARCHS)),)
+# Other architectures than the profile's (e.g. the modern families): kept apart from the default
+# run's outputs and models, so the two can be compared
+OUT ?= outputs-archs
+MODELS ?= models-archs
+ARCH_PARAMS := -y "archs: [$(subst $(space),$(comma)$(space),$(strip $(ARCHS)))]"
+endif
 ifeq ($(strip $(SHORTCUT)),)
 DEMO_DIR ?= data/demo-seed$(SEED)
 OUT ?= outputs
@@ -64,9 +80,9 @@ CLASS_MAP ?=
 EXT_NAME ?=
 endif
 COMMON := -p data_dir "$(DATA_DIR)" -p manifest_path $(MANIFEST) -p out_dir $(OUT) -p seed $(SEED)
-MODEL_PARAMS := -p profile $(PROFILE) -p models_dir $(MODELS)
+MODEL_PARAMS := -p profile $(PROFILE) -p models_dir $(MODELS) $(ARCH_PARAMS)
 
-.PHONY: run data split notebooks external test results report clean-outputs venv
+.PHONY: run data split notebooks external app test results report clean-outputs venv
 run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
@@ -76,7 +92,10 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
-$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+$(VENV)/.installed-app: $(VENV)/.installed requirements-app.txt
+	$(PY) -m pip install -q -r requirements-app.txt
+	touch $@
+$(VENV)/.installed-test: $(VENV)/.installed-app requirements-test.txt
 	$(PY) -m pip install -q -r requirements-test.txt
 	touch $@
 
@@ -104,6 +123,10 @@ endif
 	$(PY) evaluate.py $(MODELS)/*.pt --data-dir "$(EXT_DIR)" --out $(OUT) --seed $(SEED) --profile $(PROFILE) \
 		$(if $(strip $(CLASS_MAP)),--class-map $(CLASS_MAP)) $(if $(strip $(EXT_NAME)),--name $(EXT_NAME))
 
+PORT ?= 7860
+app: $(VENV)/.installed-app
+	$(PY) app.py --models $(MODELS) --port $(PORT)
+
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
 
@@ -112,7 +135,8 @@ report: venv
 
 results: venv
 	$(PY) update_readme.py --metrics $(OUT)/metrics.json --readme README.md --assets assets \
-		$(if $(wildcard outputs-shortcut/metrics.json),--shortcut-metrics outputs-shortcut/metrics.json)
+		$(if $(wildcard outputs-shortcut/metrics.json),--shortcut-metrics outputs-shortcut/metrics.json) \
+		$(if $(wildcard outputs-archs/metrics.json),--archs-metrics outputs-archs/metrics.json)
 
 clean-outputs:
-	rm -rf $(OUT) $(MODELS) .cache outputs-shortcut models-shortcut
+	rm -rf $(OUT) $(MODELS) .cache outputs-shortcut models-shortcut outputs-archs models-archs

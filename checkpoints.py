@@ -86,7 +86,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not isinstance(ckpt, dict) or "model_state" not in ckpt or "meta" not in ckpt:
         raise ValueError(f"{path} is not a checkpoint written by checkpoints.save_checkpoint")
     meta = ckpt["meta"]
-    model = networks.build_model(meta["arch"], len(meta["class_names"]), weights=None)
+    model = networks.build_model(meta["arch"], len(meta["class_names"]), weights=None,
+                                 image_size=meta.get("image_size"))
     model.load_state_dict(ckpt["model_state"])
     return model.to(device).eval(), meta
 

@@ -90,13 +90,6 @@ def class_map_arg(items: list[str] | None) -> dict[str, str]:
     return out
 
 
-def cam_layer_arg(text: str | None) -> dict | str | None:
-    """``LAYER`` (every model) or ``ARCH=LAYER,ARCH=LAYER`` (per architecture)."""
-    if not text or "=" not in text:
-        return text
-    return dict(part.split("=", 1) for part in text.split(","))
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     doc = __doc__.split("\nSYNOPSIS", 1)
     p = argparse.ArgumentParser(prog="evaluate.py", description=doc[0].strip(),
@@ -170,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     import config  # torch: only once the arguments are known to be sound
     import evaluation
     import external
+    import networks
     import plot_utils
     import runtime
     import tables
@@ -181,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         _, cfg, _ = config.eval_settings(
             a.profile or (config.DEMO if demo else config.STUDY), None, None,
             batch_size=a.batch_size, num_workers=a.num_workers, cam_method=a.cam,
-            cam_layers=cam_layer_arg(a.cam_layer), n_boot=a.n_boot, seed=a.seed)
+            cam_layers=networks.parse_cam_layers(a.cam_layer), n_boot=a.n_boot, seed=a.seed)
         cfg.cache_dir = None if a.cache_dir.lower() == "none" else a.cache_dir
         if a.manifest:
             manifest = utils.read_manifest(a.manifest)

@@ -75,18 +75,12 @@ def load_models(paths: list[str | os.PathLike], device: torch.device) -> Models:
     return checkpoints.load_models(paths, device)
 
 
-def cam_layer_for(cam_layers: dict | str | None, arch: str) -> str | None:
-    """The CAM layer path asked for ``arch``: ``cam_layers[arch]`` (None when the dict has no
-    entry: the architecture's default), or the one path given for every model."""
-    return cam_layers.get(arch) if isinstance(cam_layers, dict) else cam_layers
-
-
 def model_settings(meta: dict) -> dict:
     """What metrics.json's ``models`` says of a checkpoint: its epoch and validation numbers,
     the training settings that matter for reading its results, and the library versions."""
     cfg = meta.get("config") or {}  # a checkpoint from another tool may lack these
     lr = cfg.get("lr") or (networks.default_lr(meta["arch"], cfg.get("weights") is not None)
-                           if meta["arch"] in networks.ARCHS else None)
+                           if meta["arch"] in networks.available() else None)
     return {"epoch": meta.get("epoch"), "val_loss": meta.get("val_loss"),
             "val_acc": meta.get("val_acc"),
             **{k: cfg.get(k) for k in ("weights", "image_size", "batch_size", "epochs",
@@ -184,7 +178,8 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
     layers, layer_names = {}, {}
     for name, (model, meta) in models.items():
         size, arch = meta["image_size"], meta["arch"]
-        layers[name] = networks.cam_target_layer(model, arch, cam_layer_for(cfg.cam_layers, arch))
+        layers[name] = networks.cam_target_layer(model, arch,
+                                                 networks.cam_layer_for(cfg.cam_layers, arch))
         layer_names[name] = networks.module_path(model, layers[name])
         results[name] = {}
         if train_rows is not None:
@@ -198,7 +193,8 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
                                                        cfg, device)
         probs[name] = (y, p)
         results[name][split] = scores_with_intervals(y, p, class_names, cfg)
-        figs.setdefault("confusion", []).append((name, split, results[name][split]["confusion_matrix"]))
+        figs.setdefault("confusion", []).append(
+            (name, split, results[name][split]["confusion_matrix"]))
         figs.setdefault("roc", {})[name] = metrics.roc_points(y, p, class_names)
         results[name]["localization"] = None if mask_column is None else localization_of(
             model, layers[name], layer_names[name], rows, data_dir, class_names, size,
@@ -213,7 +209,8 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
                 cfg.cam_method, grad_cam.margin_pixels(size, cfg.lung_margin), cfg.n_boot,
                 cfg.seed)
             worst = scores.sort_values("energy_in_lungs").head(cfg.audit_gallery)
-            audit_rows[name] = (loader.dataset.df.iloc[worst["index"]], worst)
+            if len(worst):  # no scorable map (all constant: an untrained model) shows nothing
+                audit_rows[name] = (loader.dataset.df.iloc[worst["index"]], worst)
         results[name]["calibration"] = calibration_of(meta, y, p, split, cfg)
         figs.setdefault("reliability", {})[name] = _reliability(y, p, results[name]["calibration"])
         results[name]["by_source"] = by_source_of(preds[name], rows)

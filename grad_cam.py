@@ -8,7 +8,9 @@ Usage::
 Hooks live only inside the ``with`` block: a forward hook on the target layer stores the
 detached activation and registers a tensor hook that stores its gradient. Buffers are reset on
 every call, the model's train/eval mode is restored, and parameters' ``.grad`` are left alone
-(the backward pass is ``torch.autograd.grad`` to the activation only).
+(the backward pass is ``torch.autograd.grad`` to the activation only). A target layer whose
+output is not a map (a ViT's tokens) carries ``cam_reshape``, a function to ``(N, K, h, w)``
+that ``networks.cam_target_layer`` sets; it is applied to the activation and its gradient.
 """
 
 from __future__ import annotations
@@ -112,7 +114,11 @@ class GradCAM:
                     raise RuntimeError("the target layer was not run by the model's forward")
                 score = logits.gather(1, classes[:, None]).sum()
                 torch.autograd.grad(score, self._output)  # fills self.gradient via the hook
-            cams = self._combine(self.activation.float(), self.gradient.float())  # (N, h, w)
+            A, G = self.activation.float(), self.gradient.float()
+            reshape = getattr(self.target_layer, "cam_reshape", None)
+            if reshape is not None:  # e.g. a ViT's tokens (N, 1 + h*w, K) -> (N, K, h, w)
+                A, G = reshape(A), reshape(G)
+            cams = self._combine(A, G)                                       # (N, h, w)
         finally:
             self._output = None
             self.model.train(was_training)
@@ -146,8 +152,10 @@ def normalize_maps(cams: np.ndarray, eps: float = 1e-7) -> np.ndarray:
     flat = span[:, 0, 0] <= eps
     if flat.any():
         warnings.warn(f"{int(flat.sum())} of {len(cams)} CAMs are constant (no positive "
-                      f"evidence for the target class at this layer); returned as all-zero maps",
-                      stacklevel=2)
+                      f"evidence for the target class at this layer, or activations too small "
+                      f"to map: an untrained model's can be ~1e-13 at the CAM layer, "
+                      f"EfficientNet's in particular, so train it before reading its maps); "
+                      f"returned as all-zero maps", stacklevel=2)
     return ((cams - lo) / np.maximum(span, eps)).astype(np.float32)
 
 

@@ -56,10 +56,11 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
              channels_last: bool = True) -> dict:
-    """The validation pass of training: mean cross-entropy loss and accuracy over ``loader`` (``n`` = images actually read; NaN
-    loss and accuracy when none could be read). Under DDP each process passes its shard and the
-    sums are all-reduced, so every process gets the same numbers. ``amp``: the device's mixed
-    precision (``fit`` passes its own; CPU bf16 included), else fp32."""
+    """The validation pass of training: ``{"loss", "accuracy", "n"}``, the mean cross-entropy
+    loss and the accuracy over ``loader`` (``n`` = images actually read; NaN loss and accuracy
+    when none could be read). Under DDP each process passes its shard and the sums are
+    all-reduced, so every process gets the same numbers. ``amp``: the device's mixed precision
+    (``fit`` passes its own; CPU bf16 included), else fp32."""
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     for batch in loader:

@@ -2,7 +2,7 @@
 
 SYNOPSIS
     python predict.py MODEL.pt [MODEL.pt ...] INPUT [INPUT ...] [--out DIR]
-                      [--cam gradcam|gradcam++|hirescam|none] [--cam-layer LAYER]
+                      [--cam gradcam|gradcam++|hirescam|none] [--cam-layer [ARCH=]LAYER[,...]]
                       [--batch-size N] [--device D] [--split SPLIT] [--data-dir DIR]
                       [--uncalibrated]
 
@@ -141,7 +141,7 @@ def _safe_name(path: str) -> str:
 
 def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.DataFrame,
                   device: torch.device, out_dir: Path, cam: str = "gradcam",
-                  cam_layer: str | None = None, batch_size: int = 32, progress: bool = True,
+                  cam_layer: str | dict | None = None, batch_size: int = 32, progress: bool = True,
                   calibrated: bool = True) -> pd.DataFrame:
     """Predict every row of ``collect_inputs``'s table; returns the predictions table (see the
     module docstring) and writes the CAM pictures under ``out_dir/cams`` unless ``cam`` is
@@ -158,7 +158,8 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
     probs = {n: np.full((len(table), len(class_names)), np.nan) for n in names}
     status = ["ok"] * len(table)
     cam_files = [""] * len(table)
-    layers = {n: networks.cam_target_layer(m, meta["arch"], cam_layer)
+    layers = {n: networks.cam_target_layer(m, meta["arch"],
+                                           networks.cam_layer_for(cam_layer, meta["arch"]))
               for n, (m, meta) in models.items()}
     bar = tqdm(total=len(table), desc="predict", unit="img", disable=not progress)
     row = 0
@@ -233,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cam", default="gradcam", choices=[*grad_cam.METHODS, "none"],
                    help="class activation maps to draw (default gradcam; none: probabilities only)")
     p.add_argument("--cam-layer", default=None,
-                   help="Grad-CAM target layer for every model, e.g. layer3 (default: each "
-                        "model's last convolutional block, as in the study)")
+                   help="Grad-CAM target layer: LAYER for every model, e.g. layer3, or "
+                        "ARCH=LAYER,... per architecture (default: each model's last "
+                        "convolutional block, as in the study)")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (32)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best found)")
     p.add_argument("--split", default="test", help="manifest rows to predict (default test)")
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = predict_files(models, table, device, out_dir, a.cam, a.cam_layer, a.batch_size,
+        result = predict_files(models, table, device, out_dir, a.cam,
+                               networks.parse_cam_layers(a.cam_layer), a.batch_size,
                                calibrated=not a.uncalibrated)
     except ValueError as e:  # e.g. --cam-layer that a model lacks
         print(f"error: {e}", file=sys.stderr)

@@ -92,8 +92,8 @@ def _audit(a: dict | None) -> dict | None:
     if not a or not a.get("as_is"):
         return None
     c = a["cam"]
-    return {"energy": _ci(c, "energy_in_lungs"), "energy_chance": f"{c['energy_chance']:.3f}",
-            "peaks": _ci(c, "peaks_outside"), "peaks_chance": f"{c['peaks_outside_chance']:.3f}",
+    return {"energy": _ci(c, "energy_in_lungs"), "energy_chance": tables.num(c["energy_chance"]),
+            "peaks": _ci(c, "peaks_outside"), "peaks_chance": tables.num(c["peaks_outside_chance"]),
             "views": {v: _ci(a[v], "accuracy") for v in ("as_is", "lungs_only", "lungs_removed")},
             "chance": f"{a['chance']:.3f}", "n": a["as_is"]["n"],
             "verdict": ("accuracy with the lungs removed stays above chance: the model reads "

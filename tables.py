@@ -30,6 +30,12 @@ def ci(d: dict | None, key: str, digits: int = 3) -> str:
     return format_ci(d[key], interval, digits)
 
 
+def num(value, spec: str = ".3f") -> str:
+    """``value`` formatted with ``spec``, or "n/a" when there is none (e.g. a Grad-CAM score
+    of a model whose maps were all constant)."""
+    return "n/a" if value is None else format(value, spec)
+
+
 def comparison(archs: dict, split: str = "test") -> pd.DataFrame:
     """Per model: images scored and the headline metrics with intervals."""
     return pd.DataFrame({name: {"n": r[split]["n"], **{label: ci(r[split], k)
@@ -74,9 +80,9 @@ def audit(archs: dict) -> pd.DataFrame | None:
             continue
         c = a["cam"]
         rows[name] = {"images": a["as_is"]["n"], "CAM energy in lungs": ci(c, "energy_in_lungs"),
-                      "(chance)": f"{c['energy_chance']:.3f}",
+                      "(chance)": num(c["energy_chance"]),
                       "CAM peaks outside lungs": ci(c, "peaks_outside"),
-                      "(chance) ": f"{c['peaks_outside_chance']:.3f}",
+                      "(chance) ": num(c["peaks_outside_chance"]),
                       **{f"accuracy, {v.replace('_', ' ')}": ci(a[v], "accuracy")
                          for v in ("as_is", "lungs_only", "lungs_removed")},
                       "(chance)  ": f"{a['chance']:.3f}",
@@ -88,7 +94,7 @@ def audit_by_class(archs: dict) -> pd.DataFrame | None:
     """The audit's Grad-CAM scores per model and true class: images, energy in the lungs
     against chance, peaks outside."""
     rows = {(name, cls): {"n": v["n"], "energy in lungs": f"{v['energy_in_lungs']:.3f}",
-                          "(chance)": f"{v['energy_chance']:.3f}",
+                          "(chance)": num(v["energy_chance"]),
                           "peaks outside": f"{v['peaks_outside']:.3f}"}
             for name, r in archs.items() if (r.get("lung_audit") or {}).get("as_is")
             for cls, v in r["lung_audit"]["cam_per_class"].items() if v["n"]}
@@ -107,9 +113,9 @@ def audit_verdicts(archs: dict) -> list[str]:
                    "shortcut)" if a["reads_outside_lungs"] else
                    "is not above chance: the model needs the lungs")
         out.append(f"**{name}**: with the lungs removed, accuracy {ci(removed, 'accuracy')} "
-                   f"against chance {a['chance']:.2f} {verdict}; {c['energy_in_lungs']:.0%} of "
+                   f"against chance {a['chance']:.2f} {verdict}; {num(c['energy_in_lungs'], '.0%')} of "
                    f"its Grad-CAM energy lies in the lungs (a map blind to anatomy: "
-                   f"{c['energy_chance']:.0%}), {c['peaks_outside']:.0%} of its peaks outside "
+                   f"{num(c['energy_chance'], '.0%')}), {num(c['peaks_outside'], '.0%')} of its peaks outside "
                    f"them.")
     return out
 

@@ -48,10 +48,10 @@ def per_arch_arg(kind):
         out = {}
         for part in text.split(","):
             arch, _, value = part.partition("=")
-            if arch.strip() not in networks.ARCHS:
-                raise argparse.ArgumentTypeError(
-                    f"unknown architecture {arch.strip()!r} in {text!r}; valid: "
-                    f"{', '.join(networks.ARCHS)}")
+            try:
+                networks.family(arch.strip())
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(f"in {text!r}: {e}") from None
             out[arch.strip()] = kind(value)
         return out
 
@@ -81,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="a profile name in profiles/ (demo-cpu, study) or a .yaml path "
                         "(default: demo-cpu on the synthetic demo, study otherwise)")
     p.add_argument("--archs", nargs="+", default=None,
-                   help=f"architectures ({', '.join(networks.ARCHS)}; default: the profile's)")
+                   help=f"architectures: any torchvision classifier, e.g. {', '.join(networks.ARCHS)} "
+                        f"(default: the profile's)")
     p.add_argument("--weights", default=None,
                    help='"imagenet" (the study), "none" (random init), "auto" (ImageNet if '
                         'cached), or a .pth file')
@@ -142,8 +143,7 @@ TRAIN_FLAGS = ("weights", "image_size", "batch_size", "epochs", "patience", "min
 def settings_for(a: argparse.Namespace) -> tuple[dict, dict]:
     """``config.train_settings`` from the profile and the flags given."""
     for arch in a.archs or []:
-        if arch not in networks.ARCHS:
-            raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(networks.ARCHS)}")
+        networks.family(arch)  # ValueError naming the close matches
     return config.train_settings(a.profile, a.data_dir, a.archs,
                                  **{k: getattr(a, k) for k in TRAIN_FLAGS})
 

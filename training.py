@@ -452,7 +452,8 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
         w = networks.resolve_weights(arch, weights)
         config = dataclasses.replace(config, weights=None if w is None else str(w))
         seed_everything(config.seed)  # the initial weights depend on the seed alone
-        model = networks.build_model(arch, len(class_names), weights=w)
+        model = networks.build_model(arch, len(class_names), weights=w,
+                                     image_size=config.image_size)
     if progress and rank == 0:
         print(f"== {arch}: {config.image_size} px, weights = {w or 'random init'}; "
               f"train {len(loaders['train'].dataset)} / val {len(manifest[manifest['split'] == 'val'])}"

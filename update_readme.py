@@ -59,6 +59,29 @@ def headline_markdown(m: dict, assets: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
+def archs_markdown(m: dict, summary=None) -> str:
+    """The architecture comparison (``make run ARCHS=...``): per model its parameters, input
+    size, seconds per epoch (``CSVs/training_summary.csv``), test accuracy, pointing game, CAM
+    energy in the lungs and accuracy with the lungs removed, each with its interval."""
+    rows = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
+    lines = ["| model | parameters | input | s/epoch (epochs) | test accuracy | pointing game "
+             "(chance) | CAM energy in lungs (chance) | accuracy, lungs removed (chance) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arch, r in m["archs"].items():
+        t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
+        s_ = rows.get(arch, {})
+        lines.append(
+            f"| {arch} | {s_['parameters'] / 1e6:.1f} M | {s_['image_size']} px | "
+            f"{s_['seconds_per_epoch']:.0f} ({s_['epochs_run']}) | " if s_ else f"| {arch} | | | | ")
+        lines[-1] += (
+            f"{_ci(t, 'accuracy')} | "
+            + (f"{_ci(loc, 'pointing_game')} ({loc['chance']:.2f}) | " if loc.get("n") else "n/a | ")
+            + (f"{_ci(a['cam'], 'energy_in_lungs')} ({tables.num(a['cam']['energy_chance'], '.2f')}) | "
+               f"{_ci(a['lungs_removed'], 'accuracy')} ({a['chance']:.2f}) |"
+               if a.get("as_is") else "n/a | n/a |"))
+    return "\n".join(lines) + "\n"
+
+
 def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = None) -> str:
     """The results section for metrics.json content ``m`` (``assets``: caption -> path;
     ``shortcut``: a planted-shortcut run's metrics.json, shown beside ``m`` in the audit)."""
@@ -150,8 +173,9 @@ def audit_markdown(runs: dict[str, dict]) -> str:
                 continue
             c = a["cam"]
             lines.append(
-                f"| {run} | {arch} | {_ci(c, 'energy_in_lungs')} ({c['energy_chance']:.2f}) | "
-                f"{_ci(c, 'peaks_outside')} ({c['peaks_outside_chance']:.2f}) | "
+                f"| {run} | {arch} | {_ci(c, 'energy_in_lungs')} "
+                f"({tables.num(c['energy_chance'], '.2f')}) | {_ci(c, 'peaks_outside')} "
+                f"({tables.num(c['peaks_outside_chance'], '.2f')}) | "
                 + " | ".join(_ci(a[v], "accuracy") for v in ("as_is", "lungs_only", "lungs_removed"))
                 + f" ({a['chance']:.2f}) | {'**yes**' if a['reads_outside_lungs'] else 'no'} |")
     lines.append("")
@@ -226,6 +250,20 @@ def localization_markdown(locs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _archs_section(path: Path) -> str | None:
+    """The architecture comparison section from a ``make run ARCHS=...`` run's metrics.json."""
+    if not path.is_file():
+        return None
+    import pandas as pd  # noqa: PLC0415
+    m = json.loads(path.read_text())
+    csv = path.parent / "CSVs" / "training_summary.csv"
+    summary = pd.read_csv(csv) if csv.is_file() else None
+    return ("Architectures compared on the same demo split and seed (`make run ARCHS=...`, "
+            "from random initialisation with the demo profile's settings; seconds per epoch on "
+            "the machine of that run, named in the experiment log):\n\n"
+            + archs_markdown(m, summary))
+
+
 def _replace_block(path: Path, body: str) -> bool:
     """Put ``body`` between the markers of ``path``; False when the file lacks them."""
     text = path.read_text()
@@ -245,6 +283,9 @@ def main(argv=None) -> int:
     p.add_argument("--assets", default="assets")
     p.add_argument("--shortcut-metrics", default=None,
                    help="metrics.json of a 'make run SHORTCUT=1' run, for the audit comparison")
+    p.add_argument("--archs-metrics", default=None,
+                   help="metrics.json of a 'make run ARCHS=...' run, for the architecture "
+                        "comparison (its CSVs/training_summary.csv beside it)")
     a = p.parse_args(argv)
     metrics_path = Path(a.metrics)
     if not metrics_path.is_file():
@@ -289,6 +330,13 @@ def main(argv=None) -> int:
                            f" (never typed by hand).\n\n{START}\n{END}\n")
     blocks = {readme: headline_markdown(m, linked(readme)),
               results: results_markdown(m, linked(results), shortcut)}
+    if a.archs_metrics:
+        compare = _archs_section(Path(a.archs_metrics))
+        if compare is None:
+            print(f"error: {a.archs_metrics} not found; run 'make run ARCHS=...' first",
+                  file=sys.stderr)
+            return 2
+        blocks = {doc: f"{body}\n{compare}" for doc, body in blocks.items()}
     unmarked = [str(doc) for doc, body in blocks.items()
                 if not (doc.is_file() and _replace_block(doc, body))]
     if unmarked:

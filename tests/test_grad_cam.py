@@ -211,3 +211,37 @@ def test_overlay_puts_red_at_the_peak():
     assert r > 100 and r > b + 80 and r > g + 80      # jet's top is red, in RGB order
     r0, _, b0 = rgb[0, 0].astype(int)
     assert b0 > r0 + 80                               # jet's bottom is blue
+
+
+def _settled(model, size, seed=0):
+    """Batch-norm running statistics from a few forward passes (random init leaves them at
+    0/1, which makes EfficientNet's activations ~1e-13 at its CAM layer: maps of pure rounding
+    noise, whichever implementation computes them)."""
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(4, 3, size, size, generator=g))
+    return model.eval()
+
+
+def _vit_reshape(tensor, height=6, width=6):
+    # pytorch-grad-cam's documented reshape transform for ViT (class token dropped)
+    result = tensor[:, 1:, :].reshape(tensor.size(0), height, width, tensor.size(2))
+    return result.transpose(2, 3).transpose(1, 2)
+
+
+@pytest.mark.parametrize("arch", ["convnext_tiny", "efficientnet_b0", "regnet_y_400mf",
+                                  "vit_b_16", "swin_t"])
+def test_modern_families_match_pytorch_grad_cam(arch):
+    torch.manual_seed(0)
+    model = _settled(networks.build_model(arch, 4, weights=None, image_size=96), 96)
+    layer = networks.cam_target_layer(model, arch)   # called exactly as for the study's three
+    x = _images(3, size=96)
+    with grad_cam.GradCAM(model, layer) as cam:
+        classes, ours = cam(x)                       # each image's predicted class
+    assert ours.shape == (3, 96, 96) and (ours.max(axis=(1, 2)) == 1).all()
+    kw = {"reshape_transform": _vit_reshape} if arch == "vit_b_16" else {}
+    with RefGradCAM(model=model, target_layers=[layer], **kw) as ref:
+        theirs = ref(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in classes])
+    assert np.abs(ours - theirs).max() <= 1e-3, (arch, np.abs(ours - theirs).max())

@@ -34,7 +34,7 @@ def test_build_offline_with_new_head(arch, num_classes):
 
 
 def test_unknown_arch_lists_valid():
-    with pytest.raises(ValueError, match="valid: .*densenet121.*resnet18.*vgg16"):
+    with pytest.raises(ValueError, match="valid: .*vgg16, resnet18, densenet121"):
         networks.build_model("alexnet2", 4, weights=None)
 
 
@@ -104,3 +104,67 @@ def test_cam_layer_by_name_and_its_path():
         networks.cam_target_layer(m, "resnet18", "layer9")
     with pytest.raises(ValueError, match="not a submodule"):
         networks.module_path(m, nn.Linear(2, 2))
+
+
+MODERN = ("convnext_tiny", "efficientnet_b0", "regnet_y_400mf", "vit_b_16", "swin_t")
+
+
+@pytest.mark.parametrize("arch,size,layer,grid", [
+    ("convnext_tiny", 64, "features.7", 2), ("efficientnet_b0", 64, "features.8", 2),
+    ("regnet_y_400mf", 64, "trunk_output", 2), ("vit_b_16", 64, "encoder.layers.encoder_layer_11.ln_1", 4),
+    ("swin_t", 64, "permute", 2), ("mobilenet_v3_small", 64, "features.12", 2),
+    ("squeezenet1_0", 64, "features.12", 3), ("googlenet", 64, "inception5b", 2),
+    ("vgg16_bn", 64, "features.42", 4), ("resnext50_32x4d", 64, "layer4", 2)])
+def test_any_torchvision_classifier_builds_with_a_head_found_by_looking(arch, size, layer, grid):
+    m = networks.build_model(arch, 3, weights=None, image_size=size).eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, size, size)).shape == (2, 3)
+    # no ImageNet-sized layer is left: the 1000-way head was found and replaced
+    assert not any(getattr(x, "out_features", 0) == 1000 or getattr(x, "out_channels", 0) == 1000
+                   for x in m.modules())
+    target = networks.cam_target_layer(m, arch)
+    assert networks.module_path(m, target) == layer
+    seen = []
+    handle = target.register_forward_hook(lambda mod, i, o: seen.append(o))
+    with torch.no_grad():
+        m(torch.randn(2, 3, size, size))
+    handle.remove()
+    out = getattr(target, "cam_reshape", lambda t: t)(seen[0])  # a ViT's tokens as a map
+    assert out.ndim == 4 and out.shape[0] == 2 and out.shape[-2:] == (grid, grid)
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(ValueError, match="close matches: convnext_tiny"):
+        networks.build_model("convnext_tinny", 4, weights=None)
+    with pytest.raises(ValueError, match=r"networks.available\(\) lists all 80"):
+        networks.build_model("alexnet2", 4, weights=None)
+
+
+def test_default_imagenet_weights_and_learning_rates_per_family(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    assert networks.imagenet_weights_file("regnet_y_400mf").name == "regnet_y_400mf-e6988f5f.pth"
+    assert networks.imagenet_weights_file("vgg16").name == "vgg16-397923af.pth"  # the study's V1
+    lrs = {a: networks.scratch_lr(a) for a in ("vgg16", "resnet18", "convnext_tiny", "vit_b_16",
+                                               "swin_t", "efficientnet_b0")}
+    assert lrs == {"vgg16": 5e-5, "resnet18": 1e-3, "convnext_tiny": 2e-4, "vit_b_16": 1e-4,
+                   "swin_t": 1e-4, "efficientnet_b0": 1e-3}
+    assert {networks.default_lr(a, pretrained=True) for a in MODERN} == {3e-5}
+
+
+def test_vit_position_embeddings_follow_the_input_size(tmp_path):
+    """ImageNet ViT weights (224 px) load into a ViT built for another size: the position
+    embeddings are interpolated to its grid; a checkpoint rebuilds at its own size."""
+    from torchvision.models.vision_transformer import VisionTransformer
+    small = dict(patch_size=16, num_layers=1, num_heads=2, hidden_dim=8, mlp_dim=16)
+    big = VisionTransformer(image_size=224, **small)                  # 14x14 grid + class token
+    state = networks._fit_positions(big.state_dict(), VisionTransformer(image_size=64, **small),
+                                    "vit")
+    assert state["encoder.pos_embedding"].shape == (1, 1 + 4 * 4, 8)
+    m = networks.build_model("vit_b_16", 4, weights=None, image_size=32)
+    import checkpoints
+    checkpoints.save_checkpoint(tmp_path / "v.pt", m, arch="vit_b_16", class_names=list("abcd"),
+                                image_size=32)
+    again, _ = checkpoints.load_checkpoint(tmp_path / "v.pt")
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), again(x))

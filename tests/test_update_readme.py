@@ -128,3 +128,33 @@ def test_external_sets_in_the_headline_and_side_by_side(tmp_path):
     assert "| recall, COVID | 0.950 [0.750, 1.000] | 0.800 [0.600, 1.000] |" in text
     assert "Effusion (4 images)" in text and "training or validation images: 1" in text
     assert "| resnet18 | none (uncalibrated) | 0.050 [0.030, 0.080] | n/a | 0.2000 | n/a |" in text
+
+
+def test_architecture_comparison_from_a_make_run_archs_run(tmp_path):
+    t = {"n": 120, "accuracy": 0.9, "accuracy_ci": [0.85, 0.95]}
+    loc = {"n": 90, "pointing_game": 0.6, "pointing_game_ci": [0.5, 0.7], "chance": 0.17}
+    audit = {"as_is": {"accuracy": 0.9}, "chance": 0.25,
+             "lungs_removed": {"accuracy": 0.25, "accuracy_ci": [0.18, 0.33]},
+             "cam": {"energy_in_lungs": 0.55, "energy_in_lungs_ci": [0.5, 0.6], "energy_chance": 0.33}}
+    m = {"dataset": {"name": "demo", "synthetic": True}, "created": "now",
+         "archs": {"convnext_tiny": {"test": t, "localization": loc, "lung_audit": audit},
+                   "vit_b_16": {"test": t, "localization": None, "lung_audit": None}}}
+    out = tmp_path / "outputs-archs"
+    (out / "CSVs").mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps(m))
+    (out / "CSVs" / "training_summary.csv").write_text(
+        "arch,image_size,parameters,seconds_per_epoch,epochs_run\n"
+        "convnext_tiny,128,27823204,41.6,6\nvit_b_16,128,85801732,250.2,2\n")
+    base = tmp_path / "metrics.json"
+    base.write_text(json.dumps({**m, "archs": {"resnet18": {"test": t}}}))
+    readme, results = tmp_path / "README.md", tmp_path / "results.md"
+    readme.write_text("<!-- results:start -->\n<!-- results:end -->\n")
+    args = ["--metrics", str(base), "--readme", str(readme), "--results", str(results),
+            "--assets", str(tmp_path / "assets")]
+    assert update_readme.main([*args, "--archs-metrics", str(out / "metrics.json")]) == 0
+    for text in (readme.read_text(), results.read_text()):
+        assert ("| convnext_tiny | 27.8 M | 128 px | 42 (6) | 0.900 [0.850, 0.950] | 0.600 "
+                "[0.500, 0.700] (0.17) | 0.550 [0.500, 0.600] (0.33) | 0.250 [0.180, 0.330] "
+                "(0.25) |") in text
+        assert "| vit_b_16 | 85.8 M | 128 px | 250 (2) | 0.900 [0.850, 0.950] | n/a | n/a | n/a |" in text
+    assert update_readme.main([*args, "--archs-metrics", str(tmp_path / "none.json")]) == 2
