@@ -174,7 +174,7 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
     mask_column = next((c for c in MASK_COLUMNS if c in rows.columns
                         and (rows[c] != "").any()), None)
     has_lungs = "mask_path" in rows.columns and (rows["mask_path"] != "").any()
-    results, preds, probs, figs, audit_rows, unreadable = {}, {}, {}, {}, {}, []
+    results, preds, figs, audit_rows, unreadable = {}, {}, {}, {}, []
     layers, layer_names = {}, {}
     for name, (model, meta) in models.items():
         size, arch = meta["image_size"], meta["arch"]
@@ -191,7 +191,6 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
                 (name, "train", results[name]["train"]["confusion_matrix"]))
         y, p, preds[name], unreadable = predictions_of(model, rows, data_dir, class_names, size,
                                                        cfg, device)
-        probs[name] = (y, p)
         results[name][split] = scores_with_intervals(y, p, class_names, cfg)
         figs.setdefault("confusion", []).append(
             (name, split, results[name][split]["confusion_matrix"]))
