@@ -151,7 +151,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     torch.manual_seed(0)
     ckpt = work / f"{arch}.pt"
     checkpoints.save_checkpoint(ckpt, networks.build_model(arch, 4, weights=None), arch=arch,
-                          class_names=list(demo_data.CLASSES), image_size=size)
+                                class_names=list(demo_data.CLASSES), image_size=size)
     models = checkpoints.load_models([str(ckpt)], device)
     model = models[arch][0]
     x = utils.normalize(torch.rand(batch, 1, size, size, device=device))

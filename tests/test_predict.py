@@ -1,4 +1,4 @@
-"""predict.py: every input kind, probabilities equal to training.predict, the ensemble, CAM
+"""predict.py: every input kind, probabilities equal to inference.predict_loader, the ensemble, CAM
 pictures, clear errors, and the real X-rays in ../shared/realcxr."""
 
 import shutil
@@ -24,7 +24,7 @@ def _checkpoint(path, seed, classes=CLASSES, size=32):
     torch.manual_seed(seed)
     model = networks.build_model("resnet18", len(classes), weights=None)
     checkpoints.save_checkpoint(path, model, arch="resnet18", class_names=list(classes),
-                          image_size=size, epoch=1, val_loss=1.0, val_acc=0.5, seed=seed)
+                                image_size=size, epoch=1, val_loss=1.0, val_acc=0.5, seed=seed)
     return path
 
 

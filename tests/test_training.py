@@ -47,8 +47,8 @@ def test_checkpoint_round_trip(tmp_path):
     m = networks.build_model("densenet121", 4, weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
     checkpoints.save_checkpoint(tmp_path / "c.pt", m, arch="densenet121", class_names=list("abcd"),
-                          image_size=64, epoch=3, val_loss=0.5, val_acc=0.9, seed=1,
-                          config={"lr": 1e-3})
+                                image_size=64, epoch=3, val_loss=0.5, val_acc=0.9, seed=1,
+                                config={"lr": 1e-3})
     m2, meta = checkpoints.load_checkpoint(tmp_path / "c.pt")
     with torch.no_grad():
         assert torch.equal(m(x), m2(x))
@@ -123,7 +123,7 @@ def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
     nothing = torch.utils.data.DataLoader([None, None], batch_size=2,
                                           collate_fn=utils.collate_skip_none)
     ev = inference.evaluate(networks.build_model("resnet18", 4, weights=None), nothing,
-                           torch.device("cpu"))
+                            torch.device("cpu"))
     assert ev["n"] == 0 and math.isnan(ev["loss"]) and math.isnan(ev["accuracy"])
     loaders, names = tiny
     model = networks.build_model("resnet18", 4, weights=None)
