@@ -104,6 +104,13 @@ def train_settings(profile, data_dir, archs: list[str] | None = None, **override
     values = _merge(prof["train"], overrides)
     out = {}
     for arch in archs or prof["archs"]:
+        missing = [k for k, v in values.items() if isinstance(v, dict) and arch not in v]
+        if missing:
+            raise ValueError(f"{prof['path']}: no {', '.join(missing)} for {arch!r} (the "
+                             f"profile sets them per architecture, for "
+                             f"{', '.join(values[missing[0]])}): add {arch} to the profile, or "
+                             f"give the setting for every architecture (a notebook parameter, "
+                             f"a train.py flag)")
         cfg = {k: per_arch(v, arch) for k, v in values.items()}
         weights = cfg.pop("weights", "imagenet")
         out[arch] = (TrainConfig(**cfg), weights)

@@ -81,6 +81,11 @@ def test_explicit_values_override_the_profile_and_mistakes_are_named(demo_dir, t
         config.load_profile(bad)
     with pytest.raises(FileNotFoundError, match="demo-cpu, study"):
         config.load_profile("nope")
+    with pytest.raises(ValueError, match=r"demo-cpu.yaml: no image_size, epochs, .* for "
+                                         r"'mobilenet_v3_small' .*add mobilenet_v3_small"):
+        config.train_settings("demo-cpu", demo_dir, ["mobilenet_v3_small"])
+    settings, _ = config.train_settings("study", demo_dir, ["mobilenet_v3_small"])
+    assert settings["mobilenet_v3_small"][0].image_size == 224  # plain values fit any arch
 
 
 def test_every_setting_can_be_set_from_the_notebooks_and_the_clis():
