@@ -148,9 +148,7 @@ def model_files(args: list[str]) -> list[str]:
             files += sorted(str(f) for f in p.glob("*.pt"))
         elif p.is_file():
             files.append(str(p))
-    names = {Path(f).name for f in files}
-    return [f for f in files if not (f.endswith("_last.pt")
-                                     and Path(f).name.replace("_last.pt", ".pt") in names)]
+    return checkpoints.best_epoch_files(files, say=lambda _: None)
 
 
 def build_app(predictor: Predictor):

@@ -100,6 +100,21 @@ def update_checkpoint_meta(path: str | os.PathLike, **meta) -> None:
     save_state(ckpt, path)
 
 
+def best_epoch_files(paths: list[str], say=print) -> list[str]:
+    """``paths`` without the resumable training states (``<arch>_last.pt``: the last epoch, not
+    the best) whose best-epoch file (``<arch>.pt``) is among them, saying so: ``models/*.pt``
+    then means the best epoch of each model."""
+    names = {Path(p).name for p in paths}
+    kept = []
+    for p in paths:
+        best = Path(p).name.replace("_last.pt", ".pt")
+        if Path(p).name.endswith("_last.pt") and best in names:
+            say(f"note: skipping {p}, a resumable training state; its best epoch is {best}")
+        else:
+            kept.append(p)
+    return kept
+
+
 def load_models(paths: list[str | os.PathLike], device: torch.device
                 ) -> dict[str, tuple[nn.Module, dict]]:
     """``{name: (model, meta)}`` from checkpoints (name = file stem, made unique), for scoring

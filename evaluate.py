@@ -128,20 +128,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _model_paths(items: list[str]) -> list[str]:
-    """The checkpoints among ``items``, leaving out <arch>_last.pt beside its <arch>.pt."""
-    names = {Path(x).name for x in items}
-    out = []
-    for x in items:
-        n = Path(x).name
-        if n.endswith("_last.pt") and n.replace("_last.pt", ".pt") in names:
-            print(f"note: skipping {x}, a resumable training state; its best epoch is "
-                  f"{n.replace('_last.pt', '.pt')}")
-            continue
-        out.append(x)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     bad = [x for x in a.models if Path(x).suffix.lower() not in MODEL_SUFFIXES]
@@ -160,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(a.data_dir).is_dir():
         print(f"error: --data-dir {a.data_dir} is not a folder", file=sys.stderr)
         return 2
-    import config  # torch: only once the arguments are known to be sound
+    import checkpoints  # torch: only once the arguments are known to be sound
+    import config
     import evaluation
     import external
     import networks
@@ -170,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = runtime.choose_device(a.device)
     try:
-        models = evaluation.load_models(_model_paths(a.models), device)
+        models = checkpoints.load_models(checkpoints.best_epoch_files(a.models), device)
         demo = any((m.get("dataset") or {}).get("synthetic") for _, m in models.values())
         _, cfg, _ = config.eval_settings(
             a.profile or (config.DEMO if demo else config.STUDY), None, None,

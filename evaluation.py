@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import functools
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,11 +69,6 @@ class Evaluation:
 
 
 # --------------------------------------------------------------------------- loading
-def load_models(paths: list[str | os.PathLike], device: torch.device) -> Models:
-    """``checkpoints.load_models``: ``{file stem: (model, meta)}``, one class list."""
-    return checkpoints.load_models(paths, device)
-
-
 def model_settings(meta: dict) -> dict:
     """What metrics.json's ``models`` says of a checkpoint: its epoch and validation numbers,
     the training settings that matter for reading its results, and the library versions."""
@@ -95,14 +89,15 @@ def _loader(rows, data_dir, class_names, size, cfg: EvalConfig, device, **kw):
 
 
 def predictions_of(model: nn.Module, rows: pd.DataFrame, data_dir, class_names, size: int,
-                   cfg: EvalConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray,
-                                                                   pd.DataFrame, list]:
-    """``(y_true, y_prob raw softmax, table path/true/pred/prob, unreadable (path, reason))``."""
+                   cfg: EvalConfig, device: torch.device
+                   ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """``(y_true, y_prob raw softmax, table path/true/pred/prob)``; unreadable files are left
+    out (an external set lists them before scoring)."""
     loader = _loader(rows, data_dir, class_names, size, cfg, device)
     y, p, idx = inference.predict_loader(model, loader, device)
     table = pd.DataFrame({"path": loader.dataset.df["path"].iloc[idx].values, "true": y,
                           "pred": p.argmax(1), "prob": p.max(1)})
-    return y, p, table, list(loader.dataset.skipped)
+    return y, p, table
 
 
 def scores_with_intervals(y, p, class_names, cfg: EvalConfig) -> dict:
@@ -168,13 +163,12 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
     """Score every model on ``rows`` (columns path, label[, mask_path, lesion_mask_path,
     source]) under the key ``split``. ``train_rows`` (the train split): each model also gets
     metrics on the training images it drew from (its checkpoint's seeded ``max_per_class``
-    subset). Returns the per-model results (``metrics["archs"]``) and the unreadable files
-    (``metrics["unreadable"]``), the predictions, and the figure data (confusion matrices, ROC
-    and reliability curves, Grad-CAM galleries)."""
+    subset). Returns the per-model results (``metrics["archs"]``), the predictions, and the
+    figure data (confusion matrices, ROC and reliability curves, Grad-CAM galleries)."""
     mask_column = next((c for c in MASK_COLUMNS if c in rows.columns
                         and (rows[c] != "").any()), None)
     has_lungs = "mask_path" in rows.columns and (rows["mask_path"] != "").any()
-    results, preds, figs, audit_rows, unreadable = {}, {}, {}, {}, []
+    results, preds, figs, audit_rows = {}, {}, {}, {}
     layers, layer_names = {}, {}
     for name, (model, meta) in models.items():
         size, arch = meta["image_size"], meta["arch"]
@@ -185,12 +179,11 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
         if train_rows is not None:
             c = meta.get("config") or {}
             drawn = utils.cap_per_class(train_rows, c.get("max_per_class"), c.get("seed", 0))
-            y, p, _, _ = predictions_of(model, drawn, data_dir, class_names, size, cfg, device)
+            y, p, _ = predictions_of(model, drawn, data_dir, class_names, size, cfg, device)
             results[name]["train"] = scores_with_intervals(y, p, class_names, cfg)
             figs.setdefault("confusion", []).append(
                 (name, "train", results[name]["train"]["confusion_matrix"]))
-        y, p, preds[name], unreadable = predictions_of(model, rows, data_dir, class_names, size,
-                                                       cfg, device)
+        y, p, preds[name] = predictions_of(model, rows, data_dir, class_names, size, cfg, device)
         results[name][split] = scores_with_intervals(y, p, class_names, cfg)
         figs.setdefault("confusion", []).append(
             (name, split, results[name][split]["confusion_matrix"]))
@@ -217,8 +210,7 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
                                    class_names, mask_column, cfg, device)
     figs.update(cam_method=cfg.cam_method, synthetic=utils.dataset_info(data_dir)["synthetic"],
                 class_names=list(class_names), split=split, prefix="")
-    return Evaluation(metrics={"archs": results, "unreadable": [list(u) for u in unreadable]},
-                      figures=figs, predictions=preds)
+    return Evaluation(metrics={"archs": results}, figures=figs, predictions=preds)
 
 
 def _reliability(y, p, cal: dict) -> dict:
@@ -313,12 +305,17 @@ def evaluate_split(models: Models, manifest: pd.DataFrame, data_dir, cfg: EvalCo
     class_names = utils.class_names_from(manifest)
     ev = score_models(models, manifest[manifest["split"] == split], data_dir, class_names, cfg,
                       device, split, train_rows=manifest[manifest["split"] == "train"])
-    ev.metrics = {"dataset": utils.dataset_info(data_dir), "created": now(),
-                  "class_names": class_names, "convention": CONVENTION,
-                  "versions": library_versions(),
-                  "models": {n: model_settings(m) for n, (_, m) in models.items()},
+    ev.metrics = {**header(utils.dataset_info(data_dir), class_names, models),
                   "archs": ev.metrics["archs"]}
     return ev
+
+
+def header(dataset: dict, class_names: list[str], models: Models) -> dict:
+    """What every metrics.json starts with: the models' training dataset, when it was written,
+    the class names, the confusion-matrix convention, library versions, each model's settings."""
+    return {"dataset": dataset, "created": now(), "class_names": list(class_names),
+            "convention": CONVENTION, "versions": library_versions(),
+            "models": {n: model_settings(m) for n, (_, m) in models.items()}}
 
 
 def now() -> str:

@@ -21,9 +21,7 @@ import checkpoints
 import image_cache
 import split_dataset
 import utils
-from evaluation import (CONVENTION, EvalConfig, Evaluation, Models, model_settings, now,
-                        score_models)
-from runtime import library_versions
+from evaluation import EvalConfig, Evaluation, Models, header, now, score_models
 
 
 class NothingToScore(ValueError):
@@ -142,9 +140,7 @@ def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.d
                 unchecked_models=unchecked)
     trained = next(iter(models.values()))[1].get("dataset") or {
         "name": "unknown (the checkpoint does not say)", "synthetic": False, "shortcut": False}
-    ev.metrics = {"dataset": trained, "created": now(), "class_names": class_names,
-                  "convention": CONVENTION, "versions": library_versions(),
-                  "models": {n: model_settings(m) for n, (_, m) in models.items()},
+    ev.metrics = {**header(trained, class_names, models),
                   "external": {name: {
                       "data_dir": str(Path(data_dir).resolve()), "dataset":
                       utils.dataset_info(data_dir), "created": now(), "images": info,

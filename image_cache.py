@@ -30,13 +30,9 @@ from xray_io import load_resized_or_reason, process_pool, write_json_atomic
 
 
 def _file_stamp(path: Path) -> str:
-    """``"<bytes>\\0<mtime_ns>"`` of a file, or ``"missing"``: what changes when it is replaced
-    or touched."""
-    try:
-        st = path.stat()
-    except OSError:
-        return "missing"
-    return f"{st.st_size}\0{st.st_mtime_ns}"
+    """``"<bytes>\\0<mtime_ns>"`` of a file (``xray_io.file_stamp``), or ``"missing"``."""
+    st = xray_io.file_stamp(path)
+    return "missing" if st is None else f"{st[0]}\0{st[1]}"
 
 
 @functools.lru_cache(maxsize=1)

@@ -245,15 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="raw softmax probabilities (default: divided by each checkpoint's "
                         "validation-fitted temperature)")
     a = p.parse_args(argv)
-    model_paths = [x for x in a.items if Path(x).suffix.lower() in MODEL_SUFFIXES]
-    # models/*.pt also matches notebook 2's resumable states (<arch>_last.pt: the last epoch,
-    # not the best); with the best-epoch file beside them they are left out, saying so.
-    best = {Path(x).name for x in model_paths}
-    for x in list(model_paths):
-        if Path(x).name.endswith("_last.pt") and Path(x).name.replace("_last.pt", ".pt") in best:
-            print(f"note: skipping {x}, a resumable training state; its best epoch is "
-                  f"{Path(x).name.replace('_last.pt', '.pt')}")
-            model_paths.remove(x)
+    model_paths = checkpoints.best_epoch_files(
+        [x for x in a.items if Path(x).suffix.lower() in MODEL_SUFFIXES])
     inputs = [x for x in a.items if Path(x).suffix.lower() not in MODEL_SUFFIXES]
     if not model_paths or not inputs:
         p.error(f"expected at least one MODEL.pt and one INPUT; got {len(model_paths)} model(s) "

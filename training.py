@@ -32,7 +32,7 @@ import utils
 from inference import evaluate  # the validation pass (fit calls it through this name)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
                      library_versions, main_process_first, seed_everything, world)
-from xray_io import write_csv_atomic
+from xray_io import file_stamp, write_csv_atomic
 
 LR_PRETRAINED = networks.PRETRAINED_LR  # the study's Adam learning rate for ImageNet weights
 # From random initialisation: networks.scratch_lr(arch) (1e-3; 5e-5 for VGG, which has no batch
@@ -461,15 +461,21 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
     extra = {"dataset": utils.dataset_info(data_dir),
              "data": image_cache.split_fingerprint(manifest, digests),
              "trained_on": checkpoints.trained_on_record(manifest, digests)}
+    best_path = Path(models_dir) / f"{arch}.pt"
+    before = file_stamp(best_path)
     history = fit(model, loaders, arch, class_names, config, device, models_dir,
                   Path(out_dir) / "CSVs", resume=resume, progress=progress, extra_meta=extra)
-    if rank == 0:  # temperature scaling on the validation split, kept in the checkpoint
+    # temperature scaling on the validation split, kept in the checkpoint; a run that found its
+    # model already trained leaves models/ as it was
+    calibrated = (before is not None and file_stamp(best_path) == before and "calibration" in
+                  torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["meta"])
+    if rank == 0 and not calibrated:
         val = utils.eval_loader(manifest[manifest["split"] == "val"], data_dir, class_names,
                                 config.image_size, config.batch_size, config.num_workers,
                                 pin_memory=device.type == "cuda", cache_dir=cache_dir)
         cal = inference.calibrate(model, val, device)
-        checkpoints.update_checkpoint_meta(Path(models_dir) / f"{arch}.pt",
-                                           temperature=cal["temperature"], calibration=cal)
+        checkpoints.update_checkpoint_meta(best_path, temperature=cal["temperature"],
+                                           calibration=cal)
     barrier()
     row = {"arch": arch, "image_size": config.image_size, "weights": w or "random init",
            **summarize_history(history, config.min_delta),

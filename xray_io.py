@@ -78,7 +78,9 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _stamp(path: str) -> tuple[int, int] | None:
+def file_stamp(path: str | os.PathLike) -> tuple[int, int] | None:
+    """``(bytes, mtime_ns)`` of a file, or None when it cannot be stat-ed: what changes when it
+    is replaced or touched."""
     try:
         st = os.stat(path)
     except OSError:
@@ -110,7 +112,7 @@ def file_digests(paths: list[str | os.PathLike], cache_file: str | os.PathLike |
             cache = json.loads(Path(cache_file).read_text())
         except (ValueError, OSError):
             cache = {}
-    stamps = [_stamp(p) for p in full]
+    stamps = [file_stamp(p) for p in full]
     out, todo = [""] * len(full), []
     for i, (p, st) in enumerate(zip(full, stamps)):
         hit = cache.get(p)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import checkpoints
 import evaluate
 import evaluation
 import external
@@ -95,7 +96,7 @@ def test_digest_cache_rehashes_only_what_changed(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- the internal split
 def test_a_copy_with_new_mtimes_evaluates_and_a_resplit_is_refused(trained, demo_dir,
                                                                   demo_manifest, tmp_path):
-    models = evaluation.load_models([trained], CPU)
+    models = checkpoints.load_models([trained], CPU)
     copy = tmp_path / "copy"
     shutil.copytree(demo_dir, copy, copy_function=shutil.copy)  # new mtimes, same bytes
     later = time.time_ns() + 3600 * 10**9
@@ -121,7 +122,7 @@ def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, de
                 tmp_path / "out", "--seed", 0, "--cache-dir", tmp_path / "cache") == 0
     assert tree_digest(trained.parent) == before                # checkpoints untouched
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    ev = evaluation.evaluate_split(evaluation.load_models([trained], CPU), demo_manifest,
+    ev = evaluation.evaluate_split(checkpoints.load_models([trained], CPU), demo_manifest,
                                    demo_dir, _cfg(tmp_path), CPU)
     xray_io.write_json_atomic(ev.metrics, tmp_path / "module.json")    # NaN stored as null
     want = json.loads((tmp_path / "module.json").read_text())
@@ -147,7 +148,7 @@ def test_without_a_temperature_the_model_is_scored_uncalibrated(trained, demo_di
     bare = tmp_path / "resnet18.pt"
     torch.save(ckpt, bare)
     before = xray_io.file_sha256(bare)
-    ev = evaluation.evaluate_split(evaluation.load_models([bare], CPU), demo_manifest, demo_dir,
+    ev = evaluation.evaluate_split(checkpoints.load_models([bare], CPU), demo_manifest, demo_dir,
                                    _cfg(tmp_path), CPU)
     cal = ev.metrics["archs"]["resnet18"]["calibration"]
     assert cal["temperature"] is None and "uncalibrated" in cal["note"]
@@ -307,3 +308,17 @@ def test_summary_reuses_the_report_and_equals_a_fresh_one():
     rep = metrics.classification_report(y, p, CLASSES, 200, 1)
     assert metrics.summary_metrics(y, p, CLASSES, 200, 1, report=rep) == \
         metrics.summary_metrics(y, p, CLASSES, 200, 1)
+
+
+def test_rerunning_notebook_2s_step_on_a_trained_model_leaves_models_alone(trained, demo_dir,
+                                                                         demo_manifest):
+    """What notebook 2 run again with its defaults does after a run: nothing is retrained and the
+    checkpoint (already calibrated) is not rewritten."""
+    before = (trained.stat().st_mtime_ns, xray_io.file_sha256(trained))
+    cfg = training.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
+    _, history, _ = training.train_architecture(
+        "resnet18", demo_manifest, demo_dir, cfg, CPU, weights=None, models_dir=trained.parent,
+        out_dir=trained.parent.parent / "out", cache_dir=trained.parent.parent / "cache",
+        progress=False)
+    assert len(history) == 1
+    assert (trained.stat().st_mtime_ns, xray_io.file_sha256(trained)) == before
