@@ -181,7 +181,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
                          "label": [Path(f).parent.parent.name for f in files]})
     cfg = evaluation.EvalConfig(batch_size=batch, num_workers=0, cache_dir=None)
     t = time.perf_counter()
-    _, _, table, _ = evaluation.predictions_of(model, rows, data, list(demo_data.CLASSES), size,
+    _, _, table = evaluation.predictions_of(model, rows, data, list(demo_data.CLASSES), size,
                                                cfg, device)
     _sync(device)
     out["evaluate_img_s"] = len(table) / (time.perf_counter() - t)
