@@ -182,7 +182,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
     cfg = evaluation.EvalConfig(batch_size=batch, num_workers=0, cache_dir=None)
     t = time.perf_counter()
     _, _, table = evaluation.predictions_of(model, rows, data, list(demo_data.CLASSES), size,
-                                               cfg, device)
+                                            cfg, device)
     _sync(device)
     out["evaluate_img_s"] = len(table) / (time.perf_counter() - t)
     out["ratio_none_vs_bare"] = out["predict_none_img_s"] / out["bare_img_s"]
