@@ -123,6 +123,11 @@ def _calls_markdown(row, models, name: str) -> str:
     names = list(models)
     lines = [f"**{'Ensemble' if len(names) > 1 else names[0]}: {row['predicted']}** "
              f"({row['probability']:.0%}), `{name}`", ""]
+    if row.get("training_copy"):
+        lines[:0] = [f"**Warning: this image is a copy of one the models were trained on** "
+                     f"({row['training_copy_kind']}, score {row['training_copy_score']:.3f}: "
+                     f"`{row['training_copy']}`). A call on a training image is no test of "
+                     f"the models.", ""]
     for n in names:
         call = row[f"{n}_predicted"]
         t = models[n][1].get("temperature")

@@ -5,11 +5,15 @@ that rebuilds its model alone (as nanoGPT's carries ``model_args``) and loads wi
 ``weights_only=True``. ``META`` below is the one description of what ``meta`` holds.
 
 What a model was trained on is recorded by content, not by file stamps: the SHA-256 of every
-training and validation image with its path relative to the dataset folder
-(``trained_on_record``). A copied, moved or re-downloaded dataset keeps its digests, so the same
-split evaluates anywhere; a test set that holds any of those images is refused
-(``check_trained_on``), and an external set's byte-identical copies of them are found
-(``training_overlap``) and left out of its metrics.
+training and validation image with its path relative to the dataset folder, and its
+near-duplicate fingerprint (``near_duplicates.fingerprint``: 64 x 64 uint8, 4 KiB an image, one
+uint8 tensor ``(M, 64, 64)`` in the record; ``trained_on_record``). A copied, moved or
+re-downloaded dataset keeps its digests, so the same split evaluates anywhere; a test set that
+holds any of those images byte for byte is refused (``check_trained_on``), one that holds
+resized, re-encoded, cropped or re-windowed copies of them has those left out, and an external
+set's copies of either kind are found (``training_overlap``: ``kind`` exact or near, with the
+near-duplicate score) and left out of its metrics. Checkpoints written before fingerprints were
+recorded match exact copies only (``has_fingerprints``), and the outputs say so.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import pickle
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+import near_duplicates
 import networks
 import utils
 from runtime import library_versions
@@ -43,7 +49,8 @@ META = {
     "config": "training.TrainConfig as a dict",
     "dataset": "utils.dataset_info of the training data (name, synthetic, shortcut)",
     "data": "image_cache.split_fingerprint of the manifest (what a resume must match)",
-    "trained_on": "trained_on_record: content digests of the training and validation images",
+    "trained_on": "trained_on_record: content digests and near-duplicate fingerprints of the "
+                  "training and validation images",
     "temperature": "calibration temperature fitted on the validation split (absent: none)",
     "calibration": "inference.calibrate's report of that fit",
     "versions": "library versions that wrote the file",
@@ -144,42 +151,79 @@ def load_models(paths: list[str | os.PathLike], device: torch.device
 
 
 # --------------------------------------------------------------------------- trained on
-def trained_on_record(manifest: pd.DataFrame, digests: list[str]) -> dict:
+def trained_on_record(manifest: pd.DataFrame, digests: list[str],
+                      fingerprints: np.ndarray | None = None, fingerprint_ok=None) -> dict:
     """What a model trains on, for its checkpoint: the manifest's ``TRAINED_SPLITS`` rows as
     parallel lists ``path`` (relative to the dataset folder), ``split`` and ``sha256``
-    (``digests`` holds one per manifest row, ``image_cache.content_digests``)."""
+    (``digests`` holds one per manifest row, ``image_cache.content_digests``), and with
+    ``fingerprints`` (uint8 ``(N, 64, 64)``, one per manifest row; ``fingerprint_ok`` marks the
+    usable ones) a ``fingerprints`` dict: ``version``, ``images`` (uint8 tensor of the kept
+    rows) and ``ok``."""
     if len(digests) != len(manifest):
         raise ValueError(f"{len(digests)} digests for {len(manifest)} manifest rows")
     keep = manifest["split"].isin(TRAINED_SPLITS).to_numpy()
     rows = manifest[keep]
-    return {"algorithm": "sha256", "path": rows["path"].tolist(),
-            "split": rows["split"].tolist(),
-            "sha256": [d for d, k in zip(digests, keep) if k]}
+    rec = {"algorithm": "sha256", "path": rows["path"].tolist(),
+           "split": rows["split"].tolist(),
+           "sha256": [d for d, k in zip(digests, keep) if k]}
+    if fingerprints is not None:
+        ok = np.ones(len(manifest), bool) if fingerprint_ok is None else np.asarray(fingerprint_ok)
+        rec["fingerprints"] = {"version": near_duplicates.VERSION,
+                               "images": torch.from_numpy(np.ascontiguousarray(
+                                   np.asarray(fingerprints, np.uint8)[keep])),
+                               "ok": ok[keep].tolist()}
+    return rec
 
 
-def training_overlap(meta: dict, paths: list[str], digests: list[str]) -> pd.DataFrame:
-    """The images among ``paths`` (with their content ``digests``) that are byte-identical to
-    one this model was trained or validated on: columns ``path``, ``trained_path``,
-    ``trained_split``. Empty when none, or when the checkpoint records nothing (see
-    ``has_trained_on``). Files without a digest (unreadable) never match."""
+def has_fingerprints(meta: dict) -> bool:
+    """Whether the checkpoint records near-duplicate fingerprints this version can compare
+    (else only byte-identical copies of its training images can be found)."""
+    fp = (meta.get("trained_on") or {}).get("fingerprints")
+    return bool(fp) and fp.get("version") == near_duplicates.VERSION
+
+
+OVERLAP_COLUMNS = ["path", "trained_path", "trained_split", "kind", "score"]
+
+
+def training_overlap(meta: dict, paths: list[str], digests: list[str],
+                     fingerprints: np.ndarray | None = None, fingerprint_ok=None) -> pd.DataFrame:
+    """The images among ``paths`` (with their content ``digests``) that are copies of one this
+    model was trained or validated on: columns ``path``, ``trained_path``, ``trained_split``,
+    ``kind`` (``exact``: byte-identical; ``near``: ``near_duplicates.match`` on
+    ``fingerprints``, one per path) and ``score`` (1 for exact). Empty when none, or when the
+    checkpoint records nothing (see ``has_trained_on``); near copies only when both sides have
+    fingerprints (``has_fingerprints``). Files without a digest (unreadable) never match."""
     rec = meta.get("trained_on")
-    cols = ["path", "trained_path", "trained_split"]
     if not rec:
-        return pd.DataFrame(columns=cols)
+        return pd.DataFrame(columns=OVERLAP_COLUMNS)
     known = {d: (p, s) for p, s, d in zip(rec["path"], rec["split"], rec["sha256"])}
-    rows = [(p, *known[d]) for p, d in zip(paths, digests) if d and d in known]
-    return pd.DataFrame(rows, columns=cols)
+    rows = [(p, *known[d], "exact", 1.0) for p, d in zip(paths, digests) if d and d in known]
+    if fingerprints is not None and has_fingerprints(meta) and len(paths):
+        exact = {r[0] for r in rows}
+        ok = np.ones(len(paths), bool) if fingerprint_ok is None else np.array(fingerprint_ok)
+        ok &= np.array([p not in exact and bool(d) for p, d in zip(paths, digests)])
+        fp = rec["fingerprints"]
+        ref_ok = np.flatnonzero(np.asarray(fp["ok"], bool))
+        found = near_duplicates.match(np.asarray(fingerprints), fp["images"].numpy()[ref_ok], ok)
+        for q, r, score in zip(found["query"], found["reference"], found["score"]):
+            k = int(ref_ok[r])
+            rows.append((paths[q], rec["path"][k], rec["split"][k], "near", float(score)))
+    return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
 
 
 def has_trained_on(meta: dict) -> bool:
     return bool(meta.get("trained_on"))
 
 
-def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: str = "") -> None:
+def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: str = "",
+                     fingerprints: np.ndarray | None = None, fingerprint_ok=None
+                     ) -> pd.DataFrame:
     """Refuse to score a model on ``rows`` (a manifest's test split, say; ``digests`` one per
-    row) that hold images it was trained or validated on: ValueError naming how many and a few.
-    Also refuses another class list. A checkpoint that records no training images (older
-    checkpoints, other tools) passes with a warning: nothing can be checked."""
+    row) that hold images it was trained or validated on byte for byte: ValueError naming how
+    many and a few. Also refuses another class list. Returns the near copies
+    (``training_overlap`` rows of kind ``near``; ``fingerprints`` one per row), which the caller
+    leaves out of the scores. A checkpoint that records no training images (older checkpoints,
+    other tools) passes with a warning: nothing can be checked."""
     name = name or meta.get("arch", "the model")
     names = utils.class_names_from(rows)
     if not set(names) <= set(meta["class_names"]):
@@ -188,8 +232,9 @@ def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: s
     if not has_trained_on(meta):
         warnings.warn(f"{name}: the checkpoint records no training images (trained_on); cannot "
                       f"check that none of them is among the images scored", stacklevel=2)
-        return
-    leaked = training_overlap(meta, rows["path"].tolist(), digests)
+        return pd.DataFrame(columns=OVERLAP_COLUMNS)
+    found = training_overlap(meta, rows["path"].tolist(), digests, fingerprints, fingerprint_ok)
+    leaked = found[found["kind"] == "exact"]
     if len(leaked):
         few = "; ".join(f"{r.path} = {r.trained_split} image {r.trained_path}"
                         for r in leaked.head(3).itertuples())
@@ -198,3 +243,4 @@ def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: s
             f"files; e.g. {few}): its score on them would not be a test. Evaluate it with the "
             f"manifest it was trained with (split_dataset.py with the same seed), or retrain "
             f"on this split (notebook 2 / train.py)")
+    return found[found["kind"] == "near"].reset_index(drop=True)

@@ -71,6 +71,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 import grad_cam
 import report
 import utils
@@ -206,11 +208,17 @@ def _print_external(name: str, part: dict) -> None:
         print(f"  ... {len(info['not_read']) - 10} more not read (metrics.json lists them)")
     dups = info["training_duplicates"]
     if dups:
-        print(f"  left out: {len(dups)} images byte-identical to training images, e.g. "
-              + "; ".join(f"{d['path']} = {d['trained_path']} ({d['models']})" for d in dups[:3]))
+        kinds = pd.Series([d["kind"] for d in dups]).value_counts().to_dict()
+        print(f"  left out: {len(dups)} copies of training images ("
+              + ", ".join(f"{n} {k}" for k, n in kinds.items()) + "), e.g. "
+              + "; ".join(f"{d['path']} = {d['trained_path']} ({d['kind']}, {d['score']:.3f}, "
+                          f"{d['models']})" for d in dups[:3]))
     for n in info["unchecked_models"]:
-        print(f"  note: {n}'s checkpoint records no training images: its overlap with this set "
-              f"could not be checked")
+        print(f"  note: {n}: " + ("its checkpoint records training images without near-duplicate "
+                                  "fingerprints: only byte-identical copies could be found"
+                                  if n.endswith("(exact only)") else
+                                  "its checkpoint records no training images: its overlap with "
+                                  "this set could not be checked"))
     for model, r in part["archs"].items():
         if r["calibration"]["temperature"] is None:
             print(f"  note: {model} has no temperature in its checkpoint: scored uncalibrated")

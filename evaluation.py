@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ import grad_cam
 import image_cache
 import inference
 import metrics
+import near_duplicates
 import networks
 import utils
 from runtime import library_versions
@@ -278,35 +280,68 @@ def _galleries(models, layers, layer_names, rows, preds, audit_rows, data_dir, c
 
 # --------------------------------------------------------------------------- the internal split
 def check_split(models: Models, manifest: pd.DataFrame, data_dir, split: str = "test",
-                cache_dir: str | None = None) -> None:
+                cache_dir: str | None = None) -> pd.DataFrame:
     """Refuse (ValueError) models trained on other classes than the manifest's, or a ``split``
-    that holds images a model was trained or validated on (content digests, so the same split
-    of a copied dataset passes and a re-split does not)."""
+    that holds images a model was trained or validated on byte for byte (content digests, so
+    the same split of a copied dataset passes and a re-split does not). Returns the ``split``'s
+    near copies of training or validation images (``checkpoints.training_overlap`` columns and
+    ``models``), which ``evaluate_split`` leaves out; empty when there are none."""
     names = utils.class_names_from(manifest)
     rows = manifest[manifest["split"] == split]
     if rows.empty:
         raise ValueError(f"the manifest has no {split!r} rows; it has splits "
                          f"{sorted(manifest['split'].unique())}")
     digests = image_cache.content_digests(rows, data_dir, cache_dir)
+    fps = ok = None
+    if any(checkpoints.has_fingerprints(meta) for _, meta in models.values()):
+        fps, ok, _ = near_duplicates.fingerprint_files(
+            [Path(data_dir) / p for p in rows["path"]], cache_dir)
+    near = []
     for name, (_, meta) in models.items():
         if meta["class_names"] != names:
             raise ValueError(f"{name} was trained on classes {meta['class_names']}; the "
                              f"manifest has {names}")
-        checkpoints.check_trained_on(meta, rows, digests, name)
+        near.append(checkpoints.check_trained_on(meta, rows, digests, name, fps, ok)
+                    .assign(models=name))
+    return merge_overlaps(near)
+
+
+def merge_overlaps(found: list[pd.DataFrame]) -> pd.DataFrame:
+    """One row per (image, training twin) over several models' ``training_overlap`` tables
+    (each with a ``models`` column): the models joined by ", "."""
+    cols = checkpoints.OVERLAP_COLUMNS + ["models"]
+    found = [f for f in found if len(f)]
+    if not found:
+        return pd.DataFrame(columns=cols)
+    dup = pd.concat(found, ignore_index=True)
+    return (dup.groupby(checkpoints.OVERLAP_COLUMNS, as_index=False, sort=True)["models"]
+            .agg(lambda m: ", ".join(sorted(set(m)))))[cols]
 
 
 def evaluate_split(models: Models, manifest: pd.DataFrame, data_dir, cfg: EvalConfig,
                    device: torch.device, split: str = "test") -> Evaluation:
     """Notebook 3: score every model on the manifest's ``split`` and on the training images it
     drew from (the train split, or its seeded ``max_per_class`` subset), after ``check_split``.
+    ``split`` images that are near copies of a model's training or validation images (resized,
+    re-encoded, cropped, re-windowed) are left out, with a warning, and listed in
+    ``metrics["training_duplicates"]`` (a key present only when there are some).
     ``metrics`` is the whole ``metrics.json``: dataset, creation time, class names, the
     convention, library versions, each model's settings and results."""
-    check_split(models, manifest, data_dir, split, cfg.cache_dir)
+    near = check_split(models, manifest, data_dir, split, cfg.cache_dir)
+    if len(near):
+        warnings.warn(f"{near['path'].nunique()} {split} images are near copies of training or "
+                      f"validation images (e.g. {near['path'].iloc[0]} ~ "
+                      f"{near['trained_path'].iloc[0]}, score {near['score'].iloc[0]:.3f}); "
+                      f"they are left out of the scores: re-split with split_dataset.py, which "
+                      f"groups them", stacklevel=2)
     class_names = utils.class_names_from(manifest)
-    ev = score_models(models, manifest[manifest["split"] == split], data_dir, class_names, cfg,
+    rows = manifest[(manifest["split"] == split) & ~manifest["path"].isin(set(near["path"]))]
+    ev = score_models(models, rows, data_dir, class_names, cfg,
                       device, split, train_rows=manifest[manifest["split"] == "train"])
     ev.metrics = {**header(utils.dataset_info(data_dir), class_names, models),
                   "archs": ev.metrics["archs"]}
+    if len(near):
+        ev.metrics["training_duplicates"] = near.to_dict(orient="records")
     return ev
 
 

@@ -3,8 +3,9 @@
 ``evaluate_external`` reads every image under a folder's class folders (any layout
 ``split_dataset.py`` reads), maps the folder names onto the models' classes (``map_folders``:
 loose name matching, or an explicit class map), counts and skips folders of other classes, lists
-unreadable files, finds images byte-identical to a model's training or validation images
-(``training_duplicates``: public chest X-ray collections overlap) and leaves them out, then
+unreadable files, finds copies of a model's training or validation images, byte-identical or
+resized, re-encoded, cropped and re-windowed (``training_duplicates``: public chest X-ray
+collections re-publish each other), and leaves them out, then
 scores the rest with ``evaluation.score_models``, exactly as the internal test is scored.
 """
 
@@ -19,9 +20,12 @@ import torch
 
 import checkpoints
 import image_cache
+import near_duplicates
 import split_dataset
 import utils
-from evaluation import EvalConfig, Evaluation, Models, header, now, score_models
+import xray_io
+from evaluation import (EvalConfig, Evaluation, Models, header, merge_overlaps, now,
+                        score_models)
 
 
 class NothingToScore(ValueError):
@@ -86,24 +90,43 @@ def external_rows(data_dir, class_names: list[str], class_map: dict[str, str] | 
     return rows.reset_index(drop=True), info
 
 
-def training_duplicates(models: Models, rows: pd.DataFrame, digests: list[str]
-                        ) -> tuple[pd.DataFrame, list[str]]:
-    """Images of ``rows`` byte-identical to an image any model was trained or validated on:
-    ``(path, trained_path, trained_split, models)`` rows, and the names of models whose
-    checkpoints record nothing to compare with."""
+def training_duplicates(models: Models, rows: pd.DataFrame, digests: list[str],
+                        fingerprints=None, fingerprint_ok=None) -> tuple[pd.DataFrame, list[str]]:
+    """Images of ``rows`` that are copies of an image any model was trained or validated on
+    (``checkpoints.training_overlap``: byte-identical, or near copies by fingerprint):
+    ``(path, trained_path, trained_split, kind, score, models)`` rows, and the names of models
+    whose checkpoints record nothing to compare with, or digests only (``"<name> (exact
+    only)"``: checkpoints written before fingerprints were recorded)."""
     found, unchecked = [], []
     for name, (_, meta) in models.items():
         if not checkpoints.has_trained_on(meta):
             unchecked.append(name)
             continue
-        found.append(checkpoints.training_overlap(meta, rows["path"].tolist(), digests)
-                     .assign(models=name))
-    if not found:
-        return pd.DataFrame(columns=["path", "trained_path", "trained_split", "models"]), unchecked
-    dup = pd.concat(found, ignore_index=True)
-    dup = (dup.groupby(["path", "trained_path", "trained_split"], as_index=False, sort=True)
-           ["models"].agg(lambda m: ", ".join(sorted(set(m)))))
-    return dup, unchecked
+        if not checkpoints.has_fingerprints(meta):
+            unchecked.append(f"{name} (exact only)")
+        found.append(checkpoints.training_overlap(meta, rows["path"].tolist(), digests,
+                                                  fingerprints, fingerprint_ok).assign(models=name))
+    return merge_overlaps(found), unchecked
+
+
+def twin_tiles(models: Models, dup: pd.DataFrame, data_dir, n: int = 6) -> list:
+    """Up to ``n`` left-out copies beside their training twin, for the report: ``(image (128 px),
+    the twin's fingerprint, caption)``; the twin is shown as its checkpoint recorded it."""
+    tiles = []
+    for r in dup.head(n).itertuples():
+        meta = models[r.models.split(", ")[0]][1]
+        fp = (meta["trained_on"].get("fingerprints") or {})
+        if not fp:
+            continue
+        k = meta["trained_on"]["path"].index(r.trained_path)
+        try:
+            img = xray_io.resize_uint8(xray_io.read_xray(Path(data_dir) / r.path), 128)
+        except (ValueError, OSError):
+            continue
+        tiles.append((img, fp["images"][k].numpy(),
+                      f"{Path(r.path).name}\n= {r.trained_split} {Path(r.trained_path).name}\n"
+                      f"{r.kind}, score {r.score:.3f}"))
+    return tiles
 
 
 def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.device,
@@ -120,7 +143,9 @@ def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.d
     name = name or Path(data_dir).resolve().name
     rows, info = external_rows(data_dir, class_names, class_map)
     digests = image_cache.content_digests(rows, data_dir, cfg.cache_dir)
-    dup, unchecked = training_duplicates(models, rows, digests)
+    fps, fp_ok, _ = near_duplicates.fingerprint_files([Path(data_dir) / p for p in rows["path"]],
+                                                      cfg.cache_dir)
+    dup, unchecked = training_duplicates(models, rows, digests, fps, fp_ok)
     keep = rows[~rows["path"].isin(set(dup["path"]))].reset_index(drop=True)
     size = next(iter(models.values()))[1]["image_size"]
     with warnings.catch_warnings():  # each unreadable file is listed in the result instead
@@ -133,6 +158,7 @@ def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.d
                              "".join(f"\n  {p}: {r}" for p, r in unreadable[:5]))
     scored = keep[ok]  # the same rows when all are readable: the decoded cache is reused
     ev = score_models(models, scored, data_dir, class_names, cfg, device, split="external")
+    ev.figures["training_twins"] = twin_tiles(models, dup, data_dir)
     info.update(scored=int(len(scored)),
                 scored_by_class=scored["label"].value_counts().sort_index().to_dict(),
                 not_read=info["not_read"] + [list(u) for u in unreadable],

@@ -274,6 +274,19 @@ def box_by_class(df: pd.DataFrame, value: str, by: str = "label", title: str = "
     return fig
 
 
+def duplicate_pairs_figure(pairs: Sequence[tuple[np.ndarray, np.ndarray, str]],
+                           suptitle: str = "") -> Figure | None:
+    """Near-duplicate pairs side by side: each ``(image, twin, caption)`` is two gray tiles,
+    the caption over the first; None when there are no pairs."""
+    if not pairs:
+        return None
+    tiles, titles = [], []
+    for a, b, caption in pairs:
+        tiles += [_to_uint8_gray(a), _to_uint8_gray(b)]
+        titles += [caption, ""]
+    return image_grid(tiles, titles, ncols=min(6, 2 * len(pairs)), size=2.2, suptitle=suptitle)
+
+
 def evaluation_figures(data: dict) -> Iterator[tuple[str, Figure | None]]:
     """Every figure of an evaluation (``evaluation.Evaluation.figures``), one at a time, as
     ``(path relative to the output folder, Figure)``: confusion matrices (counts and
@@ -294,6 +307,10 @@ def evaluation_figures(data: dict) -> Iterator[tuple[str, Figure | None]]:
     for name, curves in data.get("reliability", {}).items():
         yield (f"{pre}calibration/{name}.png",
                reliability_figure(curves, title=f"{name} {split} reliability"))
+    if data.get("training_twins"):
+        yield f"{pre}training_twins.png", duplicate_pairs_figure(
+            data["training_twins"], "left out: copies of training images (left: this set; "
+                                    "right: the training image as fingerprinted)")
     galleries = data.get("galleries", {})
     for gallery in ("comparison", "misclassified"):
         yield f"{pre}grad_cam/{gallery}.png", _gallery_figure(galleries.get(gallery), gallery, data)

@@ -31,7 +31,12 @@ OUTPUT
       path, status ("ok" or why the file could not be read), [label: the manifest's class],
       predicted, probability (the ensemble's, or the single model's), then per model
       <model>_predicted and <model>_<class> for each class, and with several models
-      ensemble_predicted and ensemble_<class>; cam (the PNG written for the row).
+      ensemble_predicted and ensemble_<class>; training_copy ("<split>:<path>" of the
+      training or validation image this input is a copy of, byte-identical or resized,
+      re-encoded, cropped or re-windowed: a call on it is no test; empty otherwise),
+      training_copy_kind (exact or near), training_copy_score; cam (the PNG written for the
+      row). Checkpoints written before near-duplicate fingerprints were recorded find exact
+      copies only, and the output says so.
     DIR/cams/<n>_<name>.png unless --cam none: the radiograph and each model's map over it,
       titled with the model's call and probability, the map's peak ringed.
     A file that cannot be read is a row with its reason, never a crash.
@@ -64,12 +69,13 @@ from tqdm.auto import tqdm
 import checkpoints
 import grad_cam
 import inference
+import near_duplicates
 import networks
 import plot_utils
 import utils
 from runtime import autocast, choose_device
 from split_dataset import info_path
-from xray_io import IMAGE_EXTENSIONS, read_xray, resize_uint8
+from xray_io import IMAGE_EXTENSIONS, file_sha256, read_xray, resize_uint8
 
 MODEL_SUFFIXES = (".pt", ".pth")
 
@@ -108,13 +114,39 @@ def collect_inputs(inputs: list[str], split: str = "test", data_dir: str | None 
     return pd.DataFrame(rows, columns=["path", "file", "label"])
 
 
-def _decode(file: str, sizes: tuple[int, ...]) -> tuple[dict[int, np.ndarray] | None, np.ndarray | None, str]:
-    """``({size: uint8 (S, S)}, gray float32 for the picture, "ok")`` or ``(None, None, reason)``."""
+def _decode(file: str, sizes: tuple[int, ...]) -> tuple[dict | None, np.ndarray | None, str]:
+    """``({size: uint8 (S, S), "fingerprint": uint8 (64, 64) or None, "sha256": hex}, gray
+    float32 for the picture, "ok")`` or ``(None, None, reason)``."""
     try:
         a = read_xray(file)
     except (ValueError, OSError) as e:
         return None, None, str(e)
-    return {s: resize_uint8(a, s) for s in sizes}, a, "ok"
+    try:
+        fp = near_duplicates.fingerprint(a)
+    except near_duplicates.NotFingerprintable:
+        fp = None
+    return ({**{s: resize_uint8(a, s) for s in sizes}, "fingerprint": fp,
+             "sha256": file_sha256(file)}, a, "ok")
+
+
+def training_copies(models: dict, paths: list[str], decoded: list[dict]) -> pd.DataFrame:
+    """Which of these decoded inputs (``_decode``'s dicts) are copies of an image a model was
+    trained or validated on: ``checkpoints.training_overlap`` rows (the best twin per input:
+    exact first, then the highest score) with ``models``; a call on such an image is no test."""
+    fps = np.stack([d["fingerprint"] if d["fingerprint"] is not None
+                    else np.zeros((near_duplicates.SIDE,) * 2, np.uint8) for d in decoded]) \
+        if decoded else np.zeros((0, near_duplicates.SIDE, near_duplicates.SIDE), np.uint8)
+    ok = [d["fingerprint"] is not None for d in decoded]
+    found = [checkpoints.training_overlap(meta, paths, [d["sha256"] for d in decoded], fps, ok)
+             .assign(models=n) for n, (_, meta) in models.items()]
+    found = [f for f in found if len(f)]
+    if not found:
+        return pd.DataFrame(columns=[*checkpoints.OVERLAP_COLUMNS, "models"])
+    dup = pd.concat(found, ignore_index=True).sort_values(["path", "kind", "score"],
+                                                          ascending=[True, True, False])
+    models_of = dup.groupby("path")["models"].agg(lambda m: ", ".join(sorted(set(m))))
+    dup = dup.drop_duplicates("path").drop(columns="models")
+    return dup.assign(models=dup["path"].map(models_of)).reset_index(drop=True)
 
 
 def _batches(files: list[str], sizes: tuple[int, ...], batch_size: int, keep_gray: bool):
@@ -158,6 +190,8 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
     probs = {n: np.full((len(table), len(class_names)), np.nan) for n in names}
     status = ["ok"] * len(table)
     cam_files = [""] * len(table)
+    copy_cols = {"training_copy": [""] * len(table), "training_copy_kind": [""] * len(table),
+                 "training_copy_score": [np.nan] * len(table)}
     layers = {n: networks.cam_target_layer(m, meta["arch"],
                                            networks.cam_layer_for(cam_layer, meta["arch"]))
               for n, (m, meta) in models.items()}
@@ -167,6 +201,12 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
         ok = [i for i, (imgs, _, _) in enumerate(batch) if imgs is not None]
         status[row:row + len(batch)] = [reason for _, _, reason in batch]
         maps: dict[str, np.ndarray] = {}
+        copies = training_copies(models, [str(row + i) for i in ok], [batch[i][0] for i in ok])
+        copy_of = {int(r.path): r for r in copies.itertuples()}
+        for i, r in copy_of.items():
+            copy_cols["training_copy"][i] = f"{r.trained_split}:{r.trained_path}"
+            copy_cols["training_copy_kind"][i] = r.kind
+            copy_cols["training_copy_score"][i] = float(r.score)
         if ok:
             for n, (model, meta) in models.items():
                 size = meta["image_size"]
@@ -192,17 +232,21 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
                     tiles.append(plot_utils.overlay_cam(batch[i][0][models[n][1]["image_size"]],
                                                         maps[n][k], peak=True))
                     captions.append(f"{n}: {class_names[c]} {probs[n][r, c]:.2f}")
-                picture = plot_utils.cam_strip(gray, tiles, captions, title=table["path"].iat[r])
+                title = table["path"].iat[r]
+                if r in copy_of:
+                    title += (f"\nA COPY OF A TRAINING IMAGE ({copy_of[r].kind}, "
+                              f"{copy_of[r].trained_path}): this call is no test")
+                picture = plot_utils.cam_strip(gray, tiles, captions, title=title)
                 dst = cams_dir / f"{r + 1:05d}_{_safe_name(table['path'].iat[r])}.png"
                 plot_utils.save_image(picture, dst)
                 cam_files[r] = str(dst)
         row += len(batch)
         bar.update(len(batch))
     bar.close()
-    return _table(table, names, class_names, probs, status, cam_files)
+    return _table(table, names, class_names, probs, status, cam_files, copy_cols)
 
 
-def _table(table, names, class_names, probs, status, cam_files) -> pd.DataFrame:
+def _table(table, names, class_names, probs, status, cam_files, copy_cols) -> pd.DataFrame:
     out = pd.DataFrame({"path": table["path"], "status": status})
     if (table["label"] != "").any():
         out["label"] = table["label"].values
@@ -218,6 +262,8 @@ def _table(table, names, class_names, probs, status, cam_files) -> pd.DataFrame:
         out[f"{n}_predicted"] = calls[n]
         for j, c in enumerate(class_names):
             out[f"{n}_{c}"] = p[:, j]
+    for col, values in copy_cols.items():
+        out[col] = values
     out["cam"] = cam_files
     return out
 
@@ -281,6 +327,14 @@ def main(argv: list[str] | None = None) -> int:
         for n, t in temps.items())))
     print(f"{n_ok} of {len(result)} images predicted with {', '.join(models)} -> "
           f"{out_dir / 'predictions.csv'}" + ("" if a.cam == "none" else f" and {out_dir / 'cams'}/"))
+    n_copies = int((result["training_copy"] != "").sum())
+    if n_copies:
+        print(f"{n_copies} inputs are copies of training or validation images (column "
+              f"training_copy): their calls are no test")
+    for n, (_, meta) in models.items():
+        if not checkpoints.has_fingerprints(meta):
+            print(f"note: {n}'s checkpoint has no near-duplicate fingerprints of its training "
+                  f"images: only byte-identical copies of them are recognised")
     for r in result[result["status"] != "ok"].head(10).itertuples():
         print(f"  not read: {r.status}")
     return 0 if n_ok else 1

@@ -187,6 +187,8 @@ def _external(m: dict, name: str, out: Path) -> dict:
     images = [(f"{n}: confusion matrix (rows = true class)",
                _png(pre / "confusion_matrices" / f"{n}_external.png")) for n in archs]
     images += [(f"{n}: reliability", _png(pre / "calibration" / f"{n}.png")) for n in archs]
+    images += [("Left out as copies of training images, beside their training twin",
+                _png(pre / "training_twins.png"))]
     images += [(title, _png(pre / "grad_cam" / f)) for f, title in (
         ("comparison.png", "Grad-CAM: the same images under each model"),
         ("misclassified.png", "Grad-CAM: misclassified images"),

@@ -1,8 +1,10 @@
 """Seeded, stratified, non-destructive train/val/test split of a chest X-ray dataset folder.
 
 Reads a dataset folder (never writes, moves, renames or deletes anything inside it), decodes every
-image to validate it, groups exact duplicates (same decoded pixels) so a group never straddles
-splits, and writes a manifest CSV plus a rejects report beside it.
+image to validate it, groups the images that show the same radiograph (identical pixels, or a
+resized, re-encoded, cropped, padded or re-windowed copy: ``near_duplicates.py``) and, with
+``--groups``, the images of one patient, so a group never straddles splits, and writes a manifest
+CSV plus a rejects report and a duplicates list beside it.
 
 Supported layouts (the COVID-19 Radiography Database as published over time, and any folder of
 class subfolders)::
@@ -15,19 +17,26 @@ Files at the top level (metadata .xlsx, README) and OS junk (.DS_Store, Thumbs.d
 hidden files) are ignored.
 
 Manifest columns: ``path,label,split,group`` (paths relative to DATA_DIR, POSIX separators;
-``group`` ids equal for identical images), then ``mask_path`` / ``lesion_mask_path`` where such
+``group``: the group's first path; equal for images that show the same radiograph or, with
+``--groups``, the same patient), then ``mask_path`` / ``lesion_mask_path`` where such
 masks exist and ``source`` (the URL column of Kaggle's ``<class>.metadata.xlsx``) where those
 files are present. Rows are sorted, so a rerun with the same data and seed is byte-identical.
-Beside the manifest: ``<stem>.rejects.csv`` (unreadable files and why) and ``<stem>.json`` (the
+Beside the manifest: ``<stem>.rejects.csv`` (unreadable files and why), ``<stem>.duplicates.csv``
+(every duplicate pair found: ``group,path,matched_path,score,kind`` with kind ``exact`` or
+``near`` and the near-duplicate score) and ``<stem>.json`` (the
 split's parameters and a fingerprint of the dataset's file listing); a rerun whose fingerprint
 and parameters match reuses the manifest and says so (``--force`` re-splits).
 
 CLI::
 
     python split_dataset.py DATA_DIR --out MANIFEST.csv [--val N|F] [--test N|F] [--seed S]
+                            [--groups GROUPS.csv] [--near-duplicates on|off]
 
 ``--val/--test`` are images per class (an integer, default 60 as in the study) or a fraction of
-each class (a number below 1, e.g. 0.1).
+each class (a number below 1, e.g. 0.1). ``--groups`` merges groups by a CSV with columns
+``path,group`` (path relative to DATA_DIR; group e.g. NIH ChestX-ray14's Patient ID or
+CheXpert's patient folder), so one patient never straddles splits either.
+``--near-duplicates off`` groups identical images only (the behaviour before near-duplicates).
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import near_duplicates as nd
 from xray_io import (atomic_write, file_sha256, is_image_name, process_pool, read_xray,
                      write_csv_atomic)
 
@@ -139,21 +149,27 @@ def read_sources(data_dir: str | os.PathLike) -> dict[tuple[str, str], str]:
     return out
 
 
-def _decode_digest(path: str) -> tuple[str | None, str | None]:
-    """(pixel digest, None) for a readable image, (None, reason) otherwise."""
+def _decode_digest(path: str) -> tuple[str | None, np.ndarray | None, str | None]:
+    """(pixel digest, fingerprint, None) for a readable image, (None, None, reason) otherwise;
+    the fingerprint is None for an image that cannot be fingerprinted (one gray level)."""
     try:
         a = read_xray(path)
     except (ValueError, OSError) as e:
-        return None, str(e).replace(str(path) + ": ", "", 1)
+        return None, None, str(e).replace(str(path) + ": ", "", 1)
     h = hashlib.blake2b(digest_size=8)
     h.update(np.asarray(a.shape, np.int64).tobytes())
     h.update(a.tobytes())
-    return h.hexdigest(), None
+    try:
+        fp = nd.fingerprint(a)
+    except nd.NotFingerprintable:
+        fp = None
+    return h.hexdigest(), fp, None
 
 
 def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int | None = None
-                    ) -> tuple[list[str | None], list[str | None]]:
-    """Decode every image (in ``workers`` processes); returns per-path digests and reasons."""
+                    ) -> tuple[list[str | None], list[np.ndarray | None], list[str | None]]:
+    """Decode every image (in ``workers`` processes); returns per-path pixel digests,
+    near-duplicate fingerprints and reasons (``None`` where there is none)."""
     full = [str(Path(data_dir, p)) for p in paths]
     workers = max(1, min(workers or os.cpu_count() or 1, len(full) // 256 + 1))
     if workers == 1:
@@ -161,7 +177,68 @@ def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int 
     else:
         with process_pool(workers) as pool:
             results = pool.map(_decode_digest, full, chunksize=64)
-    return [r[0] for r in results], [r[1] for r in results]
+    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+
+DUPLICATE_COLUMNS = ["group", "path", "matched_path", "score", "kind"]
+
+
+def duplicate_edges(cand: pd.DataFrame, fps: list[np.ndarray | None], near: bool = True,
+                    workers: int | None = None) -> pd.DataFrame:
+    """The pairs of ``cand`` rows (``path``, ``digest``) that show one radiograph: columns
+    ``path``, ``matched_path``, ``score`` and ``kind`` (``exact``: identical decoded pixels,
+    matched to the first path of their set, score 1; ``near``: ``nd.find_pairs``,
+    with its score). Rows without a fingerprint are never near pairs."""
+    paths = cand["path"].tolist()
+    edges = []
+    first = cand.groupby("digest")["path"].transform("min")
+    for p, f in zip(paths, first):
+        if p != f:
+            edges.append((p, f, 1.0, "exact"))
+    if near and len(paths) > 1:
+        ok = np.array([f is not None for f in fps])
+        stack = np.stack([f if f is not None else np.zeros((nd.SIDE,) * 2, np.uint8)
+                          for f in fps])
+        digest = cand["digest"].tolist()
+        for i, j, score in nd.find_pairs(stack, ok, workers)[["i", "j", "score"]
+                                                                            ].itertuples(index=False):
+            if digest[i] != digest[j]:  # identical ones are listed as exact already
+                edges.append((paths[j], paths[i], float(score), "near"))
+    return pd.DataFrame(edges, columns=DUPLICATE_COLUMNS[1:])
+
+
+def read_groups(groups_csv: str | os.PathLike, paths: list[str]) -> tuple[dict[str, str], list]:
+    """``--groups``: ``{path: group}`` from a CSV with columns ``path,group`` (paths relative to
+    the dataset folder), and the CSV's paths that are not among ``paths``. ValueError naming
+    the columns found when ``path`` or ``group`` is missing."""
+    g = pd.read_csv(groups_csv, dtype=str, keep_default_na=False)
+    if not {"path", "group"} <= set(g.columns):
+        raise ValueError(f"--groups {groups_csv}: expected columns 'path' and 'group', found "
+                         f"{list(g.columns)}")
+    known = set(paths)
+    g["path"] = g["path"].str.replace("\\", "/", regex=False).str.strip()
+    missing = sorted(set(g["path"]) - known)
+    g = g[g["path"].isin(known) & (g["group"].str.strip() != "")]
+    return dict(zip(g["path"], g["group"].str.strip())), missing
+
+
+def assign_groups(paths: list[str], edges: pd.DataFrame, given: dict[str, str] | None = None
+                  ) -> list[str]:
+    """Each path's group id: the smallest path of its connected component over ``edges``
+    (``duplicate_edges``) and, with ``given`` (``read_groups``), over shared given groups."""
+    index = {p: k for k, p in enumerate(paths)}
+    pairs = [(index[a], index[b]) for a, b in zip(edges["path"], edges["matched_path"])]
+    by_given: dict[str, int] = {}
+    for p, g in (given or {}).items():
+        if g in by_given:
+            pairs.append((by_given[g], index[p]))
+        else:
+            by_given[g] = index[p]
+    root = nd.groups(len(paths), pairs)
+    smallest: dict[int, str] = {}
+    for k, r in enumerate(root):
+        smallest[r] = min(smallest.get(r, paths[k]), paths[k])
+    return [smallest[r] for r in root]
 
 
 def _per_class_count(spec: float, n: int, what: str) -> int:
@@ -179,26 +256,40 @@ def _parse_amount(text: str) -> float:
 
 
 def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, seed: int = 42,
-               workers: int | None = None, report: dict | None = None) -> pd.DataFrame:
+               workers: int | None = None, report: dict | None = None,
+               near_duplicates: bool = True, groups: str | os.PathLike | None = None
+               ) -> pd.DataFrame:
     """Scan, validate and split ``data_dir``; returns the manifest DataFrame (nothing written).
 
     ``val``/``test``: images per class (integers >= 1) or fractions of each class (0 < f < 1).
     Duplicate groups are drawn as units, so a class's val/test counts can exceed the target by
     less than one group. Raises ValueError when a class is too small to hold val + test and
-    leave training images. If ``report`` is a dict it receives ``rejects`` (list of
-    ``(path, reason)``), ``cross_class_duplicates`` (list of path lists) and ``seconds``.
+    leave training images. ``near_duplicates``: group resized, re-encoded, cropped, padded or
+    re-windowed copies too (``duplicate_edges``), not only identical images; ``groups``: a CSV
+    of ``path,group`` merged in (``read_groups``). If ``report`` is a dict it receives
+    ``rejects`` (list of ``(path, reason)``), ``cross_class_duplicates`` (list of path lists),
+    ``duplicates`` (``duplicate_edges`` with the ``group`` column first), ``groups_missing``
+    (``--groups`` paths not in the dataset) and ``seconds``.
     """
     t0 = time.perf_counter()
     cand, rejects = scan_dataset(data_dir)
-    digests, reasons = validate_images(data_dir, cand["path"].tolist(), workers)
+    digests, fps, reasons = validate_images(data_dir, cand["path"].tolist(), workers)
     bad = [i for i, d in enumerate(digests) if d is None]
     rejects = sorted(rejects + [(cand.at[i, "path"], reasons[i]) for i in bad])
-    cand = cand.assign(group=digests).drop(index=bad).reset_index(drop=True)
+    fps = [f for i, f in enumerate(fps) if digests[i] is not None]
+    cand = cand.assign(digest=digests).drop(index=bad).reset_index(drop=True)
 
-    # Identical pixels -> one group id (the group's first path, so ids are stable and readable).
-    first = cand.groupby("group")["path"].transform("min")
-    cand["group"] = first
-    cross = [sorted(g["path"]) for _, g in cand.groupby("group") if g["label"].nunique() > 1]
+    edges = duplicate_edges(cand, fps, near_duplicates, workers)
+    given, missing = read_groups(groups, cand["path"].tolist()) if groups else ({}, [])
+    cand["group"] = assign_groups(cand["path"].tolist(), edges, given)
+    cand = cand.drop(columns="digest")
+    group_of = dict(zip(cand["path"], cand["group"]))
+    edges.insert(0, "group", edges["path"].map(group_of))
+    edges = edges.sort_values(["group", "path", "matched_path"], kind="stable"
+                              ).reset_index(drop=True)
+    same_image = cand.assign(group=assign_groups(cand["path"].tolist(), edges))
+    cross = [sorted(g["path"]) for _, g in same_image.groupby("group")
+             if g["label"].nunique() > 1]  # one radiograph filed under several classes
 
     rng = np.random.default_rng(seed)
     split_of_group: dict[str, str] = {}
@@ -238,8 +329,8 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
              and (cand[c] != "").any()]
     manifest = cand[["path", "label", "split", "group"] + extra].reset_index(drop=True)
     if report is not None:
-        report.update(rejects=rejects, cross_class_duplicates=cross,
-                      seconds=time.perf_counter() - t0)
+        report.update(rejects=rejects, cross_class_duplicates=cross, duplicates=edges,
+                      groups_missing=missing, seconds=time.perf_counter() - t0)
     return manifest
 
 
@@ -273,6 +364,28 @@ def rejects_path(manifest_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".rejects.csv")
 
 
+def duplicates_path(manifest_path: str | os.PathLike) -> Path:
+    """Where the duplicate pairs of a manifest go: ``<stem>.duplicates.csv`` beside it."""
+    p = Path(manifest_path)
+    return p.with_name(p.stem + ".duplicates.csv")
+
+
+def duplicate_summary(manifest: pd.DataFrame, dup: pd.DataFrame, near: bool = True) -> str:
+    """One sentence: how many images sit in exact and near-duplicate groups, all of them kept
+    within one split."""
+    def count(kind: str) -> tuple[int, int]:
+        rows = dup[dup["kind"] == kind]
+        paths = set(rows["path"]) | set(rows["matched_path"])
+        return len(paths), manifest.loc[manifest["path"].isin(paths), "group"].nunique()
+
+    (n_exact, g_exact), (n_near, g_near) = count("exact"), count("near")
+    near_text = (f"{n_near} images in {g_near} near-duplicate groups (resized, re-encoded, "
+                 f"cropped, padded or re-windowed copies)" if near
+                 else "near-duplicates not looked for (--near-duplicates off)")
+    return (f"{n_exact} images in {g_exact} exact-duplicate groups, {near_text}; every group "
+            f"kept within one split")
+
+
 def split_table(manifest: pd.DataFrame) -> pd.DataFrame:
     """Images per class (rows) and split (columns), with totals, as the study tabulated them."""
     t = pd.crosstab(manifest["label"], manifest["split"]).reindex(columns=list(SPLITS),
@@ -294,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="test images per class (int) or fraction (<1); default 60")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all)")
+    p.add_argument("--groups", default=None, metavar="GROUPS.csv",
+                   help="CSV with columns path,group (e.g. patient IDs): images of one group "
+                        "never straddle splits")
+    p.add_argument("--near-duplicates", choices=("on", "off"), default="on",
+                   help="on (default): resized, re-encoded, cropped, padded or re-windowed "
+                        "copies of one radiograph form one group; off: identical images only")
     p.add_argument("--force", action="store_true",
                    help="re-split even if the existing manifest matches the data")
     a = p.parse_args(argv)
@@ -304,8 +423,14 @@ def main(argv: list[str] | None = None) -> int:
     if not data_dir.is_dir():
         print(f"error: dataset folder {a.data_dir} does not exist", file=sys.stderr)
         return 2
+    if a.groups and not Path(a.groups).is_file():
+        print(f"error: --groups {a.groups} is not a file (expected a CSV with columns path,group)",
+              file=sys.stderr)
+        return 2
     params = {"data_dir": str(data_dir), "val": a.val, "test": a.test, "seed": a.seed,
-              "fingerprint": listing_fingerprint(data_dir)}
+              "fingerprint": listing_fingerprint(data_dir),
+              "near_duplicates": nd.VERSION if a.near_duplicates == "on" else "off",
+              "groups": file_sha256(a.groups) if a.groups else None}
     if not a.force and out.is_file() and info_path(out).is_file():
         # the JSON records the CSV's hash: a kill between writing the two (or an edited CSV)
         # makes the pair disagree, and the split is drawn again
@@ -322,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out} does not match the data or parameters any more: re-splitting")
     report: dict = {}
     try:
-        manifest = make_split(data_dir, a.val, a.test, a.seed, a.workers, report)
+        manifest = make_split(data_dir, a.val, a.test, a.seed, a.workers, report,
+                              a.near_duplicates == "on", a.groups)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -331,12 +457,19 @@ def main(argv: list[str] | None = None) -> int:
     write_csv_atomic(rej, rejects_path(out))
     with atomic_write(info_path(out)) as tmp:
         tmp.write_text(json.dumps({**params, "manifest_sha256": file_sha256(out)}, indent=2) + "\n")
+    dup = report["duplicates"]
+    write_csv_atomic(dup, duplicates_path(out))
     print(split_table(manifest).to_string())
-    n_dup = int(manifest.duplicated("group", keep=False).sum())
     print(f"{len(manifest)} images in {out} ({report['seconds']:.1f} s, seed {a.seed}); "
-          f"{len(rej)} rejected (see {rejects_path(out).name}); "
-          f"{n_dup} images in {manifest['group'].nunique() - (len(manifest) - n_dup)} "
-          f"duplicate groups kept within one split")
+          f"{len(rej)} rejected (see {rejects_path(out).name})")
+    print(duplicate_summary(manifest, dup, a.near_duplicates == "on") +
+          f" (see {duplicates_path(out).name})")
+    if a.groups:
+        n_multi = int(manifest.duplicated("group", keep=False).sum())
+        print(f"--groups {a.groups}: {n_multi} images share a group with another image; "
+              f"{len(report['groups_missing'])} of its paths are not in the dataset"
+              + (f" (e.g. {', '.join(report['groups_missing'][:3])})"
+                 if report["groups_missing"] else ""))
     for r in rej.head(20).itertuples():
         print(f"  rejected {r.path}: {r.reason}")
     if len(rej) > 20:

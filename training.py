@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 import checkpoints
 import image_cache
+import near_duplicates
 import inference
 import networks
 import utils
@@ -242,6 +243,17 @@ def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.dev
                         precision is not None, cl)
 
 
+def _equal(a, b) -> bool:
+    """``a == b`` for meta values that may hold tensors (the fingerprints of trained_on)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    return a == b
+
+
 def try_resume(last_path: Path, model: nn.Module, step: _Step, stopper: EarlyStopping,
                meta: dict, extra_meta: dict | None, config: TrainConfig, say) -> None:
     """Load ``last_path`` (model, optimizer, schedule, scaler, early-stopping state) when it
@@ -249,7 +261,7 @@ def try_resume(last_path: Path, model: nn.Module, step: _Step, stopper: EarlySto
     otherwise leave everything as it is and say why training starts afresh."""
     arch = meta["arch"]
     last = torch.load(last_path, map_location="cpu", weights_only=True)
-    same_data = all(last["meta"].get(k) == v for k, v in (extra_meta or {}).items())
+    same_data = all(_equal(last["meta"].get(k), v) for k, v in (extra_meta or {}).items())
     same_config = _config_key(last["meta"]["config"]) == _config_key(meta["config"])
     if not (same_config and same_data and last["meta"]["class_names"] == meta["class_names"]):
         why = ("another config (e.g. epochs with a cosine schedule)" if not same_config
@@ -431,9 +443,10 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
     train/val splits, ImageNet/file/no weights (``networks.resolve_weights``), the model seeded
     from ``config.seed`` alone, then ``fit`` keyed on the data's content
     (``image_cache.split_fingerprint``), with the history in ``out_dir/CSVs/<arch>.csv`` and
-    checkpoints in ``models_dir``. The checkpoint records the content digests of the training
-    and validation images (``checkpoints.trained_on_record``; cached in ``cache_dir``), so
-    evaluation can refuse a test set that holds any of them, wherever the data was copied.
+    checkpoints in ``models_dir``. The checkpoint records the content digests and near-duplicate
+    fingerprints of the training and validation images (``checkpoints.trained_on_record``; both
+    cached in ``cache_dir``), so evaluation can refuse a test set that holds any of them,
+    wherever the data was copied, and recognise their altered copies.
 
     Under ``torchrun`` every process calls it; rank 0 decodes the images and fetches the
     weights first. Returns ``(model with the best weights, history, summary row)``; the row
@@ -449,6 +462,8 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
                                      cache_dir=cache_dir, progress=progress and rank == 0,
                                      num_replicas=world_size, rank=rank)
         digests = image_cache.content_digests(manifest, data_dir, cache_dir)
+        fps, fp_ok, _ = near_duplicates.fingerprint_files(
+            [Path(data_dir) / p for p in manifest["path"]], cache_dir)
         w = networks.resolve_weights(arch, weights)
         config = dataclasses.replace(config, weights=None if w is None else str(w))
         seed_everything(config.seed)  # the initial weights depend on the seed alone
@@ -460,7 +475,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
               f" images" + (f"; {world_size} processes" if world_size > 1 else ""))
     extra = {"dataset": utils.dataset_info(data_dir),
              "data": image_cache.split_fingerprint(manifest, digests),
-             "trained_on": checkpoints.trained_on_record(manifest, digests)}
+             "trained_on": checkpoints.trained_on_record(manifest, digests, fps, fp_ok)}
     best_path = Path(models_dir) / f"{arch}.pt"
     before = file_stamp(best_path)
     history = fit(model, loaders, arch, class_names, config, device, models_dir,

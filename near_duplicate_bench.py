@@ -1,0 +1,282 @@
+"""How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
+
+    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout|design|all]
+                                   [--seed 0] [--out outputs/near_duplicates.json]
+    python near_duplicate_bench.py --speed [--images 21165] [--fingerprints 112120]
+
+The first form takes the radiographs under DIR (e.g. ``../shared/realcxr``), writes altered
+copies of a seeded sample of them (``ALTERATIONS``) into a temporary class folder beside
+symbolic links to the originals, splits the lot with ``split_dataset.make_split`` (20% / 20%)
+and reports, per alteration, how many copies share their original's group (recall) and how
+many sit in another split (straddling); every other grouped pair is a false pair (counted among
+all pairs of distinct originals); and, as ``evaluate.py`` would, how many copies of "training"
+originals are recognised (``near_duplicates.match``) and how many copies of the others are
+wrongly taken for a training image. ``--set design`` are the alterations the method was built
+on, ``holdout`` others written after its thresholds were fixed (docs/methods.md).
+
+``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold and warm (cached)
+and grouping ``--fingerprints`` fingerprints (the demo's, each also shifted and noised to make
+distinct ones), with peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+import near_duplicates as nd
+import split_dataset
+from xray_io import read_xray, write_json_atomic
+
+
+def _u8(a):
+    return np.clip(a * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resize(a, side):
+    h, w = a.shape
+    s = side / max(h, w)
+    return cv2.resize(a, (max(1, round(w * s)), max(1, round(h * s))),
+                      interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_CUBIC)
+
+
+def _jpeg(a, q):
+    buf = io.BytesIO()
+    Image.fromarray(_u8(a)).save(buf, "JPEG", quality=q)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255
+
+
+def _crop(a, top=0.0, bottom=0.0, left=0.0, right=0.0):
+    h, w = a.shape
+    return a[round(top * h):h - round(bottom * h), round(left * w):w - round(right * w)]
+
+
+def _pad(a, frac, value, sides="tblr"):
+    k = round(frac * max(a.shape))
+    t, b, l, r = (k if s in sides else 0 for s in "tblr")
+    return cv2.copyMakeBorder(a, t, b, l, r, cv2.BORDER_CONSTANT, value=value)
+
+
+def _rotate(a, deg):
+    h, w = a.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    return cv2.warpAffine(a, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _sharpen(a, amount, sigma=2.0):
+    return np.clip(a + amount * (a - cv2.GaussianBlur(a, (0, 0), sigma)), 0, 1)
+
+
+def _window(a, lo_q, hi_q):
+    lo, hi = np.quantile(a, [lo_q, hi_q])
+    return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
+
+
+# name -> (set, function of a float image in [0, 1] -> (image, save format)). "design": the
+# alterations the method and its thresholds were built on; "holdout": written afterwards.
+ALTERATIONS = {
+    "resize-299": ("design", lambda a: (_resize(a, 299), "png")),
+    "resize-180": ("design", lambda a: (_resize(a, 180), "png")),
+    "jpeg-20": ("design", lambda a: (_jpeg(a, 20), "png")),
+    "gamma-0.5": ("design", lambda a: (np.clip(a, 0, 1) ** 0.5, "png")),
+    "window-10-90": ("design", lambda a: (np.clip((a - 0.1) / 0.8, 0, 1), "png")),
+    "16-bit": ("design", lambda a: (a, "png16")),
+    "crop-4%-all": ("design", lambda a: (_crop(a, .04, .03, .02, .04), "png")),
+    "crop-5%-right": ("design", lambda a: (_crop(a, right=.05), "png")),
+    "pad-black-6%": ("design", lambda a: (_pad(a, .06, 0.0), "png")),
+    "pad-white-10%-sides": ("design", lambda a: (_pad(a, .10, 1.0, "lr"), "png")),
+    "rotate-3": ("design", lambda a: (_rotate(a, 3), "png")),
+    "sharpen-rgb": ("design", lambda a: (_sharpen(a, 1.5), "rgb")),
+    "blur-1.3": ("design", lambda a: (cv2.GaussianBlur(a, (0, 0), 1.3), "png")),
+    "combined": ("design", lambda a: (_jpeg(_rotate(_pad(_crop(np.clip(_resize(a, 400), 0, 1)
+                                                              ** 0.7, .03, .02, .03, .01),
+                                                        .04, 0.0), -2), 40), "png")),
+    # written after THRESHOLD, MARGIN and the method were fixed
+    "resize-160-jpeg-35": ("holdout", lambda a: (_jpeg(_resize(a, 160), 35), "jpg")),
+    "upscale-1024-16bit": ("holdout", lambda a: (_resize(a, 1024), "png16")),
+    "gamma-1.6-rgb": ("holdout", lambda a: (np.clip(a, 0, 1) ** 1.6, "rgb")),
+    "window-2-98%": ("holdout", lambda a: (_window(a, .02, .98), "png")),
+    "clahe": ("holdout", lambda a: (cv2.createCLAHE(2.0, (8, 8)).apply(_u8(a)) / 255.0, "png")),
+    "crop-5%-top-pad-white": ("holdout", lambda a: (_pad(_crop(a, top=.05), .05, 1.0, "tb"),
+                                                    "png")),
+    "rotate-minus-2.5-crop": ("holdout", lambda a: (_crop(_rotate(a, -2.5), .02, .02, .02, .02),
+                                                    "png")),
+    "noise-0.02": ("holdout", lambda a: (np.clip(a + np.random.default_rng(
+        int(a.sum() * 1000) % 2**32).normal(0, .02, a.shape), 0, 1), "png")),
+    "median-5-jpeg-60": ("holdout", lambda a: (_jpeg(cv2.medianBlur(_u8(a), 5) / 255.0, 60),
+                                               "jpg")),
+    "unsharp-strong": ("holdout", lambda a: (_sharpen(a, 3.0, 1.0), "png")),
+    "pad-gray-8%-jpeg-70": ("holdout", lambda a: (_jpeg(_pad(a, .08, 0.5), 70), "jpg")),
+}
+
+
+def _save(a: np.ndarray, kind: str, dst: Path) -> Path:
+    a = np.clip(np.asarray(a, np.float64), 0, 1)
+    if kind == "png16":
+        dst = dst.with_name(dst.name + ".png")
+        Image.fromarray((a * 65535 + 0.5).astype(np.uint16)).save(dst)
+    elif kind == "jpg":
+        dst = dst.with_name(dst.name + ".jpg")
+        Image.fromarray(_u8(a)).save(dst, quality=90)
+    elif kind == "rgb":
+        dst = dst.with_name(dst.name + ".png")
+        Image.fromarray(np.repeat(_u8(a)[..., None], 3, axis=2)).save(dst)
+    else:
+        dst = dst.with_name(dst.name + ".png")
+        Image.fromarray(_u8(a)).save(dst)
+    return dst
+
+
+def originals(root: Path) -> list[Path]:
+    """Every image file under ``root`` (any depth; lung masks under a ``masks`` folder are not
+    radiographs and are left out), sorted."""
+    return sorted(p for p in root.rglob("*") if p.is_file() and "masks" not in p.parts
+                  and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff"))
+
+
+def build_set(src: Path, work: Path, which: str, per: int, seed: int) -> pd.DataFrame:
+    """Originals (linked, under ``work/originals``) and altered copies (``work/copies``); one
+    row per copy: ``copy``, ``original`` (paths relative to ``work``), ``alteration``."""
+    files = originals(src)
+    rng = np.random.default_rng(seed)
+    (work / "originals").mkdir(parents=True)
+    (work / "copies").mkdir()
+    for k, f in enumerate(files):
+        (work / "originals" / f"{k:05d}{f.suffix.lower()}").symlink_to(f.resolve())
+    rows = []
+    for name, (group, fn) in ALTERATIONS.items():
+        if which != "all" and group != which:
+            continue
+        for k in rng.choice(len(files), min(per, len(files)), replace=False):
+            img, kind = fn(read_xray(files[k]))
+            dst = _save(img, kind, work / "copies" / f"{name}-{k:05d}".replace(".", "p"))
+            rows.append({"copy": f"copies/{dst.name}",
+                         "original": f"originals/{k:05d}{files[k].suffix.lower()}",
+                         "alteration": name})
+    return pd.DataFrame(rows)
+
+
+def measure(src: Path, which: str = "holdout", per: int = 12, seed: int = 0) -> dict:
+    """The first form of the CLI (module docstring): a dict with ``per_alteration`` rows,
+    ``false_pairs`` (listed), ``distinct_pairs`` and ``match`` (evaluate.py's view)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) / "set"
+        copies = build_set(src, work, which, per, seed)
+        t0 = time.perf_counter()
+        report: dict = {}
+        manifest = split_dataset.make_split(work, val=0.2, test=0.2, seed=seed, report=report)
+        seconds = time.perf_counter() - t0
+        group = dict(zip(manifest["path"], manifest["group"]))
+        split = dict(zip(manifest["path"], manifest["split"]))
+        copies["grouped"] = [group.get(c) == group.get(o) for c, o in
+                             zip(copies["copy"], copies["original"])]
+        copies["straddles"] = [split.get(c) != split.get(o) for c, o in
+                               zip(copies["copy"], copies["original"])]
+        owner = {**{o: o for o in manifest["path"] if o.startswith("originals/")},
+                 **dict(zip(copies["copy"], copies["original"]))}
+        dup = report["duplicates"]
+        false = dup[[owner.get(a) != owner.get(b) for a, b in
+                     zip(dup["path"], dup["matched_path"])]]
+        n_orig = sum(p.startswith("originals/") for p in manifest["path"])
+        # evaluate.py's view: the originals of the train split are "training images"
+        fps = {p: f for p, f in zip(*_fingerprints(work, manifest["path"].tolist()))}
+        train = [p for p in manifest["path"] if p.startswith("originals/")
+                 and split[p] == "train"]
+        ref = np.stack([fps[p] for p in train])
+        q = np.stack([fps[c] for c in copies["copy"]])
+        m = nd.match(q, ref)
+        hit = dict(zip(m["query"], (train[r] for r in m["reference"])))
+        is_train = copies["original"].map(lambda o: split.get(o) == "train").to_numpy()
+        found = np.array([hit.get(k) == o for k, o in enumerate(copies["original"])])
+        wrong = np.array([k in hit and hit[k] != o for k, o in enumerate(copies["original"])])
+        per_alt = (copies.assign(left_out=found & is_train, train_copy=is_train)
+                   .groupby("alteration", sort=False)
+                   .agg(copies=("copy", "size"), grouped=("grouped", "mean"),
+                        straddling=("straddles", "sum"), train_copies=("train_copy", "sum"),
+                        left_out=("left_out", "sum")).reset_index())
+    return {
+        "set": which, "per_alteration": per_alt.to_dict(orient="records"),
+        "copies": int(len(copies)), "recall": float(copies["grouped"].mean()),
+        "straddling": int(copies["straddles"].sum()),
+        "originals": n_orig, "distinct_pairs": n_orig * (n_orig - 1) // 2,
+        "false_pairs": false.to_dict(orient="records"),
+        "evaluate": {"training_copies": int(is_train.sum()),
+                     "left_out": int((found & is_train).sum()),
+                     "test_copies": int((~is_train).sum()),
+                     "test_copies_scored": int((~is_train).sum() - (~is_train & (found | wrong)).sum()),
+                     "wrong_twin": int(wrong.sum())},
+        "split_seconds": round(seconds, 1)}
+
+
+def _fingerprints(root: Path, paths: list[str]):
+    fps, ok, _ = nd.fingerprint_files([root / p for p in paths])
+    return paths, list(fps)
+
+
+def speed(n_images: int, n_fps: int, seed: int = 0) -> dict:
+    """Fingerprinting ``n_images`` demo PNGs cold and warm, grouping ``n_fps`` fingerprints."""
+    import demo_data
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "demo"
+        counts = dict(zip(demo_data.CLASSES, np.full(4, n_images // 4)))
+        demo_data.generate(data, counts, seed=seed)
+        paths = sorted(data.rglob("images/*.png"))
+        os.system("sync")
+        for label in ("cold", "warm"):
+            t = time.perf_counter()
+            fps, ok, _ = nd.fingerprint_files(paths, Path(tmp) / "cache")
+            out[f"fingerprint_{label}_s"] = round(time.perf_counter() - t, 2)
+        out["images"] = len(paths)
+    rng = np.random.default_rng(seed)
+    reps = -(-n_fps // len(fps))
+    many = np.concatenate([fps] + [
+        np.clip(np.roll(fps, rng.integers(-3, 4, 2), (1, 2)).astype(np.int16)
+                + rng.integers(-12, 13, fps.shape), 0, 255).astype(np.uint8)
+        for _ in range(reps - 1)])[:n_fps]
+    t = time.perf_counter()
+    pairs = nd.find_pairs(many)
+    out.update(fingerprints=len(many), grouping_s=round(time.perf_counter() - t, 1),
+               pairs_found=int(len(pairs)),
+               peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
+    p.add_argument("--set", default="holdout", choices=("holdout", "design", "all"))
+    p.add_argument("--per-alteration", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speed", action="store_true")
+    p.add_argument("--images", type=int, default=21165)
+    p.add_argument("--fingerprints", type=int, default=112120)
+    p.add_argument("--out", default=None, help="JSON report (default: print only)")
+    a = p.parse_args(argv)
+    if a.speed:
+        res = speed(a.images, a.fingerprints, a.seed)
+    elif a.src and Path(a.src).is_dir():
+        res = measure(Path(a.src), a.set, a.per_alteration, a.seed)
+        print(pd.DataFrame(res["per_alteration"]).to_string(index=False))
+    else:
+        p.error(f"expected a folder of radiographs or --speed; got {a.src!r}")
+    print(json.dumps({k: v for k, v in res.items() if k != "per_alteration"}, indent=1))
+    if a.out:
+        write_json_atomic(res, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,412 @@
+"""Near-duplicate radiographs: which images show the same radiograph in another form.
+
+Public chest X-ray collections re-publish each other's images resized, re-encoded, cropped,
+re-windowed, padded, exported at another bit depth or as RGB. This module finds such copies
+(and exact ones) by content, in three steps:
+
+1. **Fingerprint** (``fingerprint``): the decoded image (``xray_io.read_xray``) with constant
+   borders (black or white padding) stripped, resized to ``SIDE`` x ``SIDE`` (area
+   interpolation: any input size) and rank-equalised (every gray level replaced by its mean rank,
+   so gamma, window, bit depth and colour-to-gray changes map to nearly the same picture), stored
+   as uint8 ``(SIDE, SIDE)``: 4 KiB per image. It is what checkpoints keep of their training
+   images (``checkpoints.trained_on_record``).
+2. **Candidates** (``candidate_pairs``): each fingerprint's ``NEIGHBOURS`` nearest neighbours by
+   a blurred 8x8 descriptor (cosine similarity; faiss, exact below ``EXACT_SEARCH_MAX``
+   fingerprints, an inverted-file index above), kept when at least ``CANDIDATE_FLOOR``.
+   Sub-quadratic in practice; no all-pairs loop in Python.
+3. **Verification** (``similarity``): the two fingerprints aligned by an affine ECC fit
+   (OpenCV; absorbs crops of a few percent, padding left over, rotation of a few degrees and
+   rescaling), refused when the fit needs a deformation no copy needs (``_plausible``), then
+   the normalised cross-correlation of two band-passed versions (coarse and fine structure) in
+   the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]; a pair
+   at or above ``THRESHOLD`` is the same radiograph.
+
+Radiographs of different people look alike at low resolution, which is why step 3 compares
+structure after alignment instead of thresholding a global hash. ``THRESHOLD`` and
+``CANDIDATE_FLOOR`` were set on data the method was not designed on (docs/methods.md,
+"Near-duplicates": recall per alteration and false pairs among distinct images).
+
+``find_pairs`` and ``groups`` turn fingerprints into groups (union-find over verified pairs);
+``match`` finds, for each query image, its best verified twin among reference fingerprints (a
+checkpoint's training images). Nothing here reads or writes split files: ``split_dataset.py``
+decides what a group means for a split.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+import xray_io
+
+SIDE = 64                # fingerprint side, pixels
+VERSION = f"nd1-{SIDE}"  # changes when fingerprints or scores change: caches and records say it
+DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 8 x 8 = 64 numbers
+NEIGHBOURS = 8           # candidates per image
+CANDIDATE_FLOOR = 0.0    # descriptor cosine below which no copy was ever seen (docs/methods.md)
+THRESHOLD = 0.86         # verified score at or above which two images are one radiograph
+EXACT_SEARCH_MAX = 50_000
+MARGIN = 0.15           # ... and stands this far above the image's background (``decide``)
+_BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
+
+
+class NotFingerprintable(ValueError):
+    """An image without structure to compare (e.g. one gray level): it is its own group."""
+
+
+# --------------------------------------------------------------------------- fingerprints
+def strip_padding(a: np.ndarray, tol: float = 0.03) -> np.ndarray:
+    """``a`` without border rows and columns that are (nearly) one gray level: black or white
+    padding, and the flat frame some exports add. Stops at half the side, so a mostly flat
+    image keeps its middle."""
+    h, w = a.shape
+    span = max(float(a.max()) - float(a.min()), 1e-6) * tol
+
+    def flat(v: np.ndarray) -> bool:
+        return float(v.max()) - float(v.min()) < span
+
+    t, b, l, r = 0, h, 0, w
+    changed = True
+    while changed:  # again after each pass: a padded row is only flat once the columns are gone
+        before = (t, b, l, r)
+        while b - t > h // 2 and flat(a[t, l:r]):
+            t += 1
+        while b - t > h // 2 and flat(a[b - 1, l:r]):
+            b -= 1
+        while r - l > w // 2 and flat(a[t:b, l]):
+            l += 1
+        while r - l > w // 2 and flat(a[t:b, r - 1]):
+            r -= 1
+        changed = (t, b, l, r) != before
+    return a[t:b, l:r]
+
+
+def _equalise(t: np.ndarray) -> np.ndarray:
+    """Mean rank of each pixel's (12-bit) gray level, scaled to [0, 1]: equal levels get equal
+    values, so clipped (saturated) areas stay flat instead of taking ranks by position."""
+    q = np.round(np.clip(t, 0.0, 1.0) * 4095).astype(np.int64).ravel()
+    counts = np.bincount(q, minlength=4096)
+    below = np.cumsum(counts) - counts              # pixels darker than each level
+    mean_rank = below + (counts - 1) / 2.0
+    return (mean_rank[q] / max(q.size - 1, 1)).reshape(t.shape)
+
+
+def fingerprint(image: np.ndarray) -> np.ndarray:
+    """The fingerprint of one decoded radiograph (``read_xray``: float (H, W) in [0, 1]):
+    uint8 ``(SIDE, SIDE)``. Raises ``NotFingerprintable`` for an image of one gray level."""
+    a = np.asarray(image, np.float32)
+    if a.ndim != 2 or min(a.shape) < 8:
+        raise NotFingerprintable(f"expected a 2-D image of at least 8 x 8 pixels, got shape "
+                                 f"{a.shape}")
+    if float(a.max()) - float(a.min()) < 1e-6:
+        raise NotFingerprintable("the image is one gray level: nothing to compare")
+    a = strip_padding(a)
+    interp = cv2.INTER_AREA if min(a.shape) >= SIDE else cv2.INTER_LINEAR
+    t = cv2.resize(a, (SIDE, SIDE), interpolation=interp)
+    return np.clip(_equalise(t) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def fingerprint_or_reason(path: str | os.PathLike) -> tuple[np.ndarray | None, str | None]:
+    """``(fingerprint, None)`` or ``(None, reason)`` for one file: a process-pool job."""
+    try:
+        return fingerprint(xray_io.read_xray(path)), None
+    except NotFingerprintable as e:
+        return None, f"{path}: {e}"
+    except (ValueError, OSError) as e:
+        return None, str(e)
+
+
+CACHE_NAME = f"fingerprints-{VERSION}.npz"
+
+
+def _stamp_key(path: Path) -> str:
+    st = xray_io.file_stamp(path)
+    return "" if st is None else f"{path.resolve()}\0{st[0]}\0{st[1]}"
+
+
+def fingerprint_files(paths: list[str | os.PathLike], cache_dir: str | os.PathLike | None = None,
+                      workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list]:
+    """Fingerprints of files: ``(fps uint8 (N, SIDE, SIDE), ok bool (N,), reasons)``; rows of
+    files that cannot be read or fingerprinted are zeros with ``ok`` False and their reason in
+    ``reasons`` (``None`` for the others). With ``cache_dir`` they are kept in
+    ``cache_dir/CACHE_NAME`` keyed by each file's absolute path, size and modification time: a
+    file is decoded again only when it changed."""
+    paths = [Path(p) for p in paths]
+    n = len(paths)
+    fps = np.zeros((n, SIDE, SIDE), np.uint8)
+    ok = np.zeros(n, bool)
+    reasons: list[str | None] = [None] * n
+    keys = [_stamp_key(p) for p in paths]
+    cache_file = None if cache_dir is None else Path(cache_dir) / CACHE_NAME
+    known: dict[str, np.ndarray] = {}
+    if cache_file is not None and cache_file.is_file():
+        try:
+            with np.load(cache_file) as z:
+                known = dict(zip(z["keys"].tolist(), z["fps"]))
+        except (OSError, ValueError, KeyError):
+            known = {}  # a damaged cache is rebuilt
+    todo = []
+    for i, k in enumerate(keys):
+        if k and k in known:
+            fps[i], ok[i] = known[k], True
+        else:
+            todo.append(i)
+    if todo:
+        results = _map(fingerprint_or_reason, [str(paths[i]) for i in todo], workers)
+        for i, (fp, reason) in zip(todo, results):
+            if fp is None:
+                reasons[i] = reason
+            else:
+                fps[i], ok[i] = fp, True
+                if keys[i]:
+                    known[keys[i]] = fp
+        if cache_file is not None and any(ok[i] and keys[i] for i in todo):
+            _write_cache(cache_file, known)
+    return fps, ok, reasons
+
+
+def _write_cache(cache_file: Path, known: dict[str, np.ndarray]) -> None:
+    try:
+        with xray_io.atomic_write(cache_file) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, keys=np.array(list(known), dtype=str),
+                         fps=np.stack(list(known.values())))
+    except OSError:
+        pass  # a cache that cannot be written only costs time next run
+
+
+def _map(fn, jobs: list, workers: int | None):
+    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 128 + 1))
+    if workers == 1:
+        return [fn(j) for j in jobs]
+    with xray_io.process_pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=32)
+
+
+# --------------------------------------------------------------------------- candidates
+def descriptors(fps: np.ndarray) -> np.ndarray:
+    """The candidate search's vectors: each fingerprint blurred, shrunk to 8 x 8, centred and
+    scaled to unit length; float32 ``(N, 64)`` (zeros for an all-zero fingerprint)."""
+    fps = np.asarray(fps)
+    out = np.zeros((len(fps), DESCRIPTOR_SIDE ** 2), np.float32)
+    for i, f in enumerate(fps):
+        t = cv2.GaussianBlur(f.astype(np.float32) / 255.0, (0, 0), SIDE / 32)
+        d = cv2.resize(t, (DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), interpolation=cv2.INTER_AREA).ravel()
+        d = d - d.mean()
+        norm = float(np.linalg.norm(d))
+        if norm > 1e-6:
+            out[i] = d / norm
+    return out
+
+
+def _index(ref: np.ndarray):
+    import faiss  # imported here: only the searches need it
+    d = ref.shape[1]
+    if len(ref) <= EXACT_SEARCH_MAX:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(len(ref)))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234  # the same lists every run
+        index.train(ref)
+        index.nprobe = 16
+    index.add(ref)
+    return index
+
+
+def candidate_pairs(query: np.ndarray, reference: np.ndarray | None = None,
+                    k: int = NEIGHBOURS, floor: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs worth verifying, from ``descriptors``: ``(i, j, cosine)`` with ``i`` indexing
+    ``query`` and ``j`` ``reference``; with ``reference`` None, pairs within ``query`` with
+    ``i < j``, each once. Each query row keeps its ``k`` nearest neighbours whose cosine is at
+    least ``floor``; sorted by ``(i, j)``."""
+    floor = CANDIDATE_FLOOR if floor is None else floor
+    query = np.ascontiguousarray(query, np.float32)
+    within = reference is None
+    ref = query if within else np.ascontiguousarray(reference, np.float32)
+    if len(query) == 0 or len(ref) == 0:
+        e = np.zeros(0, np.int64)
+        return e, e, np.zeros(0, np.float32)
+    kk = min(k + 1 if within else k, len(ref))
+    sims, idx = _index(ref).search(query, kk)   # (N, kk)
+    i = np.repeat(np.arange(len(query)), kk)
+    j, s = idx.ravel(), sims.ravel()
+    keep = (j >= 0) & (s >= floor)
+    if within:
+        keep &= i != j
+    i, j, s = i[keep], j[keep], s[keep]
+    if within:
+        i, j = np.minimum(i, j), np.maximum(i, j)
+        pairs = pd.DataFrame({"i": i, "j": j, "s": s}).drop_duplicates(["i", "j"])
+        i, j, s = pairs["i"].to_numpy(), pairs["j"].to_numpy(), pairs["s"].to_numpy()
+    order = np.lexsort((j, i))
+    return i[order], j[order], s[order]
+
+
+# --------------------------------------------------------------------------- verification
+def _flat_areas(t: np.ndarray) -> np.ndarray:
+    """Pixels at the darkest or brightest level when that level covers over 2% of the image
+    (a window change clipped them: no structure left to compare), grown by one pixel."""
+    m = np.zeros(t.shape, bool)
+    for v in (t.min(), t.max()):
+        e = t == v
+        if e.mean() > 0.02:
+            m |= e
+    return cv2.dilate(m.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+
+
+def _band(t: np.ndarray, fine: float, coarse: float) -> np.ndarray:
+    return cv2.GaussianBlur(t, (0, 0), fine) - cv2.GaussianBlur(t, (0, 0), coarse)
+
+
+def _ncc(x: np.ndarray, y: np.ndarray) -> float:
+    x = x - x.mean()
+    y = y - y.mean()
+    den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / den) if den > 1e-12 else 0.0
+
+
+def _plausible(warp: np.ndarray) -> bool:
+    """Whether an affine fit is one a copy could need: scale 0.75-1.33, aspect change under
+    20%, shift under 15% of the side (crops, padding and rotation of a few degrees all are)."""
+    sv = np.linalg.svd(warp[:, :2], compute_uv=False)
+    scale = float(np.sqrt(sv[0] * sv[1]))
+    return (0.75 <= scale <= 1.33 and sv[0] / max(sv[1], 1e-9) <= 1.2
+            and float(np.abs(warp[:, 2]).max()) <= 0.15 * SIDE)
+
+
+def similarity(a: np.ndarray, b: np.ndarray) -> float:
+    """How surely fingerprints ``a`` and ``b`` show one radiograph: a score in [-1, 1] (1 =
+    identical after alignment); ``THRESHOLD`` decides. ``b`` is aligned onto ``a`` (affine
+    ECC); an implausible alignment scores 0."""
+    A = a.astype(np.float32) / 255.0
+    B = b.astype(np.float32) / 255.0
+    warp = np.eye(2, 3, dtype=np.float32)
+    try:
+        _, warp = cv2.findTransformECC(cv2.GaussianBlur(A, (0, 0), SIDE / 64),
+                                       cv2.GaussianBlur(B, (0, 0), SIDE / 64), warp,
+                                       cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS |
+                                                           cv2.TERM_CRITERIA_COUNT, 100, 1e-5),
+                                       None, 5)
+    except cv2.error:
+        warp = np.eye(2, 3, dtype=np.float32)  # no convergence: compare as they are
+    if not _plausible(warp):
+        return 0.0
+    flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
+    Bw = cv2.warpAffine(B, warp, (SIDE, SIDE), flags=flags, borderMode=cv2.BORDER_REFLECT)
+    inside = cv2.warpAffine(np.ones_like(B), warp, (SIDE, SIDE), flags=flags,
+                            borderValue=0) > 0.99
+    clipped = cv2.warpAffine(_flat_areas(B).astype(np.uint8), warp, (SIDE, SIDE),
+                             flags=cv2.INTER_NEAREST + cv2.WARP_INVERSE_MAP) > 0
+    m = np.zeros((SIDE, SIDE), bool)
+    k = SIDE // 10  # the outer tenth: where crops and padding differ
+    m[k:SIDE - k, k:SIDE - k] = True
+    m &= inside & ~clipped & ~_flat_areas(A)
+    if m.mean() < 0.25:
+        return 0.0
+    z = SIDE / 64
+    return float(np.mean([_ncc(_band(A, f * z, c * z)[m], _band(Bw, f * z, c * z)[m])
+                          for f, c in _BANDS]))
+
+
+def _similarity_job(pair: tuple[np.ndarray, np.ndarray]) -> float:
+    return similarity(*pair)
+
+
+def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
+           workers: int | None = None) -> np.ndarray:
+    """``similarity(fa[i[n]], fb[j[n]])`` for every n, float32 ``(len(i),)``; in ``workers``
+    processes when there are many pairs."""
+    jobs = [(fa[x], fb[y]) for x, y in zip(i, j)]
+    return np.array(_map(_similarity_job, jobs, workers if len(jobs) > 2000 else 1),
+                    np.float32)
+
+
+# --------------------------------------------------------------------------- decisions
+def _background(i: np.ndarray, j: np.ndarray, scores: np.ndarray, n: int, symmetric: bool
+                ) -> np.ndarray:
+    """For each candidate pair, the median score of the first image's *other* candidates (and,
+    when ``symmetric``, the larger of that and the second image's): how alike that image is
+    to radiographs it is not a copy of. 0 when it has no other candidate."""
+    ends = [(i, j), (j, i)] if symmetric else [(i, j)]
+    per: list[list[float]] = [[] for _ in range(n)]
+    for a, _ in ends:
+        for x, v in zip(a, scores):
+            per[x].append(float(v))
+    total = np.zeros(len(i))
+    for a, _ in ends:
+        bg = np.zeros(len(i))
+        for k, (x, v) in enumerate(zip(a, scores)):
+            others = list(per[x])
+            others.remove(float(v))
+            bg[k] = float(np.median(others)) if others else 0.0
+        total = np.maximum(total, bg)
+    return total
+
+
+def decide(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Whether candidate pairs are the same radiograph: a verified score of at least
+    ``THRESHOLD`` that also stands ``MARGIN`` above the image's background (its median score
+    with the images it is not a copy of). The margin keeps apart collections whose images all
+    look alike (the demo's phantoms share one template), where a high score alone proves
+    nothing."""
+    return (scores >= THRESHOLD) & (scores - background >= MARGIN)
+
+
+def find_pairs(fps: np.ndarray, ok: np.ndarray | None = None, workers: int | None = None,
+               everything: bool = False) -> pd.DataFrame:
+    """Near-duplicate pairs within one set of fingerprints: columns ``i``, ``j`` (``i < j``,
+    row indices of ``fps``), ``score`` and ``background`` (see ``decide``). Rows with ``ok``
+    False (unreadable or not fingerprintable) are never paired. ``everything``: every verified
+    candidate pair, with a ``same`` column, instead of the matches only."""
+    ok = np.ones(len(fps), bool) if ok is None else np.asarray(ok, bool)
+    rows = np.flatnonzero(ok)
+    ci, cj, _ = candidate_pairs(descriptors(fps[rows]))
+    scores = verify(fps[rows], fps[rows], ci, cj, workers)
+    bg = _background(ci, cj, scores, len(rows), symmetric=True)
+    out = pd.DataFrame({"i": rows[ci], "j": rows[cj], "score": np.round(scores.astype(float), 4),
+                        "background": np.round(bg, 4), "same": decide(scores, bg)})
+    return out if everything else out[out["same"]].drop(columns="same").reset_index(drop=True)
+
+
+def match(query: np.ndarray, reference: np.ndarray, query_ok: np.ndarray | None = None,
+          workers: int | None = None) -> pd.DataFrame:
+    """Each query fingerprint's best twin among ``reference`` fingerprints (``decide``):
+    columns ``query``, ``reference`` (row indices), ``score`` and ``background``, one row per
+    query that has one."""
+    qok = np.ones(len(query), bool) if query_ok is None else np.asarray(query_ok, bool)
+    rows = np.flatnonzero(qok)
+    cols = ["query", "reference", "score", "background"]
+    if len(rows) == 0 or len(reference) == 0:
+        return pd.DataFrame(columns=cols)
+    ci, cj, _ = candidate_pairs(descriptors(query[rows]), descriptors(reference))
+    scores = verify(query[rows], reference, ci, cj, workers)
+    bg = _background(ci, cj, scores, len(rows), symmetric=False)
+    found = pd.DataFrame({"query": rows[ci], "reference": cj,
+                          "score": np.round(scores.astype(float), 4), "background": np.round(bg, 4)})
+    found = found[decide(scores, bg)]
+    found = found.sort_values(["query", "score", "reference"], ascending=[True, False, True])
+    return found.drop_duplicates("query").reset_index(drop=True)[cols]
+
+
+def groups(n: int, pairs) -> np.ndarray:
+    """Connected components of ``pairs`` (``(a, b)`` index pairs) over ``n`` items
+    (union-find): int64 ``(n,)``, each item labelled with the smallest index of its component."""
+    parent = np.arange(n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(int(a)), root(int(b))
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(x) for x in range(n)], np.int64)

@@ -1,0 +1,250 @@
+"""The near-duplicate finder: copies in another form are grouped, distinct images are not, and
+the split, the checkpoint record, evaluation and prediction use it (CPU, offline, small)."""
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+import checkpoints
+import near_duplicates as nd
+import predict
+import split_dataset
+from xray_io import read_xray
+
+ROOT = Path(__file__).resolve().parents[1]
+REALCXR = ROOT.parent / "shared" / "realcxr"
+
+
+def _field(seed: int, side: int = 256) -> np.ndarray:
+    """A radiograph-like picture that no other seed shares: smooth random structure at several
+    scales in [0, 1] (distinct seeds are as unlike as two patients, unlike the phantoms)."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((side, side), np.float32)
+    for cells, w in ((4, 1.0), (12, 0.5), (40, 0.25)):
+        g = rng.standard_normal((cells, cells)).astype(np.float32)
+        a += w * cv2.resize(g, (side, side), interpolation=cv2.INTER_CUBIC)
+    a -= a.min()
+    return a / a.max()
+
+
+def _jpeg(a: np.ndarray, q: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(a * 255 + .5, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=q)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())), np.float32) / 255
+
+
+def _rotate(a, deg):
+    h, w = a.shape
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), deg, 1.0)
+    return cv2.warpAffine(a, m, (w, h), borderMode=cv2.BORDER_REPLICATE)
+
+
+ALTER = {
+    "resize": lambda a: cv2.resize(a, (150, 150), interpolation=cv2.INTER_AREA),
+    "jpeg": lambda a: _jpeg(a, 25),
+    "gamma": lambda a: a ** 1.8,
+    "window": lambda a: np.clip((a - .1) / .75, 0, 1),
+    "crop": lambda a: a[8:-4, 10:],
+    "pad": lambda a: cv2.copyMakeBorder(a, 15, 15, 0, 0, cv2.BORDER_CONSTANT, value=1.0),
+    "rotate": lambda a: _rotate(a, 2.5),
+    "blur": lambda a: cv2.GaussianBlur(a, (0, 0), 1.2),
+}
+
+
+def test_copies_score_above_threshold_and_distinct_below():
+    a = _field(0)
+    fa = nd.fingerprint(a)
+    for name, f in ALTER.items():
+        assert nd.similarity(fa, nd.fingerprint(f(a))) >= nd.THRESHOLD, name
+    others = [nd.similarity(fa, nd.fingerprint(_field(s))) for s in range(1, 8)]
+    assert max(others) < nd.THRESHOLD
+
+
+def test_fingerprint_ignores_bit_depth_colour_and_padding():
+    a = _field(3)
+    f8 = nd.fingerprint(np.round(a * 255) / 255)
+    f16 = nd.fingerprint(np.round(a * 65535) / 65535)
+    padded = cv2.copyMakeBorder(a, 20, 20, 20, 20, cv2.BORDER_CONSTANT, value=0.0)
+    assert np.abs(f8.astype(int) - f16.astype(int)).max() <= 2
+    assert nd.fingerprint(padded).shape == (nd.SIDE, nd.SIDE)
+    assert nd.similarity(f8, nd.fingerprint(padded)) > 0.98
+    assert nd.strip_padding(padded).shape == a.shape
+
+
+def test_one_gray_level_is_not_fingerprintable():
+    with pytest.raises(nd.NotFingerprintable, match="one gray level"):
+        nd.fingerprint(np.full((64, 64), 0.5, np.float32))
+
+
+def test_find_pairs_groups_copies_and_nothing_else():
+    originals = [_field(s) for s in range(30)]
+    copies = [(k, f(originals[k])) for k, f in zip((2, 5, 9, 14, 21, 27, 28, 29), ALTER.values())]
+    fps = np.stack([nd.fingerprint(a) for a in originals + [c for _, c in copies]])
+    pairs = nd.find_pairs(fps)
+    found = {(int(i), int(j)) for i, j in zip(pairs["i"], pairs["j"])}
+    expected = {(k, 30 + n) for n, (k, _) in enumerate(copies)}
+    assert found == expected
+    assert (pairs["score"] >= nd.THRESHOLD).all()
+
+
+def test_match_finds_each_copy_twin():
+    ref = np.stack([nd.fingerprint(_field(s)) for s in range(20)])
+    query = np.stack([nd.fingerprint(ALTER["jpeg"](_field(4))),
+                      nd.fingerprint(ALTER["rotate"](_field(11))),
+                      nd.fingerprint(_field(99))])
+    m = nd.match(query, ref)
+    assert m[["query", "reference"]].values.tolist() == [[0, 4], [1, 11]]
+
+
+def test_demo_phantoms_are_not_grouped(demo_dir):
+    """Distinct phantoms share one template; they must not be taken for copies."""
+    paths = sorted(demo_dir.glob("*/images/*.png"))
+    fps, ok, _ = nd.fingerprint_files(paths)
+    assert ok.all()
+    assert nd.find_pairs(fps).empty
+
+
+def test_groups_are_connected_components():
+    assert nd.groups(6, [(4, 1), (1, 3), (5, 5)]).tolist() == [0, 1, 2, 1, 1, 5]
+
+
+def test_fingerprint_cache_skips_unchanged_files(tmp_path, monkeypatch):
+    p = tmp_path / "a.png"
+    Image.fromarray((_field(1) * 255).astype(np.uint8)).save(p)
+    first, ok, _ = nd.fingerprint_files([p], tmp_path / "cache")
+    monkeypatch.setattr(nd, "fingerprint_or_reason",
+                        lambda path: (_ for _ in ()).throw(AssertionError("decoded again")))
+    again, ok2, _ = nd.fingerprint_files([p], tmp_path / "cache")
+    assert ok.all() and ok2.all() and np.array_equal(first, again)
+
+
+# --------------------------------------------------------------------------- the split
+def _write(path: Path, a: np.ndarray, mode: str = "L"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    u8 = np.clip(a * 255 + .5, 0, 255).astype(np.uint8)
+    Image.fromarray(u8 if mode == "L" else np.repeat(u8[..., None], 3, 2)).save(path)
+
+
+@pytest.fixture()
+def copies_dir(tmp_path):
+    d = tmp_path / "data"
+    for c, cls in enumerate(("A", "B")):
+        for k in range(12):
+            _write(d / cls / f"{cls}-{k}.png", _field(100 * c + k))
+    _write(d / "A" / "A-copy-jpeg.png", ALTER["jpeg"](_field(3)))
+    _write(d / "B" / "B-copy-rot.png", ALTER["rotate"](_field(105)), "RGB")
+    _write(d / "A" / "A-exact.png", _field(7))
+    (d / "A" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    _write(d / "B" / "flat.png", np.full((64, 64), .5, np.float32))
+    return d
+
+
+def test_split_keeps_copies_in_one_group_and_split(copies_dir, tmp_path):
+    out = tmp_path / "m.csv"
+    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--out",
+                        str(out), "--val", "3", "--test", "3", "--workers", "1"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = pd.read_csv(out).set_index("path")
+    for a, b in (("A/A-copy-jpeg.png", "A/A-3.png"), ("B/B-copy-rot.png", "B/B-5.png"),
+                 ("A/A-exact.png", "A/A-7.png")):
+        assert m.at[a, "group"] == m.at[b, "group"] and m.at[a, "split"] == m.at[b, "split"]
+    assert m["group"].nunique() == len(m) - 3           # three pairs, the rest alone
+    assert m.at["B/flat.png", "group"] == "B/flat.png"  # not fingerprintable: its own group
+    assert "A/broken.png" not in m.index
+    dup = pd.read_csv(split_dataset.duplicates_path(out))
+    assert list(dup.columns) == split_dataset.DUPLICATE_COLUMNS
+    assert sorted(zip(dup["path"], dup["kind"])) == [
+        ("A/A-copy-jpeg.png", "near"), ("A/A-exact.png", "exact"), ("B/B-copy-rot.png", "near")]
+    assert "2 images in 1 exact-duplicate groups, 4 images in 2 near-duplicate groups" in r.stdout
+    before = [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()]
+    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--out",
+                        str(out), "--val", "3", "--test", "3", "--force"], capture_output=True)
+    assert r.returncode == 0
+    assert [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()] == before
+
+
+def test_split_near_duplicates_off_and_groups_file(copies_dir, tmp_path):
+    off = split_dataset.make_split(copies_dir, 3, 3, workers=1, near_duplicates=False)
+    g = dict(zip(off["path"], off["group"]))
+    assert g["A/A-copy-jpeg.png"] != g["A/A-3.png"] and g["A/A-exact.png"] == g["A/A-7.png"]
+    groups = tmp_path / "patients.csv"
+    pd.DataFrame({"path": ["A/A-0.png", "A/A-1.png", "A/A-2.png", "A/missing.png"],
+                  "group": ["p1", "p1", "p1", "p1"]}).to_csv(groups, index=False)
+    report = {}
+    m = split_dataset.make_split(copies_dir, 3, 3, workers=1, groups=groups, report=report)
+    g = dict(zip(m["path"], m["group"]))
+    s = dict(zip(m["path"], m["split"]))
+    assert g["A/A-0.png"] == g["A/A-1.png"] == g["A/A-2.png"] == "A/A-0.png"
+    assert s["A/A-0.png"] == s["A/A-1.png"] == s["A/A-2.png"]
+    assert report["groups_missing"] == ["A/missing.png"]
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"file": ["x"], "patient": ["y"]}).to_csv(bad, index=False)
+    with pytest.raises(ValueError, match="expected columns 'path' and 'group'"):
+        split_dataset.make_split(copies_dir, 3, 3, workers=1, groups=bad)
+
+
+# --------------------------------------------------------------------------- trained-on record
+def _meta(fps, paths, digests, with_fps=True):
+    manifest = pd.DataFrame({"path": paths, "label": "A", "split": "train"})
+    rec = checkpoints.trained_on_record(manifest, digests, fps if with_fps else None)
+    return {"arch": "resnet18", "class_names": ["A", "B"], "trained_on": rec}
+
+
+def test_training_overlap_exact_and_near():
+    train = [_field(s) for s in range(12)]
+    fps = np.stack([nd.fingerprint(a) for a in train])
+    paths = [f"A/{k}.png" for k in range(12)]
+    meta = _meta(fps, paths, [f"d{k}" for k in range(12)])
+    assert checkpoints.has_fingerprints(meta)
+    q = np.stack([nd.fingerprint(ALTER["crop"](train[6])), nd.fingerprint(_field(50)),
+                  nd.fingerprint(train[2])])
+    got = checkpoints.training_overlap(meta, ["x.png", "y.png", "z.png"], ["e0", "e1", "d2"], q)
+    rows = {r.path: (r.trained_path, r.kind) for r in got.itertuples()}
+    assert rows == {"z.png": ("A/2.png", "exact"), "x.png": ("A/6.png", "near")}
+    old = _meta(fps, paths, [f"d{k}" for k in range(12)], with_fps=False)
+    assert not checkpoints.has_fingerprints(old)
+    got = checkpoints.training_overlap(old, ["x.png", "z.png"], ["e0", "d2"], q[[0, 2]])
+    assert got["kind"].tolist() == ["exact"]
+
+
+def test_check_trained_on_refuses_exact_and_returns_near():
+    train = [_field(s) for s in range(10)]
+    meta = _meta(np.stack([nd.fingerprint(a) for a in train]), [f"A/{k}.png" for k in range(10)],
+                 [f"d{k}" for k in range(10)])
+    rows = pd.DataFrame({"path": ["t0.png", "t1.png"], "label": ["A", "B"], "split": "test"})
+    q = np.stack([nd.fingerprint(ALTER["gamma"](train[1])), nd.fingerprint(_field(77))])
+    near = checkpoints.check_trained_on(meta, rows, ["n0", "n1"], "m", q)
+    assert near[["path", "trained_path", "kind"]].values.tolist() == [["t0.png", "A/1.png", "near"]]
+    with pytest.raises(ValueError, match="trained on 1 of these 2 images"):
+        checkpoints.check_trained_on(meta, rows, ["d4", "n1"], "m", q)
+
+
+def test_predict_marks_training_copies(tmp_path):
+    train = [_field(s) for s in range(10)]
+    meta = _meta(np.stack([nd.fingerprint(a) for a in train]), [f"A/{k}.png" for k in range(10)],
+                 [f"d{k}" for k in range(10)])
+    for name, a in (("copy.jpg", ALTER["resize"](train[8])), ("new.png", _field(61))):
+        _write(tmp_path / name, a)
+    decoded = [predict._decode(str(tmp_path / n), (64,))[0] for n in ("copy.jpg", "new.png")]
+    got = predict.training_copies({"m": (None, meta)}, ["copy.jpg", "new.png"], decoded)
+    assert got[["path", "trained_path", "kind", "models"]].values.tolist() == [
+        ["copy.jpg", "A/8.png", "near", "m"]]
+
+
+@pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
+def test_real_radiographs_copies_found_and_no_false_pairs():
+    files = sorted((REALCXR / "Normal").glob("*.png"))[:60]
+    imgs = [read_xray(f) for f in files]
+    copies = [(k, f(imgs[k])) for k, f in zip((1, 7, 13, 22, 31, 40, 47, 55), ALTER.values())]
+    fps = np.stack([nd.fingerprint(a) for a in imgs + [c for _, c in copies]])
+    pairs = nd.find_pairs(fps)
+    found = {(int(i), int(j)) for i, j in zip(pairs["i"], pairs["j"])}
+    assert found == {(k, 60 + n) for n, (k, _) in enumerate(copies)}
