@@ -77,3 +77,35 @@ def class_differences(stats: pd.DataFrame, threshold: float = 0.8) -> pd.DataFra
     return df
 
 
+
+
+def duplicate_overview(manifest: pd.DataFrame, duplicates: pd.DataFrame) -> pd.DataFrame:
+    """Per class: images in exact-duplicate and in near-duplicate groups (``duplicates``: the
+    split's ``<stem>.duplicates.csv``), and the groups they form (a group counts for the class
+    of its first image)."""
+    label = dict(zip(manifest["path"], manifest["label"]))
+    group = dict(zip(manifest["path"], manifest["group"]))
+    rows = []
+    for kind in ("exact", "near"):
+        part = duplicates[duplicates["kind"] == kind]
+        paths = sorted(set(part["path"]) | set(part["matched_path"]))
+        for p in paths:
+            rows.append({"kind": kind, "label": label.get(p, "?"), "path": p,
+                         "group": group.get(p, p)})
+    t = pd.DataFrame(rows, columns=["kind", "label", "path", "group"])
+    out = pd.DataFrame(index=sorted(manifest["label"].unique()))
+    for kind in ("exact", "near"):
+        k = t[t["kind"] == kind]
+        out[f"images in {kind} groups"] = k.groupby("label").size()
+        out[f"{kind} groups"] = k.drop_duplicates("group").groupby("label").size()
+    return out.fillna(0).astype(int)
+
+
+def duplicate_pairs(duplicates: pd.DataFrame, data_dir: str | os.PathLike, n: int = 4,
+                    kind: str = "near") -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """Up to ``n`` pairs of ``kind`` (the highest-scoring last: the least sure first) as
+    ``(image, matched image, caption)`` for ``plot_utils.duplicate_pairs_figure``."""
+    part = duplicates[duplicates["kind"] == kind].sort_values("score").head(n)
+    return [(read_xray(Path(data_dir) / r.path), read_xray(Path(data_dir) / r.matched_path),
+             f"{Path(r.path).name}\n~ {Path(r.matched_path).name}\nscore {r.score:.3f}")
+            for r in part.itertuples()]

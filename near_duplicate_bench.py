@@ -247,8 +247,12 @@ def speed(n_images: int, n_fps: int, seed: int = 0) -> dict:
                 + rng.integers(-12, 13, fps.shape), 0, 255).astype(np.uint8)
         for _ in range(reps - 1)])[:n_fps]
     t = time.perf_counter()
+    ci, _, _ = nd.candidate_pairs(nd.descriptors(many))
+    search = time.perf_counter() - t
+    t = time.perf_counter()
     pairs = nd.find_pairs(many)
-    out.update(fingerprints=len(many), grouping_s=round(time.perf_counter() - t, 1),
+    out.update(fingerprints=len(many), candidate_search_s=round(search, 1),
+               candidate_pairs=int(len(ci)), grouping_s=round(time.perf_counter() - t, 1),
                pairs_found=int(len(pairs)),
                peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     return out

@@ -280,21 +280,35 @@ def _plausible(warp: np.ndarray) -> bool:
             and float(np.abs(warp[:, 2]).max()) <= 0.15 * SIDE)
 
 
+def _ecc(A: np.ndarray, B: np.ndarray, warp: np.ndarray, iterations: int) -> np.ndarray:
+    """One affine ECC fit of ``B`` onto ``A`` (both already smoothed) from ``warp``; the start
+    when it does not converge."""
+    try:
+        return cv2.findTransformECC(A, B, warp.copy(), cv2.MOTION_AFFINE,
+                                    (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT,
+                                     iterations, 1e-4), None, 1)[1]
+    except cv2.error:
+        return warp
+
+
+def _align(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """The affine warp (2, 3) that maps ``B`` onto ``A``: coarse to fine, half size first
+    (four times cheaper per step; the shift doubles on the way up)."""
+    half = SIDE // 2
+    a2 = cv2.resize(cv2.GaussianBlur(A, (0, 0), 1.0), (half, half), interpolation=cv2.INTER_AREA)
+    b2 = cv2.resize(cv2.GaussianBlur(B, (0, 0), 1.0), (half, half), interpolation=cv2.INTER_AREA)
+    warp = _ecc(a2, b2, np.eye(2, 3, dtype=np.float32), 30)
+    warp[:, 2] *= 2
+    return _ecc(cv2.GaussianBlur(A, (0, 0), 1.0), cv2.GaussianBlur(B, (0, 0), 1.0), warp, 10)
+
+
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """How surely fingerprints ``a`` and ``b`` show one radiograph: a score in [-1, 1] (1 =
     identical after alignment); ``THRESHOLD`` decides. ``b`` is aligned onto ``a`` (affine
     ECC); an implausible alignment scores 0."""
     A = a.astype(np.float32) / 255.0
     B = b.astype(np.float32) / 255.0
-    warp = np.eye(2, 3, dtype=np.float32)
-    try:
-        _, warp = cv2.findTransformECC(cv2.GaussianBlur(A, (0, 0), SIDE / 64),
-                                       cv2.GaussianBlur(B, (0, 0), SIDE / 64), warp,
-                                       cv2.MOTION_AFFINE, (cv2.TERM_CRITERIA_EPS |
-                                                           cv2.TERM_CRITERIA_COUNT, 100, 1e-5),
-                                       None, 5)
-    except cv2.error:
-        warp = np.eye(2, 3, dtype=np.float32)  # no convergence: compare as they are
+    warp = _align(A, B)
     if not _plausible(warp):
         return 0.0
     flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP

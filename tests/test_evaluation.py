@@ -322,3 +322,78 @@ def test_rerunning_notebook_2s_step_on_a_trained_model_leaves_models_alone(train
         progress=False)
     assert len(history) == 1
     assert (trained.stat().st_mtime_ns, xray_io.file_sha256(trained)) == before
+
+
+# --------------------------------------------------------------------------- near copies
+def _plant_twin(meta: dict, seed: int) -> tuple[dict, np.ndarray, str]:
+    """A meta whose first training image's fingerprint is a distinctive picture (phantoms are
+    too alike for their altered copies to be told apart, docs/methods.md): returns (meta, the
+    picture, the training path it stands for)."""
+    import near_duplicates as nd
+    from test_near_duplicates import _field
+    pic = _field(seed)
+    fps = meta["trained_on"]["fingerprints"]["images"].clone()
+    fps[0] = torch.from_numpy(nd.fingerprint(pic))
+    rec = {**meta["trained_on"], "fingerprints": {**meta["trained_on"]["fingerprints"],
+                                                  "images": fps}}
+    return {**meta, "trained_on": rec}, pic, rec["path"][0]
+
+
+def _save_jpeg_copy(pic: np.ndarray, path) -> None:
+    crop = pic[6:-3, 4:]  # a few percent off the borders, then JPEG at quality 40
+    Image.fromarray((crop * 255).astype(np.uint8)).save(path, "JPEG", quality=40)
+
+
+def test_near_copies_in_the_test_split_are_left_out_and_listed(trained, demo_dir, demo_manifest,
+                                                               tmp_path):
+    models = checkpoints.load_models([trained], CPU)
+    assert checkpoints.has_fingerprints(models["resnet18"][1])
+    model, meta = models["resnet18"]
+    meta, pic, trained_path = _plant_twin(meta, 3)
+    data = tmp_path / "data"
+    shutil.copytree(demo_dir, data)
+    victim = demo_manifest[demo_manifest["split"] == "test"].iloc[0]["path"]
+    (data / victim).unlink()
+    _save_jpeg_copy(pic, data / victim)  # a .png path holding JPEG bytes: read_xray reads both
+    with pytest.warns(UserWarning, match="1 test images are near copies of training"):
+        ev = evaluation.evaluate_split({"resnet18": (model, meta)}, demo_manifest, data,
+                                       _cfg(tmp_path), CPU)
+    dup = ev.metrics["training_duplicates"]
+    assert [(d["path"], d["trained_path"], d["kind"]) for d in dup] == [
+        (victim, trained_path, "near")]
+    assert dup[0]["score"] >= 0.86
+    n_test = int((demo_manifest["split"] == "test").sum())
+    assert ev.metrics["archs"]["resnet18"]["test"]["n"] == n_test - 1
+    clean = evaluation.evaluate_split(models, demo_manifest, demo_dir, _cfg(tmp_path), CPU)
+    assert "training_duplicates" not in clean.metrics  # metrics.json as before when none
+
+
+def test_external_near_copies_are_left_out_and_shown_beside_their_twin(trained, demo_dir,
+                                                                       tmp_path, capsys):
+    ckpt = tmp_path / "models" / "resnet18.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(trained, ckpt)
+    meta, pic, trained_path = _plant_twin(torch.load(ckpt, weights_only=True)["meta"], 5)
+    checkpoints.update_checkpoint_meta(ckpt, trained_on=meta["trained_on"])
+    ext = tmp_path / "ext"
+    for cls in ("Normal", "COVID"):
+        src = sorted((demo_dir / cls / "images").glob("*.png"))[:3]
+        (ext / cls).mkdir(parents=True)
+        for f in src:  # unaltered phantoms of the demo: byte-identical, train or not
+            shutil.copy(f, ext / cls / f.name)
+    _save_jpeg_copy(pic, ext / "Normal" / "near_copy.jpg")
+    out = tmp_path / "out"
+    rc = _cli(ckpt, "--data-dir", ext, "--out", out, "--name", "x", "--cache-dir",
+              tmp_path / "cache")
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    info = json.loads((out / "metrics.json").read_text())["external"]["x"]["images"]
+    near = [d for d in info["training_duplicates"] if d["kind"] == "near"]
+    assert [(d["path"], d["trained_path"]) for d in near] == [("Normal/near_copy.jpg",
+                                                                 trained_path)]
+    assert all(d["kind"] == "exact" and d["score"] == 1.0
+               for d in info["training_duplicates"] if d["path"] != "Normal/near_copy.jpg")
+    assert info["scored"] == 7 - len(info["training_duplicates"])
+    assert "copies of training images (" in text and "1 near" in text
+    assert (out / "external" / "x" / "training_twins.png").is_file()
+    assert "beside their training twin" in (out / "report.html").read_text()

@@ -248,3 +248,18 @@ def test_real_radiographs_copies_found_and_no_false_pairs():
     pairs = nd.find_pairs(fps)
     found = {(int(i), int(j)) for i, j in zip(pairs["i"], pairs["j"])}
     assert found == {(k, 60 + n) for n, (k, _) in enumerate(copies)}
+
+
+def test_notebook_one_overview_and_pairs(copies_dir, tmp_path):
+    import exploration
+    import plot_utils
+    report = {}
+    m = split_dataset.make_split(copies_dir, 3, 3, workers=1, report=report)
+    dup = report["duplicates"]
+    t = exploration.duplicate_overview(m, dup)
+    assert t.loc["A"].tolist() == [2, 1, 2, 1] and t.loc["B"].tolist() == [0, 0, 2, 1]
+    pairs = exploration.duplicate_pairs(dup, copies_dir, n=5)
+    assert sorted(p[2].split("\n")[0] for p in pairs) == ["A-copy-jpeg.png", "B-copy-rot.png"]
+    fig = plot_utils.duplicate_pairs_figure(pairs, "pairs")
+    assert len([a for a in fig.axes if a.images]) == 4
+    assert plot_utils.duplicate_pairs_figure([], "none") is None
