@@ -19,9 +19,9 @@ import pandas as pd
 import torch
 
 import checkpoints
+import dataset_folder
 import image_cache
 import near_duplicates
-import split_dataset
 import utils
 import xray_io
 from evaluation import (EvalConfig, Evaluation, Models, header, merge_overlaps, now,
@@ -72,7 +72,7 @@ def external_rows(data_dir, class_names: list[str], class_map: dict[str, str] | 
     Returns ``(rows path/label/folder/[mask_path, lesion_mask_path, source], info)``; ``info``
     holds ``found`` (images in class folders), ``class_map``, ``skipped_folders`` and
     ``not_read`` (files inside class folders that are not images, with the reason)."""
-    cand, rejects = split_dataset.scan_dataset(data_dir)
+    cand, rejects = dataset_folder.scan_dataset(data_dir)
     folders = cand.groupby("label").size().to_dict()
     mapped, skipped = map_folders(folders, class_names, class_map)
     if not mapped:
@@ -81,7 +81,7 @@ def external_rows(data_dir, class_names: list[str], class_map: dict[str, str] | 
                          f"them with --class-map FOLDER=CLASS")
     rows = cand[cand["label"].isin(mapped)].rename(columns={"label": "folder"})
     rows.insert(1, "label", rows["folder"].map(mapped))
-    sources = split_dataset.read_sources(data_dir)
+    sources = dataset_folder.read_sources(data_dir)
     if sources:
         rows["source"] = [sources.get((f, Path(p).stem.lower()), "")
                           for f, p in zip(rows["folder"], rows["path"])]
