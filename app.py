@@ -115,14 +115,36 @@ class Predictor:
             reason = row["status"].replace(str(path), Path(path).name)  # the name, not a temp path
             return (f"**This file could not be read**: {reason}\n\nUpload a PNG, JPEG, TIFF, BMP "
                     f"or DICOM radiograph.", None, empty)
-        return (_calls_markdown(row, self.models, Path(path).name), row["cam"] or None,
-                _probabilities(row, self.models))
+        table = _probabilities(row, self.models)
+        if _flagged(row):  # still shown, greyed: a reference, not a result
+            table = table.style.set_properties(**{"color": "#9ca3af"})
+        return (_calls_markdown(row, self.models, Path(path).name), row["cam"] or None, table)
+
+
+def _flagged(row) -> bool:
+    """Whether predict.py flagged the row (True, numpy's True, or "True" from a CSV)."""
+    return str(row.get("out_of_distribution")) == "True"
 
 
 def _calls_markdown(row, models, name: str) -> str:
     names = list(models)
-    lines = [f"**{'Ensemble' if len(names) > 1 else names[0]}: {row['predicted']}** "
-             f"({row['probability']:.0%}), `{name}`", ""]
+    head = "Ensemble" if len(names) > 1 else names[0]
+    lines = [f"**{head}: {row['predicted']}** ({row['probability']:.0%}), `{name}`", ""]
+    if row.get("prediction_set"):
+        lines += [f"**Prediction set** (holds the true class 90% of the time on images like the "
+                  f"validation split): {row['prediction_set'].replace('|', ', ')}", ""]
+    if _flagged(row):
+        lines = [f"### Not a call: this image is unlike the radiographs the models were "
+                 f"trained on", "",
+                 f"It may not be a chest radiograph, or it is turned, inverted, cropped, or from "
+                 f"an acquisition the models never saw (unfamiliarity {row['ood_score']:.2f}; "
+                 f"above 1 is flagged). What the models would say is shown greyed below for "
+                 f"reference; do not read it as a result.", "",
+                 f"*{head} would say {row['predicted']} ({row['probability']:.0%}), "
+                 f"`{name}`*", ""]
+    elif row.get("ood_score") == row.get("ood_score") and row.get("ood_score") is not None:
+        lines += [f"Familiar: unfamiliarity {row['ood_score']:.2f} (below 1: like the training "
+                  f"images)", ""]
     if row.get("training_copy"):
         lines[:0] = [f"**Warning: this image is a copy of one the models were trained on** "
                      f"({row['training_copy_kind']}, score {row['training_copy_score']:.3f}: "
@@ -131,8 +153,9 @@ def _calls_markdown(row, models, name: str) -> str:
     for n in names:
         call = row[f"{n}_predicted"]
         t = models[n][1].get("temperature")
-        lines.append(f"- {n}: {call} ({row[f'{n}_{call}']:.0%})"
-                     + ("" if t is not None else " (uncalibrated: no temperature in the checkpoint)"))
+        text = (f"{n}: {call} ({row[f'{n}_{call}']:.0%})"
+                + ("" if t is not None else " (uncalibrated: no temperature in the checkpoint)"))
+        lines.append(f"- *{text}*" if _flagged(row) else f"- {text}")
     return "\n".join(lines)
 
 

@@ -35,7 +35,8 @@ from runtime import library_versions
 from xray_io import atomic_write
 
 # What ``meta`` holds. Required: arch, class_names. Written by training: the rest but
-# temperature/calibration, which training adds after fitting T on the validation split.
+# temperature/calibration/familiarity/conformal, which training adds after fitting them on the
+# validation split (familiarity.py's CLI adds the last two to an older checkpoint).
 META = {
     "arch": "the architecture name (networks.build_model rebuilds it)",
     "class_names": "class names in output order",
@@ -53,6 +54,9 @@ META = {
                   "training and validation images",
     "temperature": "calibration temperature fitted on the validation split (absent: none)",
     "calibration": "inference.calibrate's report of that fit",
+    "familiarity": "familiarity.fit_familiarity: the out-of-distribution score's statistics and "
+                   "threshold (absent in older checkpoints: no flag)",
+    "conformal": "familiarity.fit_conformal: the prediction sets' alpha and quantile",
     "versions": "library versions that wrote the file",
 }
 TRAINED_SPLITS = ("train", "val")  # images a model was fitted on or selected and calibrated on

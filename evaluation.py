@@ -32,13 +32,16 @@ from torch import nn
 
 import audit
 import checkpoints
+import familiarity
 import grad_cam
 import image_cache
 import inference
 import metrics
 import near_duplicates
 import networks
+import ood_sets
 import utils
+import xray_io
 from runtime import library_versions
 
 CONVENTION = "confusion_matrix rows = true class, columns = predicted"
@@ -149,6 +152,73 @@ def calibration_of(meta: dict, y, p, split: str, cfg: EvalConfig) -> dict:
                     "nll_after": metrics.negative_log_likelihood(y, scaled)}}
 
 
+def prediction_sets_of(meta: dict, y, p, class_names: list[str], cfg: EvalConfig) -> dict | None:
+    """Empirical coverage and size of the checkpoint's conformal prediction sets
+    (``familiarity.prediction_sets`` on the calibrated probabilities), overall (Wilson and
+    bootstrap intervals) and per true class; None without a conformal record or temperature."""
+    conf = meta.get("conformal")
+    if not conf or "temperature" not in meta:
+        return None
+    sets = familiarity.prediction_sets(metrics.apply_temperature(p, meta["temperature"]),
+                                       conf["qhat"])
+    scores = pd.DataFrame({"covered": sets[np.arange(len(y)), y].astype(float),
+                           "size": sets.sum(1).astype(float), "label": np.asarray(y)})
+    k, n = int(scores["covered"].sum()), len(scores)
+    lo, hi = metrics.wilson_interval(k, n)
+    size = grad_cam.bootstrap_means(scores, {"mean_size": "size"}, cfg.n_boot, cfg.seed)
+    per = {class_names[c]: {"n": int(len(g)), "coverage": float(g["covered"].mean()),
+                            "mean_size": float(g["size"].mean())}
+           for c, g in scores.groupby("label")}
+    return {"alpha": conf["alpha"], "nominal": 1 - conf["alpha"], "qhat": conf["qhat"], "n": n,
+            "coverage": k / n if n else None, "coverage_ci": [float(lo), float(hi)], **size,
+            "per_class": per}
+
+
+def _share(flags) -> dict:
+    flags = np.asarray(flags, bool)
+    lo, hi = metrics.wilson_interval(int(flags.sum()), len(flags))
+    return {"n": int(len(flags)), "share": float(flags.mean()) if len(flags) else None,
+            "ci": [float(lo), float(hi)]}
+
+
+def familiarity_of(model, meta: dict, rows, data_dir, size: int, cfg: EvalConfig, device,
+                   table: pd.DataFrame, builtin: bool = True) -> dict | None:
+    """The out-of-distribution flag on ``rows``: the share flagged (Wilson interval) and the
+    accuracy on the images it passes and on those it flags (``table``: ``predictions_of``'s);
+    with ``builtin``, its AUROC and share flagged against the same images turned, inverted and
+    cropped (``ood_sets.turned``) and against pictures that are no radiographs
+    (``ood_sets.non_radiographs``). None without a familiarity record."""
+    fam = meta.get("familiarity")
+    if not fam:
+        return None
+    paths = table["path"].tolist()
+    files = [Path(data_dir) / p for p in paths]
+    images = [xray_io.read_xray(f) for f in files]
+    fps, _, _ = near_duplicates.fingerprint_files(files, cfg.cache_dir)
+
+    def scores(pics, prints):
+        feats, _ = familiarity.extract(model, fam["layers"],
+                                       np.stack([xray_io.resize_uint8(a, size) for a in pics]),
+                                       device, cfg.batch_size)
+        return familiarity.familiarity_scores(fam, feats, prints)
+
+    s = scores(images, fps)
+    flag = familiarity.flagged(s)
+    right = (table["true"] == table["pred"]).to_numpy()
+    out = {"rate": fam["rate"], "flagged": _share(flag),
+           "accuracy_passed": _share(right[~flag]), "accuracy_flagged": _share(right[flag]),
+           "builtin": None}
+    if builtin:
+        sets = {k: [ood_sets.turned(a)[k] for a in images] for k in ood_sets.TURNS}
+        sets["non_radiographs"] = list(ood_sets.non_radiographs().values())
+        out["builtin"] = {}
+        for kind, pics in sets.items():
+            other = scores(pics, np.stack([near_duplicates.fingerprint(a) for a in pics]))
+            out["builtin"][kind] = {"n": len(pics), "auroc": metrics.auroc(s, other),
+                                    "flagged": float(familiarity.flagged(other).mean())}
+    return out
+
+
 def by_source_of(table: pd.DataFrame, rows: pd.DataFrame) -> dict | None:
     """Accuracy per source (the ``source`` column, Kaggle's metadata URL) with Wilson
     intervals; None when the rows record no source."""
@@ -187,6 +257,10 @@ def score_models(models: Models, rows: pd.DataFrame, data_dir, class_names: list
                 (name, "train", results[name]["train"]["confusion_matrix"]))
         y, p, preds[name] = predictions_of(model, rows, data_dir, class_names, size, cfg, device)
         results[name][split] = scores_with_intervals(y, p, class_names, cfg)
+        results[name]["prediction_sets"] = prediction_sets_of(meta, y, p, class_names, cfg)
+        results[name]["familiarity"] = familiarity_of(model, meta, rows, data_dir, size, cfg,
+                                                      device, preds[name],
+                                                      builtin=split != "external")
         figs.setdefault("confusion", []).append(
             (name, split, results[name][split]["confusion_matrix"]))
         figs.setdefault("roc", {})[name] = metrics.roc_points(y, p, class_names)

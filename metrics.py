@@ -88,6 +88,17 @@ def _validate(y_true, y_prob, class_names) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_prob
 
 
+def auroc(negatives, positives) -> float:
+    """Area under the ROC curve of a score that should be higher for ``positives`` than for
+    ``negatives`` (Mann-Whitney U, ties count one half); NaN when either side is empty."""
+    neg, pos = np.asarray(negatives, float).ravel(), np.asarray(positives, float).ravel()
+    if len(neg) == 0 or len(pos) == 0:
+        return float("nan")
+    ranks = rankdata(np.concatenate([neg, pos]))
+    u = ranks[len(neg):].sum() - len(pos) * (len(pos) + 1) / 2
+    return float(u / (len(neg) * len(pos)))
+
+
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     """``(n_boot, n)`` row indices drawn with replacement from a ``seed``ed generator: the one
     resampling behind every percentile-bootstrap interval of the project."""

@@ -56,6 +56,7 @@ EXAMPLES
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -67,6 +68,7 @@ import torch
 from tqdm.auto import tqdm
 
 import checkpoints
+import familiarity
 import grad_cam
 import inference
 import near_duplicates
@@ -133,9 +135,7 @@ def training_copies(models: dict, paths: list[str], decoded: list[dict]) -> pd.D
     """Which of these decoded inputs (``_decode``'s dicts) are copies of an image a model was
     trained or validated on: ``checkpoints.training_overlap`` rows (the best twin per input:
     exact first, then the highest score) with ``models``; a call on such an image is no test."""
-    fps = np.stack([d["fingerprint"] if d["fingerprint"] is not None
-                    else np.zeros((near_duplicates.SIDE,) * 2, np.uint8) for d in decoded]) \
-        if decoded else np.zeros((0, near_duplicates.SIDE, near_duplicates.SIDE), np.uint8)
+    fps = _fingerprints(decoded)
     ok = [d["fingerprint"] is not None for d in decoded]
     found = [checkpoints.training_overlap(meta, paths, [d["sha256"] for d in decoded], fps, ok)
              .assign(models=n) for n, (_, meta) in models.items()]
@@ -171,6 +171,24 @@ def _safe_name(path: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in stem)[:80] or "image"
 
 
+def _forward(model, meta, x, cam, cam_layer, device) -> tuple[torch.Tensor, np.ndarray | None,
+                                                             dict]:
+    """One model on one batch: ``(logits, CAMs or None, pooled features for its familiarity
+    record, {} when it has none)``."""
+    fam = meta.get("familiarity")
+    with contextlib.ExitStack() as stack:
+        f = stack.enter_context(familiarity.Features(model, fam["layers"])) if fam else None
+        if cam == "none":
+            with torch.no_grad(), autocast(device):
+                logits, maps = model(x), None
+        else:
+            with grad_cam.GradCAM(model, cam_layer, cam) as g:
+                _, maps = g(x)
+                logits = g.logits
+        feats = {k: v.numpy() for k, v in f.batch.items()} if f else {}
+    return logits, maps, feats
+
+
 def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.DataFrame,
                   device: torch.device, out_dir: Path, cam: str = "gradcam",
                   cam_layer: str | dict | None = None, batch_size: int = 32, progress: bool = True,
@@ -188,6 +206,7 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
     if cam != "none":
         cams_dir.mkdir(parents=True, exist_ok=True)
     probs = {n: np.full((len(table), len(class_names)), np.nan) for n in names}
+    ood = {n: np.full(len(table), np.nan) for n in names}
     status = ["ok"] * len(table)
     cam_files = [""] * len(table)
     copy_cols = {"training_copy": [""] * len(table), "training_copy_kind": [""] * len(table),
@@ -207,46 +226,93 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
             copy_cols["training_copy"][i] = f"{r.trained_split}:{r.trained_path}"
             copy_cols["training_copy_kind"][i] = r.kind
             copy_cols["training_copy_score"][i] = float(r.score)
-        if ok:
-            for n, (model, meta) in models.items():
-                size = meta["image_size"]
-                x = torch.from_numpy(np.stack([batch[i][0][size] for i in ok]))[:, None]  # (n,1,S,S)
-                x = utils.prepare_batch(x, device)
-                if cam == "none":
-                    with torch.no_grad(), autocast(device):
-                        logits = model(x)
-                else:
-                    with grad_cam.GradCAM(model, layers[n], cam) as g:
-                        _, maps[n] = g(x)
-                        logits = g.logits
-                p = torch.softmax(logits.float() / inference.temperature(meta, calibrated), 1)
-                p = p.cpu().double().numpy()
-                probs[n][[row + i for i in ok]] = p
-        if cam != "none":
-            for k, i in enumerate(ok):
-                r = row + i
-                gray = batch[i][1]
-                tiles, captions = [], []
-                for n in names:
-                    c = int(np.argmax(probs[n][r]))
-                    tiles.append(plot_utils.overlay_cam(batch[i][0][models[n][1]["image_size"]],
-                                                        maps[n][k], peak=True))
-                    captions.append(f"{n}: {class_names[c]} {probs[n][r, c]:.2f}")
-                title = table["path"].iat[r]
-                if r in copy_of:
-                    title += (f"\nA COPY OF A TRAINING IMAGE ({copy_of[r].kind}, "
-                              f"{copy_of[r].trained_path}): this call is no test")
-                picture = plot_utils.cam_strip(gray, tiles, captions, title=title)
-                dst = cams_dir / f"{r + 1:05d}_{_safe_name(table['path'].iat[r])}.png"
-                plot_utils.save_image(picture, dst)
-                cam_files[r] = str(dst)
+        rows = [row + i for i in ok]
+        fps = _fingerprints([batch[i][0] for i in ok])
+        for n, (model, meta) in models.items() if ok else ():
+            size = meta["image_size"]
+            x = torch.from_numpy(np.stack([batch[i][0][size] for i in ok]))[:, None]  # (n,1,S,S)
+            logits, maps[n], feats = _forward(model, meta, utils.prepare_batch(x, device), cam,
+                                              layers[n], device)
+            p = torch.softmax(logits.float() / inference.temperature(meta, calibrated), 1)
+            probs[n][rows] = p.cpu().double().numpy()
+            if feats:
+                ood[n][rows] = familiarity.familiarity_scores(meta["familiarity"], feats, fps)
+        for k, i in enumerate(ok if cam != "none" else ()):
+            r = row + i
+            tiles, captions = [], []
+            for n in names:
+                c = int(np.argmax(probs[n][r]))
+                tiles.append(plot_utils.overlay_cam(batch[i][0][models[n][1]["image_size"]],
+                                                    maps[n][k], peak=True))
+                captions.append(f"{n}: {class_names[c]} {probs[n][r, c]:.2f}"
+                                + (" UNFAMILIAR" if ood[n][r] > 1 else ""))
+            title = table["path"].iat[r]
+            if any(ood[n][r] > 1 for n in names):
+                title += ("\nUNLIKE THE TRAINING IMAGES (out of distribution): "
+                          "the call is not to be trusted")
+            if r in copy_of:
+                title += (f"\nA COPY OF A TRAINING IMAGE ({copy_of[r].kind}, "
+                          f"{copy_of[r].trained_path}): this call is no test")
+            picture = plot_utils.cam_strip(batch[i][1], tiles, captions, title=title)
+            dst = cams_dir / f"{r + 1:05d}_{_safe_name(table['path'].iat[r])}.png"
+            plot_utils.save_image(picture, dst)
+            cam_files[r] = str(dst)
         row += len(batch)
         bar.update(len(batch))
     bar.close()
-    return _table(table, names, class_names, probs, status, cam_files, copy_cols)
+    trust = _trust_columns(models, names, class_names, probs, ood, calibrated)
+    return _table(table, names, class_names, probs, status, cam_files, {**trust, **copy_cols})
 
 
-def _table(table, names, class_names, probs, status, cam_files, copy_cols) -> pd.DataFrame:
+def _fingerprints(decoded: list[dict]) -> np.ndarray:
+    """uint8 (n, 64, 64) fingerprints of decoded inputs; zeros for one that has none (one gray
+    level: unlike any radiograph)."""
+    side = near_duplicates.SIDE
+    return np.stack([d["fingerprint"] if d["fingerprint"] is not None
+                     else np.zeros((side, side), np.uint8) for d in decoded]) \
+        if decoded else np.zeros((0, side, side), np.uint8)
+
+
+def _flags(scores: np.ndarray) -> list:
+    """``out_of_distribution`` cells: True/False where a score exists, empty otherwise."""
+    return [bool(f) if not np.isnan(v) else "" for v, f in
+            zip(scores, familiarity.flagged(np.nan_to_num(scores)))]
+
+
+def _trust_columns(models, names, class_names, probs, ood, calibrated) -> dict:
+    """``ood_score``, ``out_of_distribution`` and ``prediction_set`` for the head (the ensemble
+    or the single model) and per model (``<model>_...``). The ensemble's rules: its score is the
+    largest of the models' (each scaled so that 1 is its own threshold), it is flagged when any
+    model flags the image, and its set is the union of the models' sets. Empty where a
+    checkpoint has no familiarity or conformal record, or the probabilities are uncalibrated
+    (sets are fitted on calibrated ones)."""
+    cols: dict[str, list] = {}
+    sets = {}
+    for n in names:
+        meta = models[n][1]
+        if "conformal" in meta and calibrated:
+            read = ~np.isnan(probs[n]).any(1)
+            sets[n] = familiarity.prediction_sets(np.nan_to_num(probs[n]),
+                                                  meta["conformal"]["qhat"]) & read[:, None]
+        cols[f"{n}_ood_score"] = np.round(ood[n], 4)
+        cols[f"{n}_out_of_distribution"] = _flags(ood[n])
+        cols[f"{n}_prediction_set"] = (familiarity.set_names(sets[n], class_names)
+                                       if n in sets else [""] * len(ood[n]))
+    head = names[0]
+    if len(names) > 1:
+        head = "ensemble"
+        score = np.max([ood[n] for n in names], 0)  # NaN when any model has no record
+        cols["ensemble_ood_score"] = np.round(score, 4)
+        cols["ensemble_out_of_distribution"] = _flags(score)
+        cols["ensemble_prediction_set"] = (
+            familiarity.set_names(np.any([sets[n] for n in names], 0), class_names)
+            if len(sets) == len(names) else [""] * len(score))
+    head_cols = {k: cols[f"{head}_{k}"] for k in ("ood_score", "out_of_distribution",
+                                                  "prediction_set")}
+    return {**head_cols, **cols}
+
+
+def _table(table, names, class_names, probs, status, cam_files, extra) -> pd.DataFrame:
     out = pd.DataFrame({"path": table["path"], "status": status})
     if (table["label"] != "").any():
         out["label"] = table["label"].values
@@ -262,7 +328,7 @@ def _table(table, names, class_names, probs, status, cam_files, copy_cols) -> pd
         out[f"{n}_predicted"] = calls[n]
         for j, c in enumerate(class_names):
             out[f"{n}_{c}"] = p[:, j]
-    for col, values in copy_cols.items():
+    for col, values in extra.items():
         out[col] = values
     out["cam"] = cam_files
     return out
@@ -331,6 +397,15 @@ def main(argv: list[str] | None = None) -> int:
     if n_copies:
         print(f"{n_copies} inputs are copies of training or validation images (column "
               f"training_copy): their calls are no test")
+    n_flag = int((result["out_of_distribution"] == True).sum())  # noqa: E712 - "" for unread
+    if n_flag:
+        print(f"{n_flag} inputs are unlike the training images (out_of_distribution): their "
+              f"calls are not to be trusted")
+    missing = [n for n, (_, meta) in models.items() if "familiarity" not in meta]
+    if missing:
+        print(f"note: {', '.join(missing)}: no familiarity record in the checkpoint (trained "
+              f"before it existed): ood_score and out_of_distribution are empty; add it with "
+              f"python familiarity.py MODEL.pt --manifest MANIFEST.csv")
     for n, (_, meta) in models.items():
         if not checkpoints.has_fingerprints(meta):
             print(f"note: {n}'s checkpoint has no near-duplicate fingerprints of its training "

@@ -175,6 +175,7 @@ def report_context(out_dir: str | Path) -> dict:
                        "rows": [[x["arch"], x["n_test"], *x["test"].values()] for x in models]
                        } if models else None,
         "external": [_external(m, name, out) for name in (m.get("external") or {})],
+        "trust": _table(tables.trust(m.get("archs") or {}, "test")),
     }
 
 
@@ -204,7 +205,9 @@ def _external(m: dict, name: str, out: Path) -> dict:
             "tables": [("Per class (external)", _table(tables.per_class(archs, "external"))),
                        ("Localization (external)", _table(tables.localization(archs))),
                        ("Shortcut audit (external)", _table(tables.audit(archs))),
-                       ("Accuracy by source (external)", _table(tables.by_source(archs)))],
+                       ("Accuracy by source (external)", _table(tables.by_source(archs))),
+                       ("Unfamiliar images and prediction sets (external)",
+                        _table(tables.trust(archs, "external")))],
             "images": images}
 
 

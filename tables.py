@@ -136,6 +136,42 @@ def calibration(archs: dict, split: str = "test") -> pd.DataFrame | None:
     return pd.DataFrame(rows).T.rename_axis("model") if rows else None
 
 
+def _share(d: dict | None) -> str:
+    """A share with its Wilson interval and count, from ``evaluation._share``'s dict."""
+    if not d or d.get("share") is None:
+        return "n/a"
+    return f"{format_ci(d['share'], d['ci'])} of {d['n']}"
+
+
+def trust(archs: dict, split: str = "test") -> pd.DataFrame | None:
+    """Per model, what its calls can be trusted with: the out-of-distribution flag (share of
+    ``split`` flagged; on the internal test, its AUROC against the built-in unfamiliar images:
+    non-radiographs, and the lowest over the test images turned, upside down, inverted or
+    cropped to a corner) and the prediction sets (nominal and empirical coverage, mean size);
+    on an external set, the accuracy on the images passed and on those flagged. None when no
+    model has either record (checkpoints from before them)."""
+    rows = {}
+    for name, r in archs.items():
+        fam, ps = r.get("familiarity"), r.get("prediction_sets")
+        if not fam and not ps:
+            continue
+        row = {"flagged": _share(fam["flagged"]) if fam else "n/a (no record)"}
+        b = (fam or {}).get("builtin")
+        if b:
+            row["AUROC non-radiographs"] = num(b["non_radiographs"]["auroc"])
+            turned = {k: v["auroc"] for k, v in b.items() if k != "non_radiographs"}
+            worst = min(turned, key=turned.get)
+            row["AUROC turned/inverted/corner (lowest)"] = f"{num(turned[worst])} ({worst})"
+        elif fam:
+            row["accuracy, passed"] = _share(fam["accuracy_passed"])
+            row["accuracy, flagged"] = _share(fam["accuracy_flagged"])
+        if ps:
+            row["set coverage"] = f"{ci(ps, 'coverage')} (nominal {ps['nominal']:.2f})"
+            row["mean set size"] = ci(ps, "mean_size", 2)
+        rows[name] = row
+    return pd.DataFrame(rows).T.fillna("n/a").rename_axis("model") if rows else None
+
+
 def by_source(archs: dict) -> pd.DataFrame | None:
     """Accuracy per model and source (Wilson intervals) with the images per source."""
     rows = {(name, src or "(unknown)"): {"n": int(v["n"]), "accuracy": ci(v, "accuracy")}

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 import checkpoints
+import familiarity
 import image_cache
 import near_duplicates
 import inference
@@ -489,8 +490,11 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
                                 config.image_size, config.batch_size, config.num_workers,
                                 pin_memory=device.type == "cuda", cache_dir=cache_dir)
         cal = inference.calibrate(model, val, device)
+        fam, conf = familiarity.fit_for_checkpoint(
+            model, manifest, data_dir, config.image_size, device, cal["temperature"],
+            cache_dir, config.max_per_class, config.seed, config.batch_size)
         checkpoints.update_checkpoint_meta(best_path, temperature=cal["temperature"],
-                                           calibration=cal)
+                                           calibration=cal, familiarity=fam, conformal=conf)
     barrier()
     row = {"arch": arch, "image_size": config.image_size, "weights": w or "random init",
            **summarize_history(history, config.min_delta),

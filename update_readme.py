@@ -55,6 +55,13 @@ def headline_markdown(m: dict, assets: dict[str, str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append(f"\nDataset: {m['dataset']['name']}; generated {m.get('created', '?')}. 95% "
                  "intervals: Wilson for accuracies, bootstrap for the rest.\n")
+    trust = tables.trust(m["archs"], "test")
+    if trust is not None:
+        lines += ["Unfamiliar images and prediction sets on the test split (`familiarity.py`; "
+                  "the flag passes 95% of the validation images; AUROC against 12 built-in "
+                  "non-radiographs and the test images turned, upside down, inverted or cropped "
+                  "to a corner; sets at 90% nominal coverage; [methods](docs/methods.md"
+                  "#familiarity-and-prediction-sets)):\n", tables.markdown(trust)]
     lines += [f"![{c}]({p})\n" for c, p in assets.items() if c == "Grad-CAM comparison"]
     return "\n".join(lines)
 
