@@ -308,13 +308,12 @@ def set_names(sets: np.ndarray, class_names: list[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- fitting a model
 def training_rows(manifest, max_per_class: int | None, seed: int):
-    """The training images the familiarity is fitted on: the train split, at most
-    ``max_per_class`` per class (seeded; the demo trains on such a subset too)."""
+    """The training images the familiarity is fitted on: the train split's images the model
+    trained on (``utils.cap_per_class``: at most ``max_per_class`` per class, drawn with
+    ``seed``, as the training loader and evaluation draw them)."""
+    import utils
     rows = manifest[manifest["split"] == "train"]
-    if max_per_class:
-        rows = (rows.groupby("label", group_keys=False)
-                .apply(lambda g: g.sample(min(len(g), max_per_class), random_state=seed)))
-    return rows.sort_values("path").reset_index(drop=True)
+    return utils.cap_per_class(rows, max_per_class, seed).reset_index(drop=True)
 
 
 def fit_for_checkpoint(model: nn.Module, manifest, data_dir, image_size: int,
