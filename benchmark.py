@@ -21,6 +21,7 @@ plus peak memory, and the achieved FLOP rate (FLOPs per training image from
 ratios and writes a JSON report. Defaults are small on a CPU and full size (20,685 images, one
 full epoch of ours per architecture) on a GPU.
 
+``--near-duplicates`` measures the near-duplicate finder instead (``near_duplicate_bench.speed``).
 ``--predict`` measures ``predict.py`` instead: images per second from PNG files to
 probabilities (decoding included), without CAM and with Grad-CAM, against a bare no-grad forward
 loop of the same model over pre-made tensors at the same batch size, and ``evaluate.py``'s
@@ -212,6 +213,11 @@ def _parse(argv=None) -> argparse.Namespace:
                    help="only predict.py and evaluate.py's inference against a bare forward "
                         "loop (default: 256 images, batch 32 on a CPU; writes "
                         "outputs/benchmark_predict.json)")
+    p.add_argument("--near-duplicates", action="store_true",
+                   help="only the near-duplicate finder: fingerprints of --images demo PNGs "
+                        "(default 21,165, the real database's size) cold and warm, and grouping "
+                        "112,120 fingerprints (NIH ChestX-ray14's size); writes "
+                        "outputs/benchmark_near_duplicates.json (near_duplicate_bench.speed)")
     return p.parse_args(argv)
 
 
@@ -349,6 +355,12 @@ def main(argv=None) -> int:
     device = runtime.choose_device(a.device)
     if a.predict:
         return predict_benches(a, device)
+    if a.near_duplicates:
+        import near_duplicate_bench
+        res = near_duplicate_bench.speed(a.images or 21165, 112_120)
+        print(res)
+        utils.write_json_atomic(res, Path(a.out).with_name("benchmark_near_duplicates.json"))
+        return 0
     gpu = device.type == "cuda"
     n_images = a.images or (20685 if gpu else 512)
     bs = a.batch_size or (128 if gpu else 16)

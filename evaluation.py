@@ -166,9 +166,12 @@ def prediction_sets_of(meta: dict, y, p, class_names: list[str], cfg: EvalConfig
     k, n = int(scores["covered"].sum()), len(scores)
     lo, hi = metrics.wilson_interval(k, n)
     size = grad_cam.bootstrap_means(scores, {"mean_size": "size"}, cfg.n_boot, cfg.seed)
-    per = {class_names[c]: {"n": int(len(g)), "coverage": float(g["covered"].mean()),
-                            "mean_size": float(g["size"].mean())}
-           for c, g in scores.groupby("label")}
+    per = {}
+    for c, g in scores.groupby("label"):
+        c_lo, c_hi = metrics.wilson_interval(int(g["covered"].sum()), len(g))
+        per[class_names[c]] = {"n": int(len(g)), "coverage": float(g["covered"].mean()),
+                               "coverage_ci": [float(c_lo), float(c_hi)],
+                               "mean_size": float(g["size"].mean())}
     return {"alpha": conf["alpha"], "nominal": 1 - conf["alpha"], "qhat": conf["qhat"], "n": n,
             "coverage": k / n if n else None, "coverage_ci": [float(lo), float(hi)], **size,
             "per_class": per}

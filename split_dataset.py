@@ -6,15 +6,8 @@ resized, re-encoded, cropped, padded or re-windowed copy: ``near_duplicates.py``
 ``--groups``, the images of one patient, so a group never straddles splits, and writes a manifest
 CSV plus a rejects report and a duplicates list beside it.
 
-Supported layouts (the COVID-19 Radiography Database as published over time, and any folder of
-class subfolders)::
-
-    DATA_DIR/<class>/<image files>                       # flat release / generic folders
-    DATA_DIR/<class>/images/<f>, DATA_DIR/<class>/masks/<f>   # newer Kaggle release
-    (DATA_DIR/<class>/lesion_masks/<f>: demo data's finding masks)
-
-Files at the top level (metadata .xlsx, README) and OS junk (.DS_Store, Thumbs.db, __MACOSX,
-hidden files) are ignored.
+Supported layouts: ``dataset_folder.py`` (the COVID-19 Radiography Database as published over
+time, and any folder of class subfolders; metadata, README and OS junk ignored).
 
 Manifest columns: ``path,label,split,group`` (paths relative to DATA_DIR, POSIX separators;
 ``group``: the group's first path; equal for images that show the same radiograph or, with

@@ -172,6 +172,16 @@ def trust(archs: dict, split: str = "test") -> pd.DataFrame | None:
     return pd.DataFrame(rows).T.fillna("n/a").rename_axis("model") if rows else None
 
 
+def prediction_sets_by_class(archs: dict) -> pd.DataFrame | None:
+    """Per model and true class: images, the prediction sets' coverage (Wilson interval) and
+    mean size; None when no model has a conformal record."""
+    rows = {(name, cls): {"n": v["n"], "coverage": ci(v, "coverage"),
+                          "mean set size": num(v["mean_size"], ".2f")}
+            for name, r in archs.items()
+            for cls, v in ((r.get("prediction_sets") or {}).get("per_class") or {}).items()}
+    return pd.DataFrame(rows).T.rename_axis(["model", "class"]) if rows else None
+
+
 def by_source(archs: dict) -> pd.DataFrame | None:
     """Accuracy per model and source (Wilson intervals) with the images per source."""
     rows = {(name, src or "(unknown)"): {"n": int(v["n"]), "accuracy": ci(v, "accuracy")}

@@ -32,6 +32,23 @@ def demo_manifest(demo_dir):
     return split_dataset.make_split(demo_dir, val=3, test=3, seed=0, workers=1)
 
 
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, demo_dir, demo_manifest):
+    """A ResNet-18 trained for one epoch at 32 px by notebook 2's step (so with its temperature,
+    familiarity and conformal records), shared by the evaluation and familiarity tests, which
+    only read it (they copy it to change it)."""
+    import shutil
+
+    import training
+    d = tmp_path_factory.mktemp("trained")
+    cfg = training.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
+    training.train_architecture("resnet18", demo_manifest, demo_dir, cfg, torch.device("cpu"),
+                                weights=None, models_dir=d / "models", out_dir=d / "out",
+                                cache_dir=d / "cache", progress=False)
+    yield d / "models" / "resnet18.pt"
+    shutil.rmtree(d, ignore_errors=True)
+
+
 def tree_digest(root: Path) -> dict:
     """path -> (size, sha256) of every file below root, plus the folder list."""
     import hashlib

@@ -34,18 +34,6 @@ CLASSES = ["COVID", "Lung_Opacity", "Normal", "Viral Pneumonia"]
 pytestmark = pytest.mark.filterwarnings("ignore:.*CAMs are constant")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_dir, demo_manifest):
-    """A ResNet-18 trained for one epoch at 32 px by notebook 2's step, and its folder."""
-    d = tmp_path_factory.mktemp("evaluation")
-    cfg = training.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
-    training.train_architecture("resnet18", demo_manifest, demo_dir, cfg, CPU, weights=None,
-                                models_dir=d / "models", out_dir=d / "out",
-                                cache_dir=d / "cache", progress=False)
-    yield d / "models" / "resnet18.pt"
-    shutil.rmtree(d, ignore_errors=True)
-
-
 def _cfg(tmp_path, **kw):
     return evaluation.EvalConfig(batch_size=16, num_workers=0, n_boot=50, seed=0,
                                  cam_layers={"resnet18": "layer3"},

@@ -22,24 +22,11 @@ import ood_sets
 import predict
 import report
 import tables
-import training
 import utils
 from xray_io import read_xray, resize_uint8
 
 CPU = torch.device("cpu")
 pytestmark = pytest.mark.filterwarnings("ignore:.*CAMs are constant")
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, demo_dir, demo_manifest):
-    """A ResNet-18 trained one epoch at 32 px by notebook 2's step (which fits both records)."""
-    d = tmp_path_factory.mktemp("familiarity")
-    cfg = training.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
-    training.train_architecture("resnet18", demo_manifest, demo_dir, cfg, CPU, weights=None,
-                                models_dir=d / "models", out_dir=d / "out",
-                                cache_dir=d / "cache", progress=False)
-    yield d / "models" / "resnet18.pt"
-    shutil.rmtree(d, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- the pieces
@@ -246,3 +233,23 @@ def test_the_app_warns_instead_of_calling_a_flagged_image(trained, demo_dir, dem
     row = demo_manifest[demo_manifest["split"] == "test"].iloc[0]
     text, _, table = p(str(demo_dir / row["path"]), "none", app.DEFAULT_LAYER)
     assert "Prediction set" in text and isinstance(table, pd.DataFrame)
+
+
+def test_per_class_coverage_table():
+    archs = {"m": {"prediction_sets": {"per_class": {
+        "A": {"n": 10, "coverage": 0.9, "coverage_ci": [0.6, 0.98], "mean_size": 1.25}}}},
+             "old": {}}
+    t = tables.prediction_sets_by_class(archs)
+    assert t.loc[("m", "A")].tolist() == [10, "0.900 [0.600, 0.980]", "1.25"]
+    assert tables.prediction_sets_by_class({"old": {}}) is None
+
+
+@pytest.mark.skipif(not (REALCXR := __import__("conftest").REALCXR).is_dir(),
+                    reason="../shared/realcxr not present")
+def test_real_radiographs_are_unfamiliar_to_a_phantom_model(trained):
+    """A model trained on the synthetic demo meets real radiographs: they are not what it was
+    trained on, and the flag says so for most of them."""
+    model, meta = checkpoints.load_checkpoint(trained)
+    files = sorted((REALCXR / "Normal").glob("*.png"))[:40]
+    s = _scores(model, meta, [read_xray(f) for f in files])
+    assert (s > 1).mean() >= 0.8

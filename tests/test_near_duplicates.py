@@ -263,3 +263,19 @@ def test_notebook_one_overview_and_pairs(copies_dir, tmp_path):
     fig = plot_utils.duplicate_pairs_figure(pairs, "pairs")
     assert len([a for a in fig.axes if a.images]) == 4
     assert plot_utils.duplicate_pairs_figure([], "none") is None
+
+
+def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
+    import near_duplicate_bench as bench
+    src = tmp_path / "src"
+    for k in range(24):
+        _write(src / f"{k}.png", _field(200 + k))
+    _write(src / "masks" / "m.png", _field(999))   # masks are left out
+    res = bench.measure(src, "holdout", per=1, seed=0)
+    assert res["originals"] == 24 and res["copies"] == 11
+    assert res["recall"] >= 10 / 11 and res["false_pairs"] == []
+    e = res["evaluate"]
+    assert e["wrong_twin"] == 0 and e["training_copies"] + e["test_copies"] == 11
+    speed = bench.speed(8, 40)
+    assert speed["images"] == 8 and speed["fingerprints"] == 40
+    assert speed["fingerprint_warm_s"] <= speed["fingerprint_cold_s"]
