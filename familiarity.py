@@ -151,9 +151,9 @@ def _ledoit_wolf(x: np.ndarray) -> np.ndarray:
 
 def fit_gaussian(feats: np.ndarray, labels: np.ndarray, k: int = COMPONENTS) -> dict:
     """One layer's statistics from training features (N, C) and labels: ``mean`` (C,),
-    ``basis`` (C, k) principal directions, ``class_means`` (K, k), ``precision`` (k, k) of the
-    within-class scatter (Ledoit-Wolf), ``residual`` (the training images' median energy
-    outside the basis); float16 tensors where large."""
+    ``basis`` (C, k) principal directions (float16), ``class_means`` (K, k), ``precision``
+    (k, k) of the within-class scatter (Ledoit-Wolf), ``residual`` (the training images' median
+    energy outside the basis)."""
     f = np.asarray(feats, np.float64)
     mean = f.mean(0)
     x = f - mean
@@ -168,7 +168,10 @@ def fit_gaussian(feats: np.ndarray, labels: np.ndarray, k: int = COMPONENTS) -> 
     resid = ((x - z @ basis.T) ** 2).sum(1)
     stats = {"mean": mean, "basis": basis, "class_means": cm, "precision": precision,
              "residual": float(np.median(resid)) + 1e-12}
-    return {k_: (torch.from_numpy(v.astype(np.float32)).to(torch.float16)
+    # the basis (C x k, orthonormal columns: entries <= 1) is the only large part, kept in
+    # float16; the rest stays float32 (a precision matrix overflows float16's 65,504)
+    return {k_: (torch.from_numpy(v.astype(np.float32)).to(torch.float16 if k_ == "basis"
+                                                             else torch.float32)
                  if isinstance(v, np.ndarray) else v) for k_, v in stats.items()}
 
 
@@ -269,6 +272,9 @@ def fit_familiarity(train: tuple[dict, np.ndarray, np.ndarray], val: tuple[dict,
     rec.update(center=torch.from_numpy(center.astype(np.float32)),
                scale=torch.from_numpy(scale.astype(np.float32)),
                raw_median=float(np.median(raw)), raw_threshold=float(np.quantile(raw, rate)))
+    if not np.isfinite(comp).all():
+        raise ValueError(f"familiarity: non-finite scores on the validation images (layers "
+                         f"{layers}); the features are degenerate")
     if rec["raw_threshold"] <= rec["raw_median"]:
         rec["raw_threshold"] = rec["raw_median"] + 1e-6
     return rec
@@ -383,10 +389,11 @@ def refit(paths: list[str], manifest_path: str, data_dir: str | None = None,
         if meta.get("data") and meta["data"] != image_cache.split_fingerprint(manifest, digests):
             raise ValueError(f"{p} was not trained on {manifest_path} (its split or images "
                              f"differ): refit it with the manifest it was trained with")
+        cfg = meta.get("config") or {}  # the same draw and batches as training's own fit
         fam, conf = fit_for_checkpoint(model, manifest, data_dir, meta["image_size"], dev,
                                        meta.get("temperature", 1.0), cache_dir,
-                                       (meta.get("config") or {}).get("max_per_class"),
-                                       meta.get("seed", 0), alpha=alpha)
+                                       cfg.get("max_per_class"), meta.get("seed", 0),
+                                       cfg.get("batch_size", 64), alpha=alpha)
         checkpoints.update_checkpoint_meta(p, familiarity=fam, conformal=conf)
         say(f"{p}: familiarity fitted on {fam['n_train']} training and {fam['n_val']} "
             f"validation images (layers {', '.join(fam['layers'])}); prediction sets at "
