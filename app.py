@@ -14,6 +14,12 @@ DESCRIPTION
     answer. A file that cannot be read (broken, not an image, a DICOM without pixels, an image
     of more than 60 million pixels) gets a message on the page, and the next upload works.
 
+    An image the models find unlike their training images (``familiarity.py``: a photograph, a
+    CT or MR slice, a radiograph turned or inverted) gets no call: the page says so, shows what
+    the models would say in italics and greys the probabilities. Every other image gets its
+    prediction set (the classes that hold the true class 90% of the time) and its
+    unfamiliarity; a copy of a training image is marked as such.
+
     The prediction is also an API endpoint, ``api_name="predict"``::
 
         from gradio_client import Client, handle_file
@@ -131,8 +137,10 @@ def _calls_markdown(row, models, name: str) -> str:
     head = "Ensemble" if len(names) > 1 else names[0]
     lines = [f"**{head}: {row['predicted']}** ({row['probability']:.0%}), `{name}`", ""]
     if row.get("prediction_set"):
-        lines += [f"**Prediction set** (holds the true class 90% of the time on images like the "
-                  f"validation split): {row['prediction_set'].replace('|', ', ')}", ""]
+        alpha = max(m[1].get("conformal", {}).get("alpha", 0.1) for m in models.values())
+        lines += [f"**Prediction set** (holds the true class {1 - alpha:.0%} of the time on "
+                  f"images like the validation split): "
+                  f"{row['prediction_set'].replace('|', ', ')}", ""]
     if _flagged(row):
         lines = [f"### Not a call: this image is unlike the radiographs the models were "
                  f"trained on", "",
