@@ -389,16 +389,19 @@ def find_pairs(fps: np.ndarray, ok: np.ndarray | None = None, workers: int | Non
 
 
 def match(query: np.ndarray, reference: np.ndarray, query_ok: np.ndarray | None = None,
-          workers: int | None = None) -> pd.DataFrame:
+          workers: int | None = None, reference_descriptors: np.ndarray | None = None
+          ) -> pd.DataFrame:
     """Each query fingerprint's best twin among ``reference`` fingerprints (``decide``):
     columns ``query``, ``reference`` (row indices), ``score`` and ``background``, one row per
-    query that has one."""
+    query that has one. ``reference_descriptors``: ``descriptors(reference)`` when the caller
+    keeps them (a checkpoint's training images, matched batch after batch)."""
     qok = np.ones(len(query), bool) if query_ok is None else np.asarray(query_ok, bool)
     rows = np.flatnonzero(qok)
     cols = ["query", "reference", "score", "background"]
     if len(rows) == 0 or len(reference) == 0:
         return pd.DataFrame(columns=cols)
-    ci, cj, _ = candidate_pairs(descriptors(query[rows]), descriptors(reference))
+    ref_desc = descriptors(reference) if reference_descriptors is None else reference_descriptors
+    ci, cj, _ = candidate_pairs(descriptors(query[rows]), ref_desc)
     scores = verify(query[rows], reference, ci, cj, workers)
     bg = _background(ci, cj, scores, len(rows), symmetric=False)
     found = pd.DataFrame({"query": rows[ci], "reference": cj,
