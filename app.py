@@ -142,8 +142,8 @@ def _calls_markdown(row, models, name: str) -> str:
                   f"images like the validation split): "
                   f"{row['prediction_set'].replace('|', ', ')}", ""]
     if _flagged(row):
-        lines = [f"### Not a call: this image is unlike the radiographs the models were "
-                 f"trained on", "",
+        lines = ["### Not a call: this image is unlike the radiographs the models were "
+                 "trained on", "",
                  f"It may not be a chest radiograph, or it is turned, inverted, cropped, or from "
                  f"an acquisition the models never saw (unfamiliarity {row['ood_score']:.2f}; "
                  f"above 1 is flagged). What the models would say is shown greyed below for "
