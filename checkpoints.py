@@ -173,7 +173,7 @@ def trained_on_record(manifest: pd.DataFrame, digests: list[str],
            "sha256": [d for d, k in zip(digests, keep) if k]}
     if fingerprints is not None:
         ok = np.ones(len(manifest), bool) if fingerprint_ok is None else np.asarray(fingerprint_ok)
-        rec["fingerprints"] = {"version": near_duplicates.VERSION,
+        rec["fingerprints"] = {"version": near_duplicates.FINGERPRINT_VERSION,
                                "images": torch.from_numpy(np.ascontiguousarray(
                                    np.asarray(fingerprints, np.uint8)[keep])),
                                "ok": ok[keep].tolist()}
@@ -184,7 +184,7 @@ def has_fingerprints(meta: dict) -> bool:
     """Whether the checkpoint records near-duplicate fingerprints this version can compare
     (else only byte-identical copies of its training images can be found)."""
     fp = (meta.get("trained_on") or {}).get("fingerprints")
-    return bool(fp) and fp.get("version") == near_duplicates.VERSION
+    return bool(fp) and fp.get("version") == near_duplicates.FINGERPRINT_VERSION
 
 
 OVERLAP_COLUMNS = ["path", "trained_path", "trained_split", "kind", "score"]

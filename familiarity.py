@@ -8,7 +8,7 @@ compared with the training images' in the FRODO line (Calli et al., MIDL 2019; L
 NeurIPS 2018): per layer, the Mahalanobis distance to the nearest class mean with one shared,
 shrunk covariance (Ledoit-Wolf), in the layer's top ``COMPONENTS`` principal directions, plus
 the energy left outside them (what the training images never varied in). A last component is
-model-free: the Mahalanobis distance of the image's *layout* (``near_duplicates`` descriptor:
+model-free: the Mahalanobis distance of the image's *layout* (``near_duplicates.layouts``:
 the equalised 8 x 8 picture of its fingerprint) to the training images' layouts: a chest
 radiograph has lungs left and right of a bright mediastinum; a photograph, a CT or MR slice or a
 drawing does not. Each component is standardised on the validation images (median and spread);
@@ -189,9 +189,9 @@ def gaussian_scores(stats: dict, feats: np.ndarray) -> np.ndarray:
 
 
 def layout(fingerprints: np.ndarray) -> np.ndarray:
-    """The model-free part: each image's layout, ``near_duplicates.descriptors`` of its
+    """The model-free part: each image's layout, ``near_duplicates.layouts`` of its
     fingerprint (64 numbers)."""
-    return near_duplicates.descriptors(fingerprints)
+    return near_duplicates.layouts(fingerprints)
 
 
 @torch.no_grad()

@@ -1,8 +1,8 @@
 """How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
 
-    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout|design|all]
+    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout4|holdout3|...|all]
                                    [--seed 0] [--out outputs/near_duplicates.json]
-    python near_duplicate_bench.py --speed [--images 21165] [--fingerprints 112120]
+    python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
 
 The first form takes the radiographs under DIR (e.g. ``../shared/realcxr``), writes altered
 copies of a seeded sample of them (``ALTERATIONS``) into a temporary class folder beside
@@ -12,12 +12,16 @@ many sit in another split (straddling); every other grouped pair is a false pair
 all pairs of distinct originals); and, as ``evaluate.py`` would, how many copies of "training"
 originals are recognised (``near_duplicates.match``) and how many copies of the others are
 wrongly taken for a training image. ``--set design`` are the alterations the method was built
-on, ``holdout`` others written after its thresholds were fixed (docs/methods.md).
+on, ``holdout`` others written after its thresholds were fixed, ``holdout2`` others again written
+after the second version of the verification (two-way alignment, quick look) was fixed, and
+``holdout3`` and ``holdout4`` others again, within the alterations a copy is expected to
+survive, each written after a change (docs/methods.md).
 
 ``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold (just written, so
 in the page cache: decoding and fingerprinting, not the disk) and warm (from the fingerprint cache)
-and grouping ``--fingerprints`` fingerprints (the demo's, each also shifted and noised to make
-distinct ones), with peak memory.
+and grouping ``--fingerprints`` fingerprints (``deformed`` from DIR's radiographs when given,
+else from the demo's phantoms: every phantom looks alike, the worst case for the verification),
+with peak memory of the process and of its worker processes.
 """
 
 from __future__ import annotations
@@ -79,13 +83,28 @@ def _sharpen(a, amount, sigma=2.0):
     return np.clip(a + amount * (a - cv2.GaussianBlur(a, (0, 0), sigma)), 0, 1)
 
 
+def _text(a):
+    """A burned-in annotation: a side marker and a date line, as exports often carry."""
+    b = _u8(a).copy()
+    h, w = b.shape
+    scale = max(h, w) / 600
+    cv2.putText(b, "L", (round(0.06 * w), round(0.12 * h)), cv2.FONT_HERSHEY_SIMPLEX,
+                1.6 * scale, 255, max(1, round(3 * scale)))
+    cv2.putText(b, "2020-03-14 PORTABLE AP", (round(0.45 * w), round(0.95 * h)),
+                cv2.FONT_HERSHEY_SIMPLEX, 0.7 * scale, 255, max(1, round(2 * scale)))
+    return b / 255.0
+
+
 def _window(a, lo_q, hi_q):
     lo, hi = np.quantile(a, [lo_q, hi_q])
     return np.clip((a - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
 # name -> (set, function of a float image in [0, 1] -> (image, save format)). "design": the
-# alterations the method and its thresholds were built on; "holdout": written afterwards.
+# alterations the method and its thresholds were built on; "holdout": written afterwards (and
+# then looked at to build the second version); "holdout2": written after the second version
+# (then looked at: CERTAIN); "holdout3": written after that, within the issue's list (then
+# looked at: DESCRIPTOR_MARGIN); "holdout4": written after that, within the list.
 ALTERATIONS = {
     "resize-299": ("design", lambda a: (_resize(a, 299), "png")),
     "resize-180": ("design", lambda a: (_resize(a, 180), "png")),
@@ -119,6 +138,61 @@ ALTERATIONS = {
                                                "jpg")),
     "unsharp-strong": ("holdout", lambda a: (_sharpen(a, 3.0, 1.0), "png")),
     "pad-gray-8%-jpeg-70": ("holdout", lambda a: (_jpeg(_pad(a, .08, 0.5), 70), "jpg")),
+    # written after the second version (two-way alignment, quick look, THRESHOLD 0.845) was fixed
+    "resize-224-jpeg-50": ("holdout2", lambda a: (_jpeg(_resize(a, 224), 50), "jpg")),
+    "histogram-equalised": ("holdout2", lambda a: (cv2.equalizeHist(_u8(a)) / 255.0, "png")),
+    "clahe-3-16": ("holdout2", lambda a: (cv2.createCLAHE(3.0, (16, 16)).apply(_u8(a)) / 255.0,
+                                          "png")),
+    "gamma-0.7-window-5-95%": ("holdout2", lambda a: (_window(np.clip(a, 0, 1) ** 0.7, .05, .95),
+                                                      "png")),
+    "crop-5%-all-sides": ("holdout2", lambda a: (_crop(a, .05, .05, .05, .05), "png")),
+    "pad-black-12%-bottom": ("holdout2", lambda a: (_pad(a, .12, 0.0, "b"), "png")),
+    "down-128-up-512": ("holdout2", lambda a: (_resize(_resize(a, 128), 512), "png")),
+    "bilateral-denoise": ("holdout2", lambda a: (cv2.bilateralFilter(a.astype(np.float32), 7,
+                                                                     0.1, 5), "png")),
+    "jpeg-10": ("holdout2", lambda a: (_jpeg(a, 10), "jpg")),
+    "rgb-tinted": ("holdout2", lambda a: (a, "tint")),
+    "burned-in-text": ("holdout2", lambda a: (_text(a), "png")),
+    "rotate-1.5-crop-3%-left-bottom": ("holdout2", lambda a: (_crop(_rotate(a, 1.5), bottom=.03,
+                                                                    left=.03), "png")),
+    # written after the background left out certain pairs (CERTAIN), within the issue's list
+    # of alterations (rescaling, re-encoding, bit depth, gray/RGB, gamma/window, crops up to
+    # 5%, padding, rotation up to 3 degrees, sharpening, denoising)
+    "resize-512-jpeg-30": ("holdout3", lambda a: (_jpeg(_resize(a, 512), 30), "jpg")),
+    "12-bit-in-16": ("holdout3", lambda a: (a, "png12")),
+    "gamma-1.3-rgb-jpeg": ("holdout3", lambda a: (np.clip(a, 0, 1) ** 1.3, "rgbjpg")),
+    "window-0-80%": ("holdout3", lambda a: (_window(a, 0.0, .80), "png")),
+    "crop-4%-left-2%-top-resize-400": ("holdout3", lambda a: (_resize(_crop(a, top=.02, left=.04),
+                                                                      400), "png")),
+    "pad-white-8%-jpeg-80": ("holdout3", lambda a: (_jpeg(_pad(a, .08, 1.0), 80), "png")),
+    "pad-black-5%-top-left": ("holdout3", lambda a: (_pad(a, .05, 0.0, "tl"), "png")),
+    "rotate-minus-3-resize-350": ("holdout3", lambda a: (_resize(_rotate(a, -3), 350), "png")),
+    "unsharp-2-16bit": ("holdout3", lambda a: (_sharpen(a, 2.0, 1.5), "png16")),
+    "nl-means-denoise": ("holdout3", lambda a: (cv2.fastNlMeansDenoising(_u8(a), None, 7) / 255.0,
+                                                "png")),
+    "blur-2": ("holdout3", lambda a: (cv2.GaussianBlur(a, (0, 0), 2.0), "png")),
+    "combined-2": ("holdout3", lambda a: (_jpeg(_rotate(_pad(_crop(np.clip(_resize(a, 256), 0, 1)
+                                                                   ** 1.2, right=.03, bottom=.03),
+                                                             .03, 0.0), 2), 60), "png")),
+    # written after the candidate search's second half (DESCRIPTOR_MARGIN), within the list
+    "resize-1200-jpeg-85": ("holdout4", lambda a: (_jpeg(_resize(a, 1200), 85), "jpg")),
+    "resize-128": ("holdout4", lambda a: (_resize(a, 128), "png")),
+    "jpeg-15-rgb": ("holdout4", lambda a: (_jpeg(a, 15), "rgb")),
+    "gamma-0.6-16bit": ("holdout4", lambda a: (np.clip(a, 0, 1) ** 0.6, "png16")),
+    "window-8-95%-rgb": ("holdout4", lambda a: (_window(a, .08, .95), "rgb")),
+    "crop-3%-top-bottom-5%-left": ("holdout4", lambda a: (_crop(a, .03, .03, .05), "png")),
+    "pad-black-10%-sides-jpeg-75": ("holdout4", lambda a: (_jpeg(_pad(a, .10, 0.0, "lr"), 75),
+                                                           "jpg")),
+    "pad-white-4%": ("holdout4", lambda a: (_pad(a, .04, 1.0), "png")),
+    "rotate-2.5": ("holdout4", lambda a: (_rotate(a, 2.5), "png")),
+    "rotate-minus-1-crop-2%": ("holdout4", lambda a: (_crop(_rotate(a, -1), .02, .02, .02, .02),
+                                                      "png")),
+    "unsharp-1-sigma-3": ("holdout4", lambda a: (_sharpen(a, 1.0, 3.0), "png")),
+    "median-3": ("holdout4", lambda a: (cv2.medianBlur(_u8(a), 3) / 255.0, "png")),
+    "combined-3": ("holdout4", lambda a: (_jpeg(_rotate(_pad(_crop(_window(_resize(a, 320), .03,
+                                                                            .97),
+                                                                   top=.04, left=.02),
+                                                             .05, 0.0, "b"), -1.5), 50), "rgb")),
 }
 
 
@@ -133,6 +207,15 @@ def _save(a: np.ndarray, kind: str, dst: Path) -> Path:
     elif kind == "rgb":
         dst = dst.with_name(dst.name + ".png")
         Image.fromarray(np.repeat(_u8(a)[..., None], 3, axis=2)).save(dst)
+    elif kind == "png12":  # 12-bit values in a 16-bit file, as some DICOM exports write them
+        dst = dst.with_name(dst.name + ".png")
+        Image.fromarray((a * 4095 + 0.5).astype(np.uint16)).save(dst)
+    elif kind == "rgbjpg":
+        dst = dst.with_name(dst.name + ".jpg")
+        Image.fromarray(np.repeat(_u8(a)[..., None], 3, axis=2)).save(dst, quality=85)
+    elif kind == "tint":  # a colour export with a warm cast
+        dst = dst.with_name(dst.name + ".png")
+        Image.fromarray(_u8(np.stack([a, a * 0.92, a * 0.8], axis=2))).save(dst)
     else:
         dst = dst.with_name(dst.name + ".png")
         Image.fromarray(_u8(a)).save(dst)
@@ -168,7 +251,7 @@ def build_set(src: Path, work: Path, which: str, per: int, seed: int) -> pd.Data
     return pd.DataFrame(rows)
 
 
-def measure(src: Path, which: str = "holdout", per: int = 12, seed: int = 0) -> dict:
+def measure(src: Path, which: str = "holdout4", per: int = 12, seed: int = 0) -> dict:
     """The first form of the CLI (module docstring): a dict with ``per_alteration`` rows,
     ``false_pairs`` (listed), ``distinct_pairs`` and ``match`` (evaluate.py's view)."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -225,8 +308,27 @@ def _fingerprints(root: Path, paths: list[str]):
     return paths, list(fps)
 
 
-def speed(n_images: int, n_fps: int, seed: int = 0) -> dict:
-    """Fingerprinting ``n_images`` demo PNGs cold and warm, grouping ``n_fps`` fingerprints."""
+def deformed(fps: np.ndarray, n: int, seed: int = 0, amplitude: float = 8.0) -> np.ndarray:
+    """``n`` fingerprints drawn from ``fps``, each bent by its own smooth random displacement
+    field (up to ``amplitude`` pixels at 64 px, Gaussian sigma 8): radiograph texture, but so
+    far from any other that none is a near-duplicate (the scale test's stand-in for a large
+    collection of distinct radiographs)."""
+    rng = np.random.default_rng(seed)
+    side = fps.shape[1]
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    out = np.empty((n,) + fps.shape[1:], np.uint8)
+    for k in range(n):
+        d = [cv2.GaussianBlur(rng.normal(size=(side, side)).astype(np.float32), (0, 0), 8)
+             for _ in range(2)]
+        d = [v / (np.abs(v).max() + 1e-9) * amplitude for v in d]
+        out[k] = cv2.remap(fps[rng.integers(len(fps))], x + d[0], y + d[1], cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_REFLECT)
+    return out
+
+
+def speed(n_images: int, n_fps: int, seed: int = 0, like: Path | None = None) -> dict:
+    """Fingerprinting ``n_images`` demo PNGs cold and warm; grouping ``n_fps`` fingerprints
+    (``deformed`` from the radiographs under ``like``, else from the demo's phantoms)."""
     import demo_data
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -239,28 +341,30 @@ def speed(n_images: int, n_fps: int, seed: int = 0) -> dict:
             fps, ok, _ = nd.fingerprint_files(paths, Path(tmp) / "cache")
             out[f"fingerprint_{label}_s"] = round(time.perf_counter() - t, 2)
         out["images"] = len(paths)
-    rng = np.random.default_rng(seed)
-    reps = -(-n_fps // len(fps))
-    many = np.concatenate([fps] + [
-        np.clip(np.roll(fps, rng.integers(-3, 4, 2), (1, 2)).astype(np.int16)
-                + rng.integers(-12, 13, fps.shape), 0, 255).astype(np.uint8)
-        for _ in range(reps - 1)])[:n_fps]
+    if like is not None:
+        fps, ok, _ = nd.fingerprint_files(originals(Path(like)))
+        fps = fps[ok]
+    many = deformed(fps, n_fps, seed)
     t = time.perf_counter()
     ci, _, _ = nd.candidate_pairs(nd.descriptors(many))
     search = time.perf_counter() - t
     t = time.perf_counter()
     pairs = nd.find_pairs(many)
-    out.update(fingerprints=len(many), candidate_search_s=round(search, 1),
+    out.update(grouped_from="demo phantoms" if like is None else str(like),
+               fingerprints=len(many), candidate_search_s=round(search, 1),
                candidate_pairs=int(len(ci)), grouping_s=round(time.perf_counter() - t, 1),
                pairs_found=int(len(pairs)),
-               peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+               peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+               peak_rss_worker_mib=round(
+                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024))
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
-    p.add_argument("--set", default="holdout", choices=("holdout", "design", "all"))
+    p.add_argument("--set", default="holdout4",
+                   choices=("holdout4", "holdout3", "holdout2", "holdout", "design", "all"))
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true")
@@ -269,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON report (default: print only)")
     a = p.parse_args(argv)
     if a.speed:
-        res = speed(a.images, a.fingerprints, a.seed)
+        res = speed(a.images, a.fingerprints, a.seed, Path(a.src) if a.src else None)
     elif a.src and Path(a.src).is_dir():
         res = measure(Path(a.src), a.set, a.per_alteration, a.seed)
         print(pd.DataFrame(res["per_alteration"]).to_string(index=False))

@@ -44,13 +44,20 @@ import pandas as pd
 import xray_io
 
 SIDE = 64                # fingerprint side, pixels
-VERSION = f"nd1-{SIDE}"  # changes when fingerprints or scores change: caches and records say it
-DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 8 x 8 = 64 numbers
+FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
+VERSION = f"nd2-{SIDE}"  # changes when fingerprints or scores change: split records say it
+DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
+DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
 CANDIDATE_FLOOR = 0.0    # descriptor cosine below which no copy was ever seen (docs/methods.md)
-THRESHOLD = 0.86         # verified score at or above which two images are one radiograph
+THRESHOLD = 0.845        # verified score at or above which two images are one radiograph
 EXACT_SEARCH_MAX = 50_000
-MARGIN = 0.15           # ... and stands this far above the image's background (``decide``)
+MARGIN = 0.15            # ... and stands this far above the image's background (``decide``)
+QUICK_ITERATIONS = 3     # ECC steps at half size before the quick look (``_directed``)
+COARSE_ITERATIONS = 30   # ECC steps at half size in all
+QUICK_FLOOR = 0.70       # half-size score that ends a comparison (design copies: 0.73 and up)
+RETRY_FLOOR = 0.75       # a plausible score from here to THRESHOLD is tried the other way round
+CERTAIN = 0.97           # a score no two distinct images reached: not part of a background
 _BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
 
 
@@ -120,7 +127,7 @@ def fingerprint_or_reason(path: str | os.PathLike) -> tuple[np.ndarray | None, s
         return None, str(e)
 
 
-CACHE_NAME = f"fingerprints-{VERSION}.npz"
+CACHE_NAME = f"fingerprints-{FINGERPRINT_VERSION}.npz"
 
 
 def _stamp_key(path: Path) -> str:
@@ -188,19 +195,30 @@ def _map(fn, jobs: list, workers: int | None):
 
 
 # --------------------------------------------------------------------------- candidates
-def descriptors(fps: np.ndarray) -> np.ndarray:
-    """The candidate search's vectors: each fingerprint blurred, shrunk to 8 x 8, centred and
-    scaled to unit length; float32 ``(N, 64)`` (zeros for an all-zero fingerprint)."""
+def layouts(fps: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """Each fingerprint's layout: blurred, without its outer ``margin`` of each side, shrunk to
+    8 x 8, centred and scaled to unit length; float32 ``(N, 64)`` (zeros for a flat one).
+    ``familiarity`` compares images by it too."""
     fps = np.asarray(fps)
     out = np.zeros((len(fps), DESCRIPTOR_SIDE ** 2), np.float32)
+    m = round(SIDE * margin)
     for i, f in enumerate(fps):
-        t = cv2.GaussianBlur(f.astype(np.float32) / 255.0, (0, 0), SIDE / 32)
+        t = cv2.GaussianBlur(f.astype(np.float32) / 255.0, (0, 0), SIDE / 32)[m:SIDE - m,
+                                                                             m:SIDE - m]
         d = cv2.resize(t, (DESCRIPTOR_SIDE, DESCRIPTOR_SIDE), interpolation=cv2.INTER_AREA).ravel()
         d = d - d.mean()
         norm = float(np.linalg.norm(d))
         if norm > 1e-6:
             out[i] = d / norm
     return out
+
+
+def descriptors(fps: np.ndarray) -> np.ndarray:
+    """The candidate search's vectors: the layout of the whole fingerprint beside the layout
+    without its outer ``DESCRIPTOR_MARGIN`` (where a frame left over from padding, or a crop,
+    differs; the halves fail on different copies), over sqrt(2); float32 ``(N, 128)``, whose
+    cosine similarity is the mean of the halves'."""
+    return np.hstack([layouts(fps), layouts(fps, DESCRIPTOR_MARGIN)]) / np.float32(np.sqrt(2.0))
 
 
 def _index(ref: np.ndarray):
@@ -271,13 +289,14 @@ def _ncc(x: np.ndarray, y: np.ndarray) -> float:
     return float((x * y).sum() / den) if den > 1e-12 else 0.0
 
 
-def _plausible(warp: np.ndarray) -> bool:
-    """Whether an affine fit is one a copy could need: scale 0.75-1.33, aspect change under
-    20%, shift under 15% of the side (crops, padding and rotation of a few degrees all are)."""
+def _plausible(warp: np.ndarray, side: int = SIDE) -> bool:
+    """Whether an affine fit (at ``side`` pixels) is one a copy could need: scale 0.75-1.33,
+    aspect change under 20%, shift under 15% of the side (crops, padding and rotation of a few
+    degrees all are)."""
     sv = np.linalg.svd(warp[:, :2], compute_uv=False)
     scale = float(np.sqrt(sv[0] * sv[1]))
     return (0.75 <= scale <= 1.33 and sv[0] / max(sv[1], 1e-9) <= 1.2
-            and float(np.abs(warp[:, 2]).max()) <= 0.15 * SIDE)
+            and float(np.abs(warp[:, 2]).max()) <= 0.15 * side)
 
 
 def _ecc(A: np.ndarray, B: np.ndarray, warp: np.ndarray, iterations: int) -> np.ndarray:
@@ -291,54 +310,130 @@ def _ecc(A: np.ndarray, B: np.ndarray, warp: np.ndarray, iterations: int) -> np.
         return warp
 
 
-def _align(A: np.ndarray, B: np.ndarray) -> np.ndarray:
-    """The affine warp (2, 3) that maps ``B`` onto ``A``: coarse to fine, half size first
-    (four times cheaper per step; the shift doubles on the way up)."""
-    half = SIDE // 2
-    a2 = cv2.resize(cv2.GaussianBlur(A, (0, 0), 1.0), (half, half), interpolation=cv2.INTER_AREA)
-    b2 = cv2.resize(cv2.GaussianBlur(B, (0, 0), 1.0), (half, half), interpolation=cv2.INTER_AREA)
-    warp = _ecc(a2, b2, np.eye(2, 3, dtype=np.float32), 30)
-    warp[:, 2] *= 2
-    return _ecc(cv2.GaussianBlur(A, (0, 0), 1.0), cv2.GaussianBlur(B, (0, 0), 1.0), warp, 10)
+class _Level:
+    """One fingerprint at one size, with what comparisons reuse: the image, its smoothed copy
+    (what ECC fits), its clipped areas and its band-passed versions."""
+
+    def __init__(self, image: np.ndarray, smooth: np.ndarray):
+        self.image, self.smooth = image, smooth
+        self.side = image.shape[0]
+        z = self.side / 64
+        self.flat = _flat_areas(image)
+        self.bands = [_band(image, f * z, c * z) for f, c in _BANDS]
+
+
+def _prepare(fp: np.ndarray) -> tuple[_Level, _Level]:
+    """A fingerprint at half and full size (``_Level``), ready to compare."""
+    full = fp.astype(np.float32) / 255.0
+    smooth = cv2.GaussianBlur(full, (0, 0), 1.0)
+    half = SIDE // 2, SIDE // 2
+    return (_Level(cv2.resize(full, half, interpolation=cv2.INTER_AREA),
+                   cv2.resize(smooth, half, interpolation=cv2.INTER_AREA)),
+            _Level(full, smooth))
+
+
+def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
+    """The mean band-pass NCC of ``a`` and ``b`` warped onto it (one size), in the overlap
+    without the outer tenth and without clipped areas; 0 when under a quarter of the image is
+    left to compare."""
+    side = a.side
+    flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
+    inside = cv2.warpAffine(np.ones_like(b.image), warp, (side, side), flags=flags,
+                            borderValue=0) > 0.99
+    clipped = cv2.warpAffine(b.flat.astype(np.uint8), warp, (side, side),
+                             flags=cv2.INTER_NEAREST + cv2.WARP_INVERSE_MAP) > 0
+    m = np.zeros((side, side), bool)
+    k = side // 10  # the outer tenth: where crops and padding differ
+    m[k:side - k, k:side - k] = True
+    m &= inside & ~clipped & ~a.flat
+    if m.mean() < 0.25:
+        return 0.0
+    return float(np.mean([
+        _ncc(x[m], cv2.warpAffine(y, warp, (side, side), flags=flags,
+                                  borderMode=cv2.BORDER_REFLECT)[m])
+        for x, y in zip(a.bands, b.bands)]))
+
+
+def _directed(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> tuple[float, bool]:
+    """``b`` aligned onto ``a`` and compared: ``(score, plausible)``. Coarse to fine: an affine
+    ECC fit at half size, ``QUICK_ITERATIONS`` steps first; a fit that is then implausible ends
+    here (``(0, False)``), and so does a pair that scores under ``QUICK_FLOOR`` at half size
+    (most distinct pairs: they cost a fraction of a full comparison); the others get the rest of
+    the fit, a fit at full size and the full-size score."""
+    (a2, a1), (b2, b1) = a, b
+    warp = _ecc(a2.smooth, b2.smooth, np.eye(2, 3, dtype=np.float32), QUICK_ITERATIONS)
+    if not _plausible(warp, a2.side):
+        return 0.0, False
+    quick = _compare(a2, b2, warp)
+    if quick < QUICK_FLOOR:
+        return quick, True
+    warp = _ecc(a2.smooth, b2.smooth, warp, COARSE_ITERATIONS - QUICK_ITERATIONS)
+    warp[:, 2] *= 2  # the shift doubles on the way up
+    warp = _ecc(a1.smooth, b1.smooth, warp, 10)
+    if not _plausible(warp):
+        return 0.0, False
+    return _compare(a1, b1, warp), True
+
+
+def _similarity(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> float:
+    best = 0.0
+    for x, y in ((a, b), (b, a)):
+        score, ok = _directed(x, y)
+        if ok:
+            best = max(best, score)
+            if score >= THRESHOLD or score < RETRY_FLOOR:
+                break
+    return best
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """How surely fingerprints ``a`` and ``b`` show one radiograph: a score in [-1, 1] (1 =
-    identical after alignment); ``THRESHOLD`` decides. ``b`` is aligned onto ``a`` (affine
-    ECC); an implausible alignment scores 0."""
-    A = a.astype(np.float32) / 255.0
-    B = b.astype(np.float32) / 255.0
-    warp = _align(A, B)
-    if not _plausible(warp):
-        return 0.0
-    flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
-    Bw = cv2.warpAffine(B, warp, (SIDE, SIDE), flags=flags, borderMode=cv2.BORDER_REFLECT)
-    inside = cv2.warpAffine(np.ones_like(B), warp, (SIDE, SIDE), flags=flags,
-                            borderValue=0) > 0.99
-    clipped = cv2.warpAffine(_flat_areas(B).astype(np.uint8), warp, (SIDE, SIDE),
-                             flags=cv2.INTER_NEAREST + cv2.WARP_INVERSE_MAP) > 0
-    m = np.zeros((SIDE, SIDE), bool)
-    k = SIDE // 10  # the outer tenth: where crops and padding differ
-    m[k:SIDE - k, k:SIDE - k] = True
-    m &= inside & ~clipped & ~_flat_areas(A)
-    if m.mean() < 0.25:
-        return 0.0
-    z = SIDE / 64
-    return float(np.mean([_ncc(_band(A, f * z, c * z)[m], _band(Bw, f * z, c * z)[m])
-                          for f, c in _BANDS]))
+    identical after alignment); ``decide`` judges it. ``b`` is aligned onto ``a`` (affine ECC);
+    when that fit is implausible or the score falls just short of ``THRESHOLD`` (from
+    ``RETRY_FLOOR``), ``a`` onto ``b`` too (an alignment can fail one way and not the other),
+    and the better plausible score counts; 0 when neither fit is plausible."""
+    return _similarity(_prepare(a), _prepare(b))
 
 
-def _similarity_job(pair: tuple[np.ndarray, np.ndarray]) -> float:
-    return similarity(*pair)
+_PAIRS: tuple[np.ndarray, np.ndarray] | None = None  # a worker's (fa, fb): ``verify``
+POOL_MIN_PAIRS = 2000  # fewer pairs are verified in this process (a pool costs ~0.1 s to start)
+
+
+def _set_pairs(fa: np.ndarray, fb: np.ndarray) -> None:
+    global _PAIRS
+    _PAIRS = (fa, fb)
+
+
+def _verify_chunk(job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Scores of one chunk of index pairs into the worker's ``_PAIRS``; each image prepared
+    once per chunk."""
+    fa, fb = _PAIRS
+    i, j = job
+    pa = {x: _prepare(fa[x]) for x in np.unique(i)}
+    pb = {y: _prepare(fb[y]) for y in np.unique(j)}
+    return np.array([_similarity(pa[x], pb[y]) for x, y in zip(i, j)], np.float32)
 
 
 def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
            workers: int | None = None) -> np.ndarray:
     """``similarity(fa[i[n]], fb[j[n]])`` for every n, float32 ``(len(i),)``; in ``workers``
-    processes when there are many pairs."""
-    jobs = [(fa[x], fb[y]) for x, y in zip(i, j)]
-    return np.array(_map(_similarity_job, jobs, workers if len(jobs) > 2000 else 1),
-                    np.float32)
+    processes when there are many pairs. Jobs are chunks of indices (the fingerprints reach
+    each worker once), each image prepared once per chunk."""
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    if len(i) == 0:
+        return np.zeros(0, np.float32)
+    workers = max(1, workers or os.cpu_count() or 1)
+    size = int(np.clip(len(i) // (4 * workers) + 1, 1, 2048))  # a few chunks per worker
+    jobs = [(i[s:s + size], j[s:s + size]) for s in range(0, len(i), size)]
+    workers = min(workers, len(jobs))
+    if workers == 1 or len(i) <= POOL_MIN_PAIRS:
+        _set_pairs(fa, fb)
+        try:
+            return np.concatenate([_verify_chunk(job) for job in jobs])
+        finally:
+            _set_pairs(None, None)
+    with xray_io.process_pool(workers, initializer=_set_pairs, initargs=(fa, fb)) as pool:
+        return np.concatenate(pool.map(_verify_chunk, jobs, chunksize=1))
 
 
 # --------------------------------------------------------------------------- decisions
@@ -346,18 +441,22 @@ def _background(i: np.ndarray, j: np.ndarray, scores: np.ndarray, n: int, symmet
                 ) -> np.ndarray:
     """For each candidate pair, the median score of the first image's *other* candidates (and,
     when ``symmetric``, the larger of that and the second image's): how alike that image is
-    to radiographs it is not a copy of. 0 when it has no other candidate."""
-    ends = [(i, j), (j, i)] if symmetric else [(i, j)]
+    to radiographs it is not a copy of. Scores of at least ``CERTAIN`` are copies, not
+    background, and are left out (a radiograph published five times has mostly its own copies
+    among its candidates); 0 when no other candidate is left."""
+    ends = [i, j] if symmetric else [i]
     per: list[list[float]] = [[] for _ in range(n)]
-    for a, _ in ends:
+    for a in ends:
         for x, v in zip(a, scores):
-            per[x].append(float(v))
+            if v < CERTAIN:
+                per[x].append(float(v))
     total = np.zeros(len(i))
-    for a, _ in ends:
+    for a in ends:
         bg = np.zeros(len(i))
         for k, (x, v) in enumerate(zip(a, scores)):
             others = list(per[x])
-            others.remove(float(v))
+            if v < CERTAIN:
+                others.remove(float(v))
             bg[k] = float(np.median(others)) if others else 0.0
         total = np.maximum(total, bg)
     return total

@@ -136,13 +136,14 @@ def file_digests(paths: list[str | os.PathLike], cache_file: str | os.PathLike |
     return out
 
 
-def process_pool(workers: int):
+def process_pool(workers: int, initializer=None, initargs: tuple = ()):
     """A process pool for decoding. Linux forks (like PyTorch's DataLoader workers), so scripts
-    need no ``if __name__ == "__main__"`` guard; elsewhere it spawns."""
+    need no ``if __name__ == "__main__"`` guard and ``initargs`` reach the workers without
+    being copied; elsewhere it spawns."""
     import multiprocessing
     import sys
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return multiprocessing.get_context(method).Pool(workers)
+    return multiprocessing.get_context(method).Pool(workers, initializer, initargs)
 
 
 def is_image_name(name: str) -> bool:

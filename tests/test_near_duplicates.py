@@ -279,3 +279,50 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     speed = bench.speed(8, 40)
     assert speed["images"] == 8 and speed["fingerprints"] == 40
     assert speed["fingerprint_warm_s"] <= speed["fingerprint_cold_s"]
+
+
+def test_a_radiograph_published_many_times_is_one_group():
+    """Eight copies of one image: each one's candidates are all its own copies, which must not
+    count as the background it has to stand out from (``CERTAIN``)."""
+    a = _field(5)
+    copies = [f(a) for f in ALTER.values()]
+    others = [_field(s) for s in range(40, 60)]
+    fps = np.stack([nd.fingerprint(x) for x in [a] + copies + others])
+    pairs = nd.find_pairs(fps)
+    labels = nd.groups(len(fps), zip(pairs["i"], pairs["j"]))
+    assert (labels[:9] == 0).all()
+    assert labels[9:].tolist() == list(range(9, len(fps)))
+
+
+@pytest.mark.parametrize("first, second, expected, calls", [
+    ((0.0, False), (0.9, True), 0.9, 2),    # implausible one way: the other way counts
+    ((0.5, True), (0.9, True), 0.5, 1),     # clearly distinct: no second look
+    ((0.8, True), (0.82, True), 0.82, 2),   # just short of THRESHOLD: the better way counts
+    ((0.95, True), (0.5, True), 0.95, 1),   # a copy: no second look
+    ((0.0, False), (0.0, False), 0.0, 2),   # neither way plausible
+])
+def test_similarity_tries_the_other_way_round(monkeypatch, first, second, expected, calls):
+    seen = []
+
+    def fake(x, y):
+        seen.append((x, y))
+        return first if len(seen) == 1 else second
+
+    monkeypatch.setattr(nd, "_directed", fake)
+    assert nd.RETRY_FLOOR <= 0.8 < nd.THRESHOLD <= 0.9
+    a, b = nd.fingerprint(_field(1)), nd.fingerprint(_field(2))
+    assert nd.similarity(a, b) == pytest.approx(expected)
+    assert len(seen) == calls
+    if calls == 2:
+        assert seen[1] == (seen[0][1], seen[0][0])
+
+
+def test_verify_in_worker_processes_equals_one_by_one(monkeypatch):
+    fps = np.stack([nd.fingerprint(_field(s)) for s in range(6)]
+                   + [nd.fingerprint(ALTER["crop"](_field(2)))])
+    i, j = np.triu_indices(len(fps), 1)
+    one = np.array([nd.similarity(fps[x], fps[y]) for x, y in zip(i, j)], np.float32)
+    monkeypatch.setattr(nd, "POOL_MIN_PAIRS", 0)
+    pooled = nd.verify(fps, fps, i, j, workers=2)
+    np.testing.assert_allclose(pooled, one, atol=1e-6)
+    assert pooled[(i == 2) & (j == 6)][0] >= nd.THRESHOLD
