@@ -213,11 +213,13 @@ def _parse(argv=None) -> argparse.Namespace:
                    help="only predict.py and evaluate.py's inference against a bare forward "
                         "loop (default: 256 images, batch 32 on a CPU; writes "
                         "outputs/benchmark_predict.json)")
-    p.add_argument("--near-duplicates", action="store_true",
+    p.add_argument("--near-duplicates", nargs="?", const="", default=None, metavar="DIR",
                    help="only the near-duplicate finder: fingerprints of --images demo PNGs "
                         "(default 21,165, the real database's size) cold and warm, and grouping "
-                        "112,120 fingerprints (NIH ChestX-ray14's size); writes "
-                        "outputs/benchmark_near_duplicates.json (near_duplicate_bench.speed)")
+                        "112,120 fingerprints (NIH ChestX-ray14's size) bent from DIR's "
+                        "radiographs (e.g. ../shared/realcxr; default: from the demo's phantoms, "
+                        "the slow case); writes outputs/benchmark_near_duplicates.json "
+                        "(near_duplicate_bench.speed)")
     return p.parse_args(argv)
 
 
@@ -355,9 +357,10 @@ def main(argv=None) -> int:
     device = runtime.choose_device(a.device)
     if a.predict:
         return predict_benches(a, device)
-    if a.near_duplicates:
+    if a.near_duplicates is not None:
         import near_duplicate_bench
-        res = near_duplicate_bench.speed(a.images or 21165, 112_120)
+        like = Path(a.near_duplicates) if a.near_duplicates else None
+        res = near_duplicate_bench.speed(a.images or 21165, 112_120, like=like)
         print(res)
         utils.write_json_atomic(res, Path(a.out).with_name("benchmark_near_duplicates.json"))
         return 0

@@ -479,8 +479,8 @@ def find_pairs(fps: np.ndarray, ok: np.ndarray | None = None, workers: int | Non
     candidate pair, with a ``same`` column, instead of the matches only."""
     ok = np.ones(len(fps), bool) if ok is None else np.asarray(ok, bool)
     rows = np.flatnonzero(ok)
-    ci, cj, _ = candidate_pairs(descriptors(fps[rows]))
-    scores = verify(fps[rows], fps[rows], ci, cj, workers)
+    ci, cj, _ = candidate_pairs(descriptors(fps)[rows])  # fps itself is never copied
+    scores = verify(fps, fps, rows[ci], rows[cj], workers)
     bg = _background(ci, cj, scores, len(rows), symmetric=True)
     out = pd.DataFrame({"i": rows[ci], "j": rows[cj], "score": np.round(scores.astype(float), 4),
                         "background": np.round(bg, 4), "same": decide(scores, bg)})

@@ -276,9 +276,11 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     assert res["recall"] >= 10 / 11 and res["false_pairs"] == []
     e = res["evaluate"]
     assert e["wrong_twin"] == 0 and e["training_copies"] + e["test_copies"] == 11
-    speed = bench.speed(8, 40)
-    assert speed["images"] == 8 and speed["fingerprints"] == 40
+    speed = bench.speed(8, 2500)  # enough pairs for the worker processes (POOL_MIN_PAIRS)
+    assert speed["images"] == 8 and speed["fingerprints"] == 2500
+    assert speed["candidate_pairs"] > nd.POOL_MIN_PAIRS and speed["pairs_found"] == 0
     assert speed["fingerprint_warm_s"] <= speed["fingerprint_cold_s"]
+    assert speed["peak_rss_mib"] > 0 and speed["grouped_from"] == "demo phantoms"
 
 
 def test_a_radiograph_published_many_times_is_one_group():
