@@ -17,6 +17,8 @@
 # make app                 try the trained models on your own radiograph in the browser
 #                          (http://127.0.0.1:7860; installs requirements-app.txt)
 # make test                the test suite (CPU, offline)
+# make test-quick          the suite without its end-to-end runs (notebooks, torchrun, multi-epoch
+#                          trainings, benches, browser): under a minute, to run while working
 # make report              rebuild outputs/report.html (one self-contained page; notebook 3 writes it too)
 # make results             regenerate the README results table and assets/ from outputs/metrics.json
 
@@ -82,7 +84,7 @@ endif
 COMMON := -p data_dir "$(DATA_DIR)" -p manifest_path $(MANIFEST) -p out_dir $(OUT) -p seed $(SEED)
 MODEL_PARAMS := -p profile $(PROFILE) -p models_dir $(MODELS) $(ARCH_PARAMS)
 
-.PHONY: run data split notebooks external app test results report clean-outputs venv
+.PHONY: run data split notebooks external app test test-quick results report clean-outputs venv
 run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
@@ -127,8 +129,14 @@ PORT ?= 7860
 app: $(VENV)/.installed-app
 	$(PY) app.py --models $(MODELS) --port $(PORT)
 
+# One pytest worker per core, one thread each (two threads per process on two cores ran the
+# suite 1.3x slower); a module's tests stay on one worker (they share its fixtures).
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --dist loadscope
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q
+	$(PYTEST)
+
+test-quick: $(VENV)/.installed-test
+	$(PYTEST) -m "not slow"
 
 report: venv
 	$(PY) report.py --out $(OUT)

@@ -89,12 +89,18 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+def requested_world_size() -> int:
+    """How many processes ``torchrun`` started (its ``WORLD_SIZE``; 1 without torchrun), known
+    before they join."""
+    return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+
+
 def init_distributed(prefer_device: str | None = None) -> torch.device:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT`` in the environment) and return this process's device: NCCL
     and ``cuda:LOCAL_RANK`` when CUDA is there (and ``prefer_device`` is not "cpu"), else gloo
     on the CPU. Without ``WORLD_SIZE`` > 1 it only returns ``choose_device(prefer_device)``."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if requested_world_size() <= 1:
         return choose_device(prefer_device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and (prefer_device or "cuda").startswith("cuda")

@@ -165,17 +165,17 @@ def main(argv=None) -> int:
         if not Path(a.data_dir).is_dir():
             raise FileNotFoundError(f"--data-dir {a.data_dir} is not a folder")
         settings, prof = settings_for(a)  # a per-architecture flag that leaves one out fails here
+        # torchrun says how many processes there will be; checked before joining them
+        world_size = runtime.requested_world_size()
+        batches = {cfg.batch_size for cfg, _ in settings.values()}
+        if any(b % world_size for b in batches):
+            raise ValueError(f"--batch-size {sorted(batches)} is the global batch; it must be a "
+                             f"multiple of the {world_size} processes")
         device = runtime.init_distributed(a.device)
     except (ValueError, FileNotFoundError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     rank, world_size = runtime.world()
-    batches = {cfg.batch_size for cfg, _ in settings.values()}
-    if any(b % world_size for b in batches):
-        print(f"train.py: error: --batch-size {sorted(batches)} is the global batch; it must be "
-              f"a multiple of the {world_size} processes", file=sys.stderr)
-        runtime.close_distributed()
-        return 2
     cache = None if str(a.cache_dir).lower() == "none" else a.cache_dir
     if rank == 0:
         info = utils.dataset_info(a.data_dir)

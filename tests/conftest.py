@@ -14,7 +14,7 @@ import torch  # noqa: E402
 import demo_data  # noqa: E402
 import split_dataset  # noqa: E402
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.cpu_count() or 1))
 REALCXR = ROOT.parent / "shared" / "realcxr"
 
 

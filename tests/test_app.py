@@ -138,6 +138,7 @@ def test_eight_concurrent_api_calls_are_all_answered_with_the_models_loaded_once
                           api_name="/predict")[0].startswith("**Ensemble: ")
 
 
+@pytest.mark.slow
 def test_the_page_in_a_browser(server, files, tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed")
     exe = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")

@@ -178,6 +178,7 @@ def test_split_keeps_valid_rejects_broken_and_writes_nothing(corpus, tmp_path):
     assert f"{len(broken)} rejected" in r.stdout
 
 
+@pytest.mark.slow
 def test_rerun_reuses_matching_manifest_and_notices_changes(corpus, tmp_path):
     root, _, _ = corpus
     out = tmp_path / "manifest.csv"

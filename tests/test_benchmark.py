@@ -22,6 +22,7 @@ def test_predict_mode_measures_predict_and_evaluate(tmp_path):
         row["evaluate_img_s"] / row["predict_none_img_s"])
 
 
+@pytest.mark.slow
 def test_training_mode_runs_every_bench_at_a_tiny_size(tmp_path):
     out = tmp_path / "bench.json"
     assert benchmark.main(["--archs", "resnet18", "--images", "16", "--size", "32",

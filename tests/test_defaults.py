@@ -128,6 +128,7 @@ def _online() -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_notebook_2_with_no_settings_on_real_data_runs_the_study(demo_dir, demo_manifest,
                                                                 tmp_path, monkeypatch):
     """What a user meets opening notebook 2 on a non-demo folder: the study's recipe, which

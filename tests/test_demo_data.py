@@ -100,6 +100,7 @@ def test_findings_are_visible_sized_and_where_the_disease_puts_them(label):
         assert np.ptp(g["vertical"]) > 0.25
 
 
+@pytest.mark.slow
 def test_no_statistic_of_notebook_1_gives_the_class_away(tmp_path):
     """Notebook 1's shortcut table (exploration.class_differences) flags nothing on the demo data."""
     demo_data.generate(tmp_path / "d", counts={c: 40 for c in demo_data.CLASSES}, seed=3,

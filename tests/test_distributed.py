@@ -78,6 +78,7 @@ def _guard_worker(rank, port, perturb, result):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("perturb", [False, True])
 def test_replica_guard(perturb):
     with mp.Manager() as m:
@@ -136,6 +137,7 @@ def ddp_runs(demo_dir, demo_manifest, tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_processes_train_the_same_weights_as_one(ddp_runs):
     root, _, logs = ddp_runs
     assert "2 process(es)" in logs[2] and "global batch 8 (4 per process)" in logs[2]
@@ -152,6 +154,7 @@ def test_two_processes_train_the_same_weights_as_one(ddp_runs):
     assert (one["model_state"]["fc.weight"] - init["fc.weight"]).abs().max().item() > 1e-4
 
 
+@pytest.mark.slow
 def test_two_processes_see_the_one_process_epoch_and_metrics(ddp_runs, demo_manifest):
     root, _, _ = ddp_runs
     h1, h2 = (pd.read_csv(root / f"p{n}" / "outputs" / "CSVs" / "resnet18.csv") for n in (1, 2))
@@ -162,6 +165,7 @@ def test_two_processes_see_the_one_process_epoch_and_metrics(ddp_runs, demo_mani
     assert h1["best"].tolist() == h2["best"].tolist()
 
 
+@pytest.mark.slow
 def test_ddp_checkpoint_loads_like_any_other(ddp_runs, demo_dir, demo_manifest):
     root, _, _ = ddp_runs
     model, meta = checkpoints.load_checkpoint(root / "p2" / "models" / "resnet18.pt")
@@ -172,6 +176,7 @@ def test_ddp_checkpoint_loads_like_any_other(ddp_runs, demo_dir, demo_manifest):
     assert (root / "p2" / "outputs" / "summary_plots" / "resnet18.png").is_file()
 
 
+@pytest.mark.slow
 def test_killed_two_process_run_resumes_to_the_same_weights(ddp_runs, demo_dir):
     root, manifest, _ = ddp_runs
     args = _args(demo_dir, manifest, root / "killed", 2)
@@ -189,9 +194,19 @@ def test_killed_two_process_run_resumes_to_the_same_weights(ddp_runs, demo_dir):
     assert h["epoch"].tolist() == [1, 2]
 
 
-def test_batch_not_divisible_by_processes_is_refused(ddp_runs, demo_dir):
-    root, manifest, _ = ddp_runs
-    args = _args(demo_dir, manifest, root / "odd", 1)
+def test_batch_not_divisible_by_processes_is_refused(demo_dir, demo_manifest, tmp_path,
+                                                     monkeypatch, capsys):
+    """Checked before the processes join (torchrun's WORLD_SIZE), so no process group is
+    needed to see it."""
+    import torch.distributed as dist
+
+    import train
+    manifest = tmp_path / "manifest.csv"
+    utils.write_csv_atomic(demo_manifest, manifest)
+    args = _args(demo_dir, manifest, tmp_path / "odd", 1)
     args[args.index("--batch-size") + 1] = "7"
-    rc, out = _launch(args, 2)
-    assert rc != 0 and "must be a multiple of the 2 processes" in out
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train.main(args) == 2
+    assert "--batch-size [7] is the global batch; it must be a multiple of the 2 processes" \
+        in capsys.readouterr().err
+    assert not dist.is_initialized() and not (tmp_path / "odd").exists()

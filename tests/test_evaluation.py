@@ -81,6 +81,7 @@ def test_digest_cache_rehashes_only_what_changed(tmp_path, monkeypatch):
     assert again[:2] == first[:2] and again[2] != first[2] and again[4] == ""
 
 
+@pytest.mark.slow
 # --------------------------------------------------------------------------- the internal split
 def test_a_copy_with_new_mtimes_evaluates_and_a_resplit_is_refused(trained, demo_dir,
                                                                   demo_manifest, tmp_path):
@@ -101,6 +102,7 @@ def test_a_copy_with_new_mtimes_evaluates_and_a_resplit_is_refused(trained, demo
         evaluation.check_split(models, renamed, demo_dir)
 
 
+@pytest.mark.slow
 def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, demo_dir,
                                                                     demo_manifest, tmp_path):
     manifest = tmp_path / "manifest.csv"
@@ -181,6 +183,7 @@ def _external_set(root, demo_dir, demo_manifest):
     return counts, train["path"]
 
 
+@pytest.mark.slow
 def test_evaluate_py_on_an_external_set_of_every_input_kind(trained, demo_dir, demo_manifest,
                                                             tmp_path, capsys):
     ext = tmp_path / "other hospital"
@@ -213,6 +216,7 @@ def test_evaluate_py_on_an_external_set_of_every_input_kind(trained, demo_dir, d
     assert (out / "external" / "site-X" / "confusion_matrices" / "resnet18_external.png").is_file()
 
 
+@pytest.mark.slow
 def test_external_results_sit_beside_the_internal_ones(trained, demo_dir, demo_manifest, tmp_path):
     """An external set in the folder of notebook 3's results: one metrics.json, one report,
     internal test and external side by side; the same images there give the same numbers."""

@@ -105,6 +105,7 @@ def test_macro_averages_leave_out_an_absent_class():
                                                       average="macro")
 
 
+@pytest.mark.slow
 def test_bootstrap_intervals_equal_a_brute_force_bootstrap_on_the_same_draws():
     y, p = _random(n=120, seed=4)
     names = list("abcd")

@@ -265,6 +265,7 @@ def test_notebook_one_overview_and_pairs(copies_dir, tmp_path):
     assert plot_utils.duplicate_pairs_figure([], "none") is None
 
 
+@pytest.mark.slow
 def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     import near_duplicate_bench as bench
     src = tmp_path / "src"

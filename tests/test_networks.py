@@ -82,6 +82,7 @@ def test_local_pth_loads_backbone(arch, tmp_path):
         assert torch.equal(m.state_dict()[k], ref.state_dict()[k])
 
 
+@pytest.mark.slow
 def test_wrong_weights_file_raises(tmp_path):
     torch.save(models.resnet18(weights=None).state_dict(), tmp_path / "r.pth")
     with pytest.raises(ValueError, match="do not fit vgg16"):
@@ -151,6 +152,7 @@ def test_default_imagenet_weights_and_learning_rates_per_family(tmp_path, monkey
     assert {networks.default_lr(a, pretrained=True) for a in MODERN} == {3e-5}
 
 
+@pytest.mark.slow
 def test_vit_position_embeddings_follow_the_input_size(tmp_path):
     """ImageNet ViT weights (224 px) load into a ViT built for another size: the position
     embeddings are interpolated to its grid; a checkpoint rebuilds at its own size."""

@@ -1,35 +1,22 @@
 """The three notebooks execute headless (papermill) on a tiny demo set, in order."""
 
 import json
-import shutil
 
-import papermill as pm
 import pytest
 import torch
 
 import metrics
 import utils
-from conftest import ROOT
+from notebook_runs import run as _run, run_dir  # noqa: F401 (a fixture)
 import audit
 import checkpoints
 import inference
 
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, demo_dir, demo_manifest):
-    d = tmp_path_factory.mktemp("nb")
-    utils.write_csv_atomic(demo_manifest, d / "manifest.csv")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+pytestmark = pytest.mark.slow  # notebooks in new kernels: `make test-quick` leaves them out
 
 
-def _run(name, run_dir, demo_dir, **params):
-    common = {"data_dir": str(demo_dir), "manifest_path": str(run_dir / "manifest.csv"),
-              "out_dir": str(run_dir / "outputs")}
-    if not name.startswith("1_"):
-        common["cache_dir"] = str(run_dir / "cache")
-    pm.execute_notebook(str(ROOT / name), str(run_dir / name), parameters={**common, **params},
-                        cwd=str(ROOT), kernel_name="python3", progress_bar=False)
+NB2 = dict(archs=["resnet18"], image_size=32, epochs=1, batch_size=8, num_workers=0,
+           weights="none")  # notebook 2's settings in these tests
 
 
 def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
@@ -39,8 +26,7 @@ def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
         assert (out / "images" / f).is_file(), f
 
     models = str(run_dir / "models")
-    _run("2_finetune_models.ipynb", run_dir, demo_dir, archs=["resnet18"], image_size=32,
-         epochs=1, batch_size=8, num_workers=0, models_dir=models, weights="none")
+    _run("2_finetune_models.ipynb", run_dir, demo_dir, models_dir=models, **NB2)
     assert (out / "CSVs" / "resnet18.csv").is_file()
     assert (out / "summary_plots" / "resnet18.png").is_file()
     assert (run_dir / "models" / "resnet18.pt").is_file()
@@ -102,19 +88,23 @@ def test_notebooks_run_in_order(run_dir, demo_dir, demo_manifest):
 
 def test_same_seed_trains_the_same_model_in_a_new_kernel(run_dir, demo_dir):
     """Each papermill run is a fresh process whose torch generator starts from a random seed;
-    notebook 2 seeds before building each model, so two runs give identical weights/history."""
+    notebook 2 seeds before building each model, so a second run in a new kernel gives the
+    first run's weights and history (the first: test_notebooks_run_in_order's, or run here
+    when this test runs alone)."""
     import pandas as pd
     import torch
 
-    for name in ("a", "b"):
-        _run("2_finetune_models.ipynb", run_dir, demo_dir, archs=["resnet18"], image_size=32,
-             epochs=2, batch_size=8, num_workers=0, models_dir=str(run_dir / f"models_{name}"),
-             out_dir=str(run_dir / f"out_{name}"), weights="none", seed=3)
+    runs = {"first": (run_dir / "models", run_dir / "outputs"),
+            "again": (run_dir / "models_again", run_dir / "out_again")}
+    for name, (models, out) in runs.items():
+        if name == "again" or not (models / "resnet18_last.pt").is_file():
+            _run("2_finetune_models.ipynb", run_dir, demo_dir, models_dir=str(models),
+                 out_dir=str(out), **NB2)
     cols = ["train_loss", "train_acc", "val_loss", "val_acc"]
-    a, b = (pd.read_csv(run_dir / f"out_{n}" / "CSVs" / "resnet18.csv")[cols] for n in "ab")
+    a, b = (pd.read_csv(out / "CSVs" / "resnet18.csv")[cols] for _, out in runs.values())
     pd.testing.assert_frame_equal(a, b)
-    wa, wb = (torch.load(run_dir / f"models_{n}" / "resnet18_last.pt", weights_only=True)
-              ["model_state"] for n in "ab")
+    wa, wb = (torch.load(models / "resnet18_last.pt", weights_only=True)["model_state"]
+              for models, _ in runs.values())
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
@@ -164,32 +154,3 @@ def test_report_opens_in_a_browser_with_every_image_and_the_numbers(run_dir):
     assert f"{m['archs']['resnet18']['calibration']['temperature']:.3g}" in calibration
     site, r = sorted(m["archs"]["resnet18"]["by_source"].items())[0]
     assert site in by_source and f"{r['accuracy']:.3f} [{r['accuracy_lo']:.3f}" in by_source
-
-
-MODERN = ["convnext_tiny", "efficientnet_b0", "regnet_y_400mf", "vit_b_16", "swin_t"]
-
-
-@pytest.mark.filterwarnings("ignore:.*CAMs are constant")
-def test_modern_families_train_for_an_epoch_and_are_evaluated_in_the_notebooks(run_dir, demo_dir):
-    """Notebook 2 trains the five families for an epoch on tiny data (their settings from the
-    demo profile, the size and epochs overridden), notebook 3 scores and explains them as it does
-    the study's three: metrics, Grad-CAM at each family's default layer, the audit, calibration."""
-    out = run_dir / "modern"
-    models = str(run_dir / "models_modern")
-    _run("2_finetune_models.ipynb", run_dir, demo_dir, archs=MODERN, image_size=32, epochs=1,
-         batch_size=8, num_workers=0, models_dir=models, weights="none", out_dir=str(out))
-    _run("3_evaluate_results.ipynb", run_dir, demo_dir, archs=MODERN, num_workers=0,
-         models_dir=models, n_boot=20, cam_per_class=1, cam_layers={}, out_dir=str(out))
-    m = json.loads((out / "metrics.json").read_text())
-    assert list(m["archs"]) == MODERN
-    layers = {"convnext_tiny": "features.7", "efficientnet_b0": "features.8",
-              "regnet_y_400mf": "trunk_output", "vit_b_16": "encoder.layers.encoder_layer_11.ln_1",
-              "swin_t": "permute"}
-    for arch, r in m["archs"].items():
-        assert r["test"]["n"] == 12 and 0 <= r["test"]["accuracy"] <= 1
-        assert r["lung_audit"]["layer"] == layers[arch] and r["lung_audit"]["as_is"]["n"] == 12
-        assert r["calibration"]["temperature"] > 0
-        assert (out / "calibration" / f"{arch}.png").is_file()
-    assert (out / "grad_cam" / "comparison.png").is_file()
-    summary = __import__("pandas").read_csv(out / "CSVs" / "training_summary.csv")
-    assert summary.set_index("arch").loc["vit_b_16", "parameters"] > 80e6

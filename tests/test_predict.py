@@ -141,6 +141,7 @@ def test_nothing_readable_exits_1(models, tmp_path):
     assert _run([models[0], tmp_path / "nothing-here"], tmp_path)[0] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
 def test_every_real_xray_gets_a_row(models, tmp_path):
     rc, df, _ = _run([models[0], REALCXR, "--cam", "none"], tmp_path)

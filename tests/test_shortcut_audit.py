@@ -253,6 +253,7 @@ def test_shortcut_demo_writes_its_sources_and_leaves_the_anatomy_alone(tmp_path)
     assert m["source"].tolist() == expect
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shortcut", [True, False])
 def test_a_model_trained_on_the_shortcut_demo_is_caught_and_one_trained_without_is_not(
         tmp_path, shortcut):

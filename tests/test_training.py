@@ -64,6 +64,7 @@ def test_checkpoint_round_trip(tmp_path):
         checkpoints.save_checkpoint(tmp_path / "d.pt", m, arch="densenet121")
 
 
+@pytest.mark.slow
 def test_fit_learns_and_writes(tmp_path, tiny):
     loaders, names = tiny
     train_eval = utils.eval_loader(loaders["train"].dataset.df, loaders["train"].dataset.data_dir,
@@ -88,6 +89,7 @@ def test_fit_learns_and_writes(tmp_path, tiny):
     assert (tmp_path / "run" / "models" / "resnet18_last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_early_stopping(tmp_path, tiny, capsys):
     _, h = _fit(tmp_path, tiny, 10, lr=1e-12, patience=2)  # nothing improves after epoch 1
     assert h["epoch"].tolist() == [1, 2, 3] and h["best"].tolist() == [1, 0, 0]
@@ -104,6 +106,7 @@ def _scripted_val(monkeypatch, losses):
                         lambda *a, **k: {"loss": next(it), "accuracy": 0.5, "n": 4})
 
 
+@pytest.mark.slow
 def test_best_epoch_is_the_saved_epoch(tmp_path, tiny, monkeypatch):
     # improvements smaller than min_delta (1e-3) do not replace models/<arch>.pt
     _scripted_val(monkeypatch, [1.0, 0.9995, 0.9991, 0.5])
@@ -134,6 +137,7 @@ def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
     assert not (tmp_path / "m" / "resnet18.pt").exists()
 
 
+@pytest.mark.slow
 def test_no_history_row_lost_to_a_kill_between_writes(tmp_path, tiny, monkeypatch):
     """Killed while epoch 2's row is written: the resumable state still says epoch 1, so the
     resumed run redoes epoch 2 and the history has every epoch once."""
@@ -146,6 +150,7 @@ def test_no_history_row_lost_to_a_kill_between_writes(tmp_path, tiny, monkeypatc
     assert h["epoch"].tolist() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_resume_with_other_epochs_does_not_splice_cosine_schedules(tmp_path, tiny, capsys):
     _fit(tmp_path, tiny, 2, tag="e")
     capsys.readouterr()
@@ -160,6 +165,7 @@ def test_resume_with_other_epochs_does_not_splice_cosine_schedules(tmp_path, tin
     assert "resuming after epoch 2" in capsys.readouterr().out and len(h) == 3
 
 
+@pytest.mark.slow
 def test_warmup_schedule_and_its_resume(tmp_path, tiny):
     _, h = _fit(tmp_path, tiny, 4, tag="w", schedule="constant", warmup_epochs=2)
     assert h["lr"].tolist() == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3])
@@ -167,6 +173,7 @@ def test_warmup_schedule_and_its_resume(tmp_path, tiny):
     assert last["state"]["epoch"] == 4  # the scheduler state saved and reloaded with weights_only
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monkeypatch):
     straight, h1 = _fit(tmp_path, tiny, 3, tag="straight")
     again, _ = _fit(tmp_path, tiny, 3, tag="again")
@@ -213,6 +220,7 @@ def test_predict_and_evaluate(tiny):
     assert ev["n"] == len(y) and abs(ev["accuracy"] - (p.argmax(1) == y).mean()) < 1e-9
 
 
+@pytest.mark.slow
 def test_lr_schedules(tmp_path, tiny):
     _, cosine = _fit(tmp_path, tiny, 3, tag="cos")
     assert cosine["lr"].tolist()[0] == 1e-3 and cosine["lr"].is_monotonic_decreasing
