@@ -9,6 +9,7 @@ atomic writers ``xray_io.py`` (re-exported here).
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import Dataset, Sampler, Subset
 
 from image_cache import decoded_images
 # The reader and atomic writers live in xray_io (no torch there); re-exported for the notebooks.
@@ -32,6 +33,18 @@ from xray_io import (load_resized, read_xray, write_csv_atomic,  # noqa: F401
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+
+class DataLoader(torch.utils.data.DataLoader):
+    """torch's DataLoader, which first finalises iterators of earlier epochs that only the
+    cyclic garbage collector would free (a Jupyter kernel's progress bars keep them in reference
+    cycles). Left alive, they are copied into the next epoch's forked workers, whose own garbage
+    collection then tries to stop workers that are not its children and prints "Exception
+    ignored in ... AssertionError: can only test a child process" in the middle of a run."""
+
+    def __iter__(self):
+        if self.num_workers > 0:
+            gc.collect()
+        return super().__iter__()
 
 
 def dataset_info(data_dir: str | os.PathLike) -> dict:

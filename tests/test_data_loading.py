@@ -223,3 +223,32 @@ def test_augment_batch_extreme_draws_are_the_documented_transform(draw, monkeypa
     monkeypatch.setattr(torch, "rand", lambda *shape, **k: torch.full(shape, draw))
     bright = utils.augment_batch(flat.clone(), max_rotate=0, max_translate=0, scale=(1, 1))
     assert bright[0, 0, 4, 4].item() == pytest.approx(0.5 * (1 + 0.2 * sign), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_a_loader_frees_dead_iterators_before_forking_its_workers():
+    """An iterator of an earlier epoch that only the cyclic garbage collector can free (a
+    Jupyter kernel's progress bars leave them so) is finalised in this process before the next
+    iterator forks its workers: left alive, a worker's own garbage collection would try to stop
+    workers that are not its children and print "Exception ignored ... can only test a child
+    process" into the run's log."""
+    import gc
+
+    def stale():
+        return [o for o in gc.get_objects()
+                if type(o).__name__ == "_MultiProcessingDataLoaderIter"]
+
+    loader = utils.DataLoader(list(range(8)), batch_size=2, num_workers=1)
+    it = iter(loader)
+    next(it)  # abandoned mid-way: its worker is alive (torch takes 5 s to stop it)
+    cycle = [it]
+    cycle.append(cycle)  # the iterator now lives only in a reference cycle
+    del it, cycle
+    gc.disable()  # so that only the loader's own collection can free it
+    try:
+        assert len(stale()) == 1
+        fresh = iter(loader)
+        assert stale() == [fresh]
+        assert [b.tolist() for b in fresh] == [[0, 1], [2, 3], [4, 5], [6, 7]]
+    finally:
+        gc.enable()
