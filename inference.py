@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 import metrics
 import utils
@@ -35,7 +34,7 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
     (``what`` says which images were wanted)."""
     model.eval()
     ys, ps, idx = [], [], []
-    for batch in tqdm(loader, desc="predict", disable=not progress, leave=False):
+    for batch in utils.progress_bar(loader, "predict", progress):
         if batch is None:
             continue
         if batch_fn is not None:

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 import checkpoints
 import familiarity
@@ -98,7 +97,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
                            dtype=torch.float32 if device.type == "mps" else torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.long)
     seen = 0
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    bar = utils.progress_bar(loader, desc, progress)
     for step, batch in enumerate(bar, start=1):
         if batch is None:
             continue

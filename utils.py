@@ -9,7 +9,6 @@ atomic writers ``xray_io.py`` (re-exported here).
 from __future__ import annotations
 
 import functools
-import gc
 import json
 import math
 import os
@@ -23,7 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset, Sampler, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from tqdm.auto import tqdm
 
 from image_cache import decoded_images
 # The reader and atomic writers live in xray_io (no torch there); re-exported for the notebooks.
@@ -34,17 +34,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class DataLoader(torch.utils.data.DataLoader):
-    """torch's DataLoader, which first finalises iterators of earlier epochs that only the
-    cyclic garbage collector would free (a Jupyter kernel's progress bars keep them in reference
-    cycles). Left alive, they are copied into the next epoch's forked workers, whose own garbage
-    collection then tries to stop workers that are not its children and prints "Exception
-    ignored in ... AssertionError: can only test a child process" in the middle of a run."""
+def progress_bar(loader: DataLoader, desc: str, progress: bool = True):
+    """A progress bar over one pass of ``loader``. tqdm gets the pass's iterator, not the
+    loader: in a Jupyter kernel ``tqdm.auto`` calls ``iter()`` on what it is given and then
+    iterates it again, which started a second pass with its own worker processes, abandoned with
+    batches in flight (extra work every epoch, and "Exception ignored ... can only test a child
+    process" in the log when the next epoch's workers inherited it)."""
+    return tqdm(iter(loader), total=len(loader), desc=desc, disable=not progress, leave=False)
 
-    def __iter__(self):
-        if self.num_workers > 0:
-            gc.collect()
-        return super().__iter__()
 
 
 def dataset_info(data_dir: str | os.PathLike) -> dict:

@@ -18,6 +18,17 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, os.
 REALCXR = ROOT.parent / "shared" / "realcxr"
 
 
+def project_modules() -> list[str]:
+    """The project's own modules: every ``*.py`` at the repository root."""
+    return sorted(p.stem for p in ROOT.glob("*.py"))
+
+
+def pytest_configure(config):
+    """A warning raised by any of the project's modules fails the test (unless it expects it):
+    the rule is built from the file listing, so no module is left out by a hand-kept list."""
+    config.addinivalue_line("filterwarnings", f"error:::({'|'.join(project_modules())})$")
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
     """12 images per class, 299 px, Kaggle images/ + masks/ + lesion_masks/ layout."""

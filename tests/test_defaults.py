@@ -151,3 +151,17 @@ def test_notebook_2_with_no_settings_on_real_data_runs_the_study(demo_dir, demo_
     out = json.loads((tmp_path / "nb2.ipynb").read_text())
     shown = "".join("".join(o.get("text", "")) for c in out["cells"] for o in c.get("outputs", []))
     assert "profile study" in shown
+
+
+def test_every_module_is_under_the_warnings_rule(pytestconfig):
+    import warnings
+
+    from conftest import project_modules
+    rule = next(f for f in pytestconfig.getini("filterwarnings") if f.startswith("error:::("))
+    assert rule[len("error:::("):-2].split("|") == project_modules()
+    assert {"app", "config", "exploration", "external", "image_cache", "phantoms"} \
+        <= set(project_modules())
+    import config  # a warning raised from a project module fails a test
+    with pytest.raises(UserWarning, match="from config"):
+        warnings.warn_explicit("from config", UserWarning, config.__file__, 1,
+                               module="config")

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.slow  # a notebook in a new kernel: `make test-quick` l
 
 @pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
 def test_notebook_2_on_real_data_logs_no_traceback(tmp_path):
-    """An earlier epoch's loader iterator, left to the cyclic garbage collector in a Jupyter
-    kernel, used to be finalised inside the next epoch's forked workers, which printed
-    "Exception ignored in ... AssertionError: can only test a child process" (twice) into the
-    log of a run that went on fine."""
+    """The notebook's tqdm used to start a second pass of each loader it was given, abandoned
+    with worker processes and batches in flight; the next epoch's forked workers inherited it
+    and printed "Exception ignored in ... AssertionError: can only test a child process" into
+    the log of a run that went on fine (test_data_loading.py has the mechanism)."""
     data = tmp_path / "data"
     data.mkdir()
     for c in ("COVID", "Normal", "Viral Pneumonia"):
