@@ -2,7 +2,7 @@
 
 Public chest X-ray collections re-publish each other's images resized, re-encoded, cropped,
 re-windowed, padded, exported at another bit depth or as RGB. This module finds such copies
-(and exact ones) by content, in three steps:
+(and exact ones) by content, in four steps:
 
 1. **Fingerprint** (``fingerprint``): the decoded image (``xray_io.read_xray``) with constant
    borders (black or white padding) stripped, resized to ``SIDE`` x ``SIDE`` (area
@@ -11,19 +11,24 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    as uint8 ``(SIDE, SIDE)``: 4 KiB per image. It is what checkpoints keep of their training
    images (``checkpoints.trained_on_record``).
 2. **Candidates** (``candidate_pairs``): each fingerprint's ``NEIGHBOURS`` nearest neighbours by
-   a blurred 8x8 descriptor (cosine similarity; faiss, exact below ``EXACT_SEARCH_MAX``
-   fingerprints, an inverted-file index above), kept when at least ``CANDIDATE_FLOOR``.
-   Sub-quadratic in practice; no all-pairs loop in Python.
+   ``descriptors`` (the blurred 8 x 8 layout of the whole fingerprint and of its centre; cosine
+   similarity; faiss, exact below ``EXACT_SEARCH_MAX`` fingerprints, an inverted-file index
+   above), kept when at least ``CANDIDATE_FLOOR``. Sub-quadratic; no all-pairs loop.
 3. **Verification** (``similarity``): the two fingerprints aligned by an affine ECC fit
    (OpenCV; absorbs crops of a few percent, padding left over, rotation of a few degrees and
    rescaling), refused when the fit needs a deformation no copy needs (``_plausible``), then
    the normalised cross-correlation of two band-passed versions (coarse and fine structure) in
-   the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]; a pair
-   at or above ``THRESHOLD`` is the same radiograph.
+   the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]. Most
+   distinct pairs are settled at half size after ``QUICK_ITERATIONS`` ECC steps
+   (``QUICK_FLOOR``); a fit that fails one way, or a score just short of ``THRESHOLD``, is tried
+   the other way round.
+4. **Decision** (``decide``): a score of at least ``THRESHOLD`` that stands ``MARGIN`` above the
+   image's background (its median score with its other candidates, copies of ``CERTAIN`` and
+   more left out).
 
 Radiographs of different people look alike at low resolution, which is why step 3 compares
-structure after alignment instead of thresholding a global hash. ``THRESHOLD`` and
-``CANDIDATE_FLOOR`` were set on data the method was not designed on (docs/methods.md,
+structure after alignment instead of thresholding a global hash. The thresholds were set on
+sets of alterations studied before, and measured on ones written afterwards (docs/methods.md,
 "Near-duplicates": recall per alteration and false pairs among distinct images).
 
 ``find_pairs`` and ``groups`` turn fingerprints into groups (union-find over verified pairs);
