@@ -145,7 +145,7 @@ def summarize_lung_scores(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 
     ``peaks_outside`` (+ ``_ci``) against ``peaks_outside_chance`` (1 - that area)."""
     area = None if scores.empty else float(scores["lung_area"].mean())
     return {"n": int(len(scores)),
-            **grad_cam.bootstrap_means(scores, {"energy_in_lungs": "energy_in_lungs",
+            **metrics.bootstrap_means(scores, {"energy_in_lungs": "energy_in_lungs",
                                                 "peaks_outside": "peak_outside"}, n_boot, seed),
             "energy_chance": area, "peaks_outside_chance": None if area is None else 1 - area}
 

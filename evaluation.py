@@ -165,7 +165,7 @@ def prediction_sets_of(meta: dict, y, p, class_names: list[str], cfg: EvalConfig
                            "size": sets.sum(1).astype(float), "label": np.asarray(y)})
     k, n = int(scores["covered"].sum()), len(scores)
     lo, hi = metrics.wilson_interval(k, n)
-    size = grad_cam.bootstrap_means(scores, {"mean_size": "size"}, cfg.n_boot, cfg.seed)
+    size = metrics.bootstrap_means(scores, {"mean_size": "size"}, cfg.n_boot, cfg.seed)
     per = {}
     for c, g in scores.groupby("label"):
         c_lo, c_hi = metrics.wilson_interval(int(g["covered"].sum()), len(g))

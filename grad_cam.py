@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metrics import bootstrap_indices
+from metrics import bootstrap_means
 from utils import dilate
 
 METHODS = ("gradcam", "gradcam++", "hirescam")
@@ -214,25 +214,6 @@ def localization_scores(cams: np.ndarray, masks: np.ndarray, tolerance: int = 0)
                      "energy": energy_in_mask(c, m), "chance": float(grown.mean()),
                      "chance_strict": float(m.mean())})
     return pd.DataFrame(rows, columns=SCORE_COLUMNS)
-
-
-def bootstrap_means(scores: pd.DataFrame, columns: dict[str, str], n_boot: int = 1000,
-                    seed: int = 0) -> dict:
-    """``{key: mean of scores[col], key + "_ci": 95% percentile-bootstrap interval}`` for each
-    ``key: col`` of ``columns`` (rows resampled with replacement, one ``seed``ed draw shared by
-    all columns); NaN rows (e.g. an all-zero map's energy) are left out of their column's mean.
-    With no row every value is None."""
-    if scores.empty:
-        return {k: v for key in columns for k, v in ((key, None), (key + "_ci", None))}
-    idx = bootstrap_indices(len(scores), n_boot, seed)  # (B, n)
-    out = {}
-    for key, col in columns.items():
-        v = scores[col].to_numpy(float)
-        out[key] = float(np.nanmean(v))
-        boots = np.nanmean(v[idx], 1) if n_boot else v[None].mean(1)
-        out[key + "_ci"] = [float(np.nanpercentile(boots, 2.5)),
-                            float(np.nanpercentile(boots, 97.5))]
-    return out
 
 
 def summarize_localization(scores: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -53,8 +53,8 @@ def predict_loader(model: nn.Module, loader: DataLoader, device: torch.device, a
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = False,
-             channels_last: bool = True) -> dict:
+def validation_pass(model: nn.Module, loader: DataLoader, device: torch.device,
+                    amp: bool = False, channels_last: bool = True) -> dict:
     """The validation pass of training: ``{"loss", "accuracy", "n"}``, the mean cross-entropy
     loss and the accuracy over ``loader`` (``n`` = images actually read; NaN loss and accuracy
     when none could be read). Under DDP each process passes its shard and the sums are

@@ -105,6 +105,25 @@ def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, (n_boot, n))
 
 
+def bootstrap_means(scores: pd.DataFrame, columns: dict[str, str], n_boot: int = 1000,
+                    seed: int = 0) -> dict:
+    """``{key: mean of scores[col], key + "_ci": 95% percentile-bootstrap interval}`` for each
+    ``key: col`` of ``columns`` (rows resampled with replacement, one ``seed``ed draw shared by
+    all columns); NaN rows (e.g. an all-zero map's energy) are left out of their column's mean.
+    With no row every value is None."""
+    if scores.empty:
+        return {k: v for key in columns for k, v in ((key, None), (key + "_ci", None))}
+    idx = bootstrap_indices(len(scores), n_boot, seed)  # (B, n)
+    out = {}
+    for key, col in columns.items():
+        v = scores[col].to_numpy(float)
+        out[key] = float(np.nanmean(v))
+        boots = np.nanmean(v[idx], 1) if n_boot else v[None].mean(1)
+        out[key + "_ci"] = [float(np.nanpercentile(boots, 2.5)),
+                            float(np.nanpercentile(boots, 97.5))]
+    return out
+
+
 def _bootstrap(y_true, y_prob, n_boot: int, seed: int):
     idx = bootstrap_indices(len(y_true), n_boot, seed)
     yt, yp = y_true[idx], y_prob[idx]                           # (B, N), (B, N, C)

@@ -30,7 +30,7 @@ import near_duplicates
 import inference
 import networks
 import utils
-from inference import evaluate  # the validation pass (fit calls it through this name)
+from inference import validation_pass  # fit calls it through this name (tests replace it)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
                      library_versions, main_process_first, seed_everything, world)
 from xray_io import file_stamp, write_csv_atomic
@@ -363,7 +363,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
                          nan_hint=f"{arch} epoch {epoch}: the last good checkpoints are "
                                   f"{paths['last']} and {paths['best']}",
                          augment=config.augment, freeze_bn=config.freeze_bn)
-        val = evaluate(model, loaders["val"], device, step.amp, step.channels_last)
+        val = validation_pass(model, loaders["val"], device, step.amp, step.channels_last)
         if val["n"] == 0:
             raise ValueError(f"{arch}: no validation image could be read "
                              f"({len(loaders['val'].dataset)} listed); early stopping needs them")

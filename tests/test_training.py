@@ -70,14 +70,14 @@ def test_fit_learns_and_writes(tmp_path, tiny):
     train_eval = utils.eval_loader(loaders["train"].dataset.df, loaders["train"].dataset.data_dir,
                                    names, 32, num_workers=0)
     torch.manual_seed(0)
-    before = inference.evaluate(networks.build_model("resnet18", 4, weights=None), train_eval,
+    before = inference.validation_pass(networks.build_model("resnet18", 4, weights=None), train_eval,
                             torch.device("cpu"))
     model, h = _fit(tmp_path, tiny, 5, patience=5)
     assert list(h["epoch"]) == [1, 2, 3, 4, 5]
     last = networks.build_model("resnet18", 4, weights=None)
     last.load_state_dict(torch.load(tmp_path / "run" / "models" / "resnet18_last.pt",
                                     weights_only=True)["model_state"])
-    after = inference.evaluate(last, train_eval, torch.device("cpu"))
+    after = inference.validation_pass(last, train_eval, torch.device("cpu"))
     assert after["loss"] < before["loss"]
     assert (h["train_seen"] == len(tiny[0]["train"].dataset)).all()
     csv = pd.read_csv(tmp_path / "run" / "csv" / "resnet18.csv")
@@ -100,9 +100,9 @@ def test_early_stopping(tmp_path, tiny, capsys):
 
 
 def _scripted_val(monkeypatch, losses):
-    """training.evaluate returning the given validation losses, one per call."""
+    """training.validation_pass returning the given validation losses, one per call."""
     it = iter(losses)
-    monkeypatch.setattr(training, "evaluate",
+    monkeypatch.setattr(training, "validation_pass",
                         lambda *a, **k: {"loss": next(it), "accuracy": 0.5, "n": 4})
 
 
@@ -125,7 +125,7 @@ def test_best_epoch_is_the_saved_epoch(tmp_path, tiny, monkeypatch):
 def test_validation_without_a_readable_image_stops(tmp_path, tiny, monkeypatch):
     nothing = torch.utils.data.DataLoader([None, None], batch_size=2,
                                           collate_fn=utils.collate_skip_none)
-    ev = inference.evaluate(networks.build_model("resnet18", 4, weights=None), nothing,
+    ev = inference.validation_pass(networks.build_model("resnet18", 4, weights=None), nothing,
                             torch.device("cpu"))
     assert ev["n"] == 0 and math.isnan(ev["loss"]) and math.isnan(ev["accuracy"])
     loaders, names = tiny
@@ -180,7 +180,7 @@ def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monke
     for k, v in straight.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     # killed during epoch 3, then resumed with the same config
-    _killed_at_call(monkeypatch, "evaluate", 3)
+    _killed_at_call(monkeypatch, "validation_pass", 3)
     with pytest.raises(KeyboardInterrupt):
         _fit(tmp_path, tiny, 3, tag="resumed")
     monkeypatch.undo()
@@ -216,7 +216,7 @@ def test_predict_and_evaluate(tiny):
     y, p, idx = inference.predict_loader(model, loaders["test"], torch.device("cpu"))
     assert p.shape == (len(y), 4) and abs(p.sum(1) - 1).max() < 1e-6
     assert list(idx) == list(range(len(y)))
-    ev = inference.evaluate(model, loaders["test"], torch.device("cpu"))
+    ev = inference.validation_pass(model, loaders["test"], torch.device("cpu"))
     assert ev["n"] == len(y) and abs(ev["accuracy"] - (p.argmax(1) == y).mean()) < 1e-9
 
 
