@@ -375,7 +375,7 @@ def _group_timed(path: str, out: str) -> None:
                candidate_pairs=int(len(ci)), grouping_s=round(time.perf_counter() - t, 1),
                pairs_found=int(len(pairs)),
                peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
-    Path(out).write_text(json.dumps(res))
+    write_json_atomic(res, out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -415,7 +415,10 @@ def _verify_chunk(job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     fa, fb = _PAIRS
     i, j = job
     pa = {x: _prepare(fa[x]) for x in np.unique(i)}
-    pb = {y: _prepare(fb[y]) for y in np.unique(j)}
+    pb = pa if fa is fb else {}  # pairs within one set: an image on both sides is prepared once
+    for y in np.unique(j):
+        if y not in pb:
+            pb[y] = _prepare(fb[y])
     return np.array([_similarity(pa[x], pb[y]) for x, y in zip(i, j)], np.float32)
 
 
