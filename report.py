@@ -31,8 +31,6 @@ from split_dataset import split_table
 from xray_io import atomic_write, write_json_atomic
 
 TEMPLATE = Path(__file__).with_name("report_template.html.j2")
-METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc")
-PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
 
 
 def _png(path: Path) -> str | None:
@@ -40,14 +38,6 @@ def _png(path: Path) -> str | None:
     if not path.is_file():
         return None
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-_ci = tables.ci  # one formatter for both interval shapes (_ci pairs, _lo/_hi columns)
-
-
-def _per_class_rows(per_class: dict) -> list[dict]:
-    return [{"class": cls, "support": "" if r.get("support") is None else int(r["support"]),
-             **{k: _ci(r, k) for k in PER_CLASS}} for cls, r in per_class.items()]
 
 
 def _cell(v, digits: int = 3) -> str:
@@ -78,40 +68,13 @@ def _table(df: pd.DataFrame | None, digits: int = 3) -> dict | None:
             "rows": [[_cell(v, digits) for v in row] for row in df.itertuples(index=False)]}
 
 
-def _by_source(by_source: dict | None) -> dict | None:
-    """Accuracy per source (metrics.json ``by_source``): source, test n, accuracy [Wilson CI]."""
-    if not by_source:
+def _rows(df: pd.DataFrame | None, arch: str) -> dict | None:
+    """One model's rows of a ``tables`` table (index ``model``, or ``(model, ...)``) for the
+    template; None when the model has none."""
+    if df is None or arch not in df.index.get_level_values("model"):
         return None
-    return {"columns": ["source", "test n", "accuracy"],
-            "rows": [[src or "(unknown)", _cell(int(r["n"])), _ci(r, "accuracy")]
-                     for src, r in by_source.items()]}
-
-
-def _audit(a: dict | None) -> dict | None:
-    """The shortcut audit of one model (metrics.json ``lung_audit``) as strings."""
-    if not a or not a.get("as_is"):
-        return None
-    c = a["cam"]
-    return {"energy": _ci(c, "energy_in_lungs"), "energy_chance": tables.num(c["energy_chance"]),
-            "peaks": _ci(c, "peaks_outside"), "peaks_chance": tables.num(c["peaks_outside_chance"]),
-            "views": {v: _ci(a[v], "accuracy") for v in ("as_is", "lungs_only", "lungs_removed")},
-            "chance": f"{a['chance']:.3f}", "n": a["as_is"]["n"],
-            "verdict": ("accuracy with the lungs removed stays above chance: the model reads "
-                        "something outside the lungs" if a["reads_outside_lungs"] else
-                        "accuracy with the lungs removed is not above chance: the model needs "
-                        "the lungs")}
-
-
-def _calibration(c: dict | None) -> dict | None:
-    """Temperature scaling of one model (metrics.json ``calibration``) as strings."""
-    if not c:
-        return None
-    t, temp = c["test"], c["temperature"]
-    return {"temperature": "none (uncalibrated)" if temp is None else f"{temp:.3g}",
-            "note": c.get("note") or (c.get("validation") or {}).get("note", ""),
-            "ece_before": _ci(t, "ece_before"), "ece_after": _ci(t, "ece_after"),
-            "nll_before": f"{t['nll_before']:.4f}",
-            "nll_after": "n/a" if t["nll_after"] is None else f"{t['nll_after']:.4f}"}
+    part = df.xs(arch, level="model") if df.index.nlevels > 1 else df.loc[[arch]]
+    return _table(part if df.index.nlevels > 1 else part.reset_index(drop=True))
 
 
 def report_context(out_dir: str | Path) -> dict:
@@ -125,27 +88,22 @@ def report_context(out_dir: str | Path) -> dict:
     sources = None
     if mdf is not None and "source" in mdf.columns:
         sources = pd.crosstab(mdf["source"].replace("", "(unknown)"), mdf["label"])
+    archs = m.get("archs") or {}
+    per_model = {"per_class": tables.per_class(archs, "test") if archs else None,
+                 "localization": tables.localization(archs), "audit": tables.audit(archs),
+                 "calibration": tables.calibration(archs, "test"),
+                 "by_source": tables.by_source(archs)}
     models = []
-    for arch, r in (m.get("archs") or {}).items():
-        t, loc = r["test"], r.get("localization") or {}
+    for arch, r in archs.items():
+        cal, audit = r.get("calibration") or {}, r.get("lung_audit") or {}
         models.append({
-            "arch": arch,
-            "test": {k: _ci(t, k) for k in METRICS}, "n_test": t["n"],
+            "arch": arch, "accuracy": tables.ci(r["test"], "accuracy"), "n_test": r["test"]["n"],
             "train_n": (r.get("train") or {}).get("n"),
-            "train_accuracy": _ci(r.get("train") or {}, "accuracy"),
-            "per_class": _per_class_rows(t.get("per_class", {})),
-            "localization": None if not loc.get("n") else {
-                "layer": loc.get("layer"), "image_size": loc.get("image_size"),
-                "n": loc["n"], "target": loc.get("target", "predicted class"),
-                "mask": loc["mask"].replace("_path", "").replace("_", " "),
-                "pointing_game": _ci(loc, "pointing_game"), "chance": f"{loc['chance']:.3f}",
-                "pointing_game_strict": _ci(loc, "pointing_game_strict"),
-                "chance_strict": f"{loc['chance_strict']:.3f}",
-                "energy_in_mask": _ci(loc, "energy_in_mask"),
-                "per_class": {c: f"{v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items()},
-            },
-            "audit": _audit(r.get("lung_audit")), "calibration": _calibration(r.get("calibration")),
-            "by_source": _by_source(r.get("by_source")),
+            "train_accuracy": tables.ci(r.get("train") or {}, "accuracy"),
+            **{key: _rows(df, arch) for key, df in per_model.items()},
+            "audit_n": (audit.get("as_is") or {}).get("n"),
+            "audit_verdict": tables.audit_verdict(audit),
+            "calibration_note": cal.get("note") or (cal.get("validation") or {}).get("note", ""),
             "settings": (m.get("models") or {}).get(arch, {}),
             "images": {k: _png(p) for k, p in {
                 "reliability": out / "calibration" / f"{arch}.png",
@@ -171,11 +129,10 @@ def report_context(out_dir: str | Path) -> dict:
             ("intensity_by_class.png", "Mean intensity per class"),
             ("lung_masks.png", "Lung masks"))],
         "models": models, "gallery": [g for g in gallery if g["src"]],
-        "comparison": {"columns": ["model", "test n", *METRICS],
-                       "rows": [[x["arch"], x["n_test"], *x["test"].values()] for x in models]
-                       } if models else None,
+        "comparison": _table(tables.comparison(archs, "test")) if archs else None,
+        "localization_note": tables.localization_note(archs), "audit_note": tables.AUDIT_NOTE,
         "external": [_external(m, name, out) for name in (m.get("external") or {})],
-        "trust": _table(tables.trust(m.get("archs") or {}, "test")),
+        "trust": _table(tables.trust(archs, "test")),
     }
 
 
@@ -196,10 +153,7 @@ def _external(m: dict, name: str, out: Path) -> dict:
         ("outside_lungs.png", "Grad-CAM: maps most outside the lungs (lungs outlined)"))]
     return {"name": name, "data_dir": x.get("data_dir", ""), "created": x.get("created", "?"),
             "synthetic": (x.get("dataset") or {}).get("synthetic", False),
-            "found": info["found"], "scored": info["scored"],
-            "scored_by_class": ", ".join(f"{c} {n}" for c, n in info["scored_by_class"].items()),
-            "class_map": ", ".join(f"{f} -> {c}" for f, c in info["class_map"].items()),
-            "skipped": info["skipped_folders"], "duplicates": info["training_duplicates"],
+            "account": tables.external_account(m, name), "duplicates": info["training_duplicates"],
             "unchecked": info["unchecked_models"], "not_read": info["not_read"],
             "side_by_side": _table(tables.internal_vs_external(m, name)),
             "tables": [("Per class (external)", _table(tables.per_class(archs, "external"))),

@@ -1,10 +1,13 @@
-"""metrics.json as tables of formatted cells: what notebook 3 displays, what ``report.html``
-shows and what the README generator writes, from one place.
+"""metrics.json as tables of formatted cells and sentences: what notebook 3 displays, what
+``report.html`` shows and what the README generator writes, computed here and only here.
 
-Every function takes parts of a metrics.json dict (``evaluation`` writes it) and returns a
+Every table function takes parts of a metrics.json dict (``evaluation`` writes it) and returns a
 DataFrame of strings (a value with its 95% interval as ``0.950 [0.894, 0.977]``,
-``metrics.format_ci``), or None when the run has nothing of the kind. ``markdown`` renders one
-for a README.
+``metrics.format_ci``; a chance level in brackets after the value it bounds), or None when the run
+has nothing of the kind. The sentences that explain a table (``localization_note``,
+``AUDIT_NOTE``, ``audit_verdict``, ``external_account``) are here too, so a verdict has one
+wording. ``report.py`` (HTML), ``update_readme.py`` (``markdown``) and notebook 3 (display) only
+arrange what these return.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def num(value, spec: str = ".3f") -> str:
 
 def comparison(archs: dict, split: str = "test") -> pd.DataFrame:
     """Per model: images scored and the headline metrics with intervals."""
-    return pd.DataFrame({name: {"n": r[split]["n"], **{label: ci(r[split], k)
+    return pd.DataFrame({name: {f"{split} n": r[split]["n"], **{label: ci(r[split], k)
                                                        for k, label in HEADLINE.items()}}
                          for name, r in archs.items()}).T.rename_axis("model")
 
@@ -52,22 +55,59 @@ def per_class(archs: dict, split: str = "test") -> pd.DataFrame:
     return pd.DataFrame(rows).T.rename_axis(["model", "class"])
 
 
+def with_chance(d: dict | None, key: str, chance, digits: int = 2) -> str:
+    """``ci(d, key)`` followed by the chance level it should beat: ``0.600 [0.5, 0.7] (0.17)``."""
+    return f"{ci(d, key)} ({num(chance, f'.{digits}f')})"
+
+
 def localization(archs: dict) -> pd.DataFrame | None:
-    """Per model: the Grad-CAM layer and input size, the pointing game (with and without the
-    margin) and the energy in the mask, each against chance; then the pointing game per class."""
+    """Per model: input size, Grad-CAM layer, the pointing game with and without the margin and
+    the map's energy in the mask, each against chance, and the pointing game per class; a model
+    without a localization record gets "n/a". None when no model has one."""
+    if not any((r.get("localization") or {}).get("n") for r in archs.values()):
+        return None
     rows = {}
     for name, r in archs.items():
-        loc = r.get("localization")
-        if not loc or not loc.get("n"):
+        loc = r.get("localization") or {}
+        if not loc.get("n"):
+            rows[name] = {**dict.fromkeys(_LOC_COLUMNS[:2], ""),
+                          **dict.fromkeys(_LOC_COLUMNS[2:5], "n/a"), _LOC_COLUMNS[5]: ""}
             continue
-        rows[name] = {"layer": loc["layer"], "input": f"{loc['image_size']} px", "n": loc["n"],
-                      "pointing game": ci(loc, "pointing_game"),
-                      "(chance)": f"{loc['chance']:.3f}",
-                      "without margin": ci(loc, "pointing_game_strict"),
-                      "energy in mask": ci(loc, "energy_in_mask"),
-                      "(chance) ": f"{loc['chance_strict']:.3f}",
-                      **{f"hit, {c}": f"{v['hit']:.2f}" for c, v in loc["per_class"].items()}}
-    return pd.DataFrame(rows).T.rename_axis("model") if rows else None
+        cells = (f"{loc.get('image_size')} px", loc.get("layer", "?"),
+                 with_chance(loc, "pointing_game", loc["chance"]),
+                 with_chance(loc, "pointing_game_strict", loc["chance_strict"]),
+                 with_chance(loc, "energy_in_mask", loc["chance_strict"]),
+                 ", ".join(f"{c} {v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items()))
+        rows[name] = dict(zip(_LOC_COLUMNS, cells))
+    return pd.DataFrame(rows).T.rename_axis("model")
+
+
+_LOC_COLUMNS = ("input", "Grad-CAM layer (map)", "pointing game (chance)",
+                "without margin (chance)", "CAM energy in mask (chance)",
+                "pointing game per class")
+
+
+def localization_note(archs: dict, split: str = "test") -> str:
+    """What the localization table scored: images, mask, target class, the margin; "" when no
+    model has a localization record."""
+    first = next((r["localization"] for r in archs.values()
+                  if (r.get("localization") or {}).get("n")), None)
+    if first is None:
+        return ""
+    mask = first["mask"].replace("_path", "").replace("_", " ")
+    margin = first.get("margin")
+    return (f"Localization on the {split} split ({first['n']} images with a {mask}; each map for "
+            f"the image's {first.get('target', 'predicted class')}). Pointing game: is the map's "
+            f"peak inside the mask"
+            + (f", within the original game's margin ({margin * 299:.0f} px at 299 px)"
+               if margin else "") + "? Chance: the area fraction of the (margin-grown) mask.")
+
+
+AUDIT_NOTE = ("Shortcut audit on the test split: lung masks grown by 3% of the image side; "
+              "Grad-CAM for the predicted class. *Lungs removed*: the grown lungs filled with the "
+              "mean of the rest; *lungs only*: the rest filled with the mean of the lungs. Chance: "
+              "the grown lungs' area (energy), 1 minus it (peaks), the largest class share "
+              "(accuracy).")
 
 
 def audit(archs: dict) -> pd.DataFrame | None:
@@ -79,15 +119,23 @@ def audit(archs: dict) -> pd.DataFrame | None:
         if not a or not a.get("as_is"):
             continue
         c = a["cam"]
-        rows[name] = {"images": a["as_is"]["n"], "CAM energy in lungs": ci(c, "energy_in_lungs"),
-                      "(chance)": num(c["energy_chance"]),
-                      "CAM peaks outside lungs": ci(c, "peaks_outside"),
-                      "(chance) ": num(c["peaks_outside_chance"]),
-                      **{f"accuracy, {v.replace('_', ' ')}": ci(a[v], "accuracy")
-                         for v in ("as_is", "lungs_only", "lungs_removed")},
-                      "(chance)  ": f"{a['chance']:.3f}",
+        rows[name] = {"CAM energy in lungs (chance)": with_chance(c, "energy_in_lungs",
+                                                                  c["energy_chance"]),
+                      "CAM peaks outside lungs (chance)": with_chance(c, "peaks_outside",
+                                                                      c["peaks_outside_chance"]),
+                      "accuracy as is": ci(a["as_is"], "accuracy"),
+                      "lungs only": ci(a["lungs_only"], "accuracy"),
+                      "lungs removed (chance)": with_chance(a["lungs_removed"], "accuracy",
+                                                            a["chance"]),
                       "reads outside the lungs?": "yes" if a["reads_outside_lungs"] else "no"}
     return pd.DataFrame(rows).T.rename_axis("model") if rows else None
+
+
+def audit_runs(runs: dict[str, dict]) -> pd.DataFrame | None:
+    """``audit`` of several runs' metrics.json (``{run name: metrics}``), one block per run."""
+    parts = {run: audit(m["archs"]) for run, m in runs.items()}
+    parts = {run: df for run, df in parts.items() if df is not None}
+    return pd.concat(parts, names=["run"]) if parts else None
 
 
 def audit_by_class(archs: dict) -> pd.DataFrame | None:
@@ -101,23 +149,24 @@ def audit_by_class(archs: dict) -> pd.DataFrame | None:
     return pd.DataFrame(rows).T.rename_axis(["model", "class"]) if rows else None
 
 
+def audit_verdict(a: dict | None) -> str:
+    """One model's audit in a sentence: does it need the lungs, and where is its evidence
+    ("" without an audit)."""
+    if not a or not a.get("as_is"):
+        return ""
+    removed, c = a["lungs_removed"], a["cam"]
+    verdict = ("stays above chance: the model reads something outside the lungs (a shortcut)"
+               if a["reads_outside_lungs"] else "is not above chance: the model needs the lungs")
+    return (f"With the lungs removed, accuracy {ci(removed, 'accuracy')} against chance "
+            f"{a['chance']:.2f} {verdict}; {num(c['energy_in_lungs'], '.0%')} of its Grad-CAM "
+            f"energy lies in the lungs (a map blind to anatomy: {num(c['energy_chance'], '.0%')}), "
+            f"{num(c['peaks_outside'], '.0%')} of its peaks outside them.")
+
+
 def audit_verdicts(archs: dict) -> list[str]:
-    """One sentence per audited model: does it need the lungs, and where is its evidence."""
-    out = []
-    for name, r in archs.items():
-        a = r.get("lung_audit")
-        if not a or not a.get("as_is"):
-            continue
-        removed, c = a["lungs_removed"], a["cam"]
-        verdict = ("stays above chance: **the model reads something outside the lungs** (a "
-                   "shortcut)" if a["reads_outside_lungs"] else
-                   "is not above chance: the model needs the lungs")
-        out.append(f"**{name}**: with the lungs removed, accuracy {ci(removed, 'accuracy')} "
-                   f"against chance {a['chance']:.2f} {verdict}; {num(c['energy_in_lungs'], '.0%')} of "
-                   f"its Grad-CAM energy lies in the lungs (a map blind to anatomy: "
-                   f"{num(c['energy_chance'], '.0%')}), {num(c['peaks_outside'], '.0%')} of its peaks outside "
-                   f"them.")
-    return out
+    """``audit_verdict`` of each audited model, as markdown led by its name."""
+    return [f"**{name}**: {audit_verdict(r['lung_audit'])}" for name, r in archs.items()
+            if audit_verdict(r.get("lung_audit"))]
 
 
 def calibration(archs: dict, split: str = "test") -> pd.DataFrame | None:
@@ -129,7 +178,9 @@ def calibration(archs: dict, split: str = "test") -> pd.DataFrame | None:
         if not c:
             continue
         t, temp = c[split], c["temperature"]
-        rows[name] = {"T (fitted on val)": "none (uncalibrated)" if temp is None else f"{temp:.3g}",
+        left = " (val all right: left at 1)" if (c.get("validation") or {}).get("note") else ""
+        rows[name] = {"T (fitted on val)": ("none (uncalibrated)" if temp is None
+                                            else f"{temp:.3g}{left}"),
                       "ECE as trained": ci(t, "ece_before"), "ECE with T": ci(t, "ece_after"),
                       "NLL as trained": f"{t['nll_before']:.4f}",
                       "NLL with T": "n/a" if t["nll_after"] is None else f"{t['nll_after']:.4f}"}
@@ -223,6 +274,85 @@ def internal_vs_external(m: dict, set_name: str) -> pd.DataFrame:
                 "internal test": ci(ia.get("lungs_removed"), "accuracy"),
                 "external": ci(ea["lungs_removed"], "accuracy")}
     return pd.DataFrame(rows).T.rename_axis(["model", "metric"])
+
+
+def internal_vs_external_wide(m: dict, set_name: str) -> pd.DataFrame:
+    """``internal_vs_external`` with one row per metric and two columns per model
+    ("resnet18 internal", "resnet18 external")."""
+    side = internal_vs_external(m, set_name)
+    order = list(dict.fromkeys(side.index.get_level_values("metric")))
+    models = list(dict.fromkeys(side.index.get_level_values("model")))
+    cols = [(kind, mdl) for mdl in models for kind in ("internal test", "external")]
+    wide = side.unstack("model").reindex(order)[cols]
+    wide.columns = [f"{mdl} {kind.replace(' test', '')}" for kind, mdl in cols]
+    return wide.fillna("").rename_axis("metric")
+
+
+def external_account(m: dict, set_name: str) -> str:
+    """What an external set was: images found and scored (per class), folders mapped onto the
+    models' classes, folders skipped (a class the models do not know) and images left out as
+    copies of training or validation images."""
+    x = m["external"][set_name]
+    info = x["images"]
+    skipped = ", ".join(f"{f} ({n} images)" for f, n in info["skipped_folders"].items())
+    dups = info["training_duplicates"]
+    near = sum(d.get("kind") == "near" for d in dups)
+    found = f"{info['found']} images found, " if info.get("found") is not None else ""
+    return (f"{x['dataset']['name']}: {found}{info['scored']} scored ("
+            + ", ".join(f"{c} {n}" for c, n in info["scored_by_class"].items()) + "); folders "
+            + ", ".join(f"{f} -> {c}" for f, c in info["class_map"].items())
+            + (f"; skipped, a class the models do not know: {skipped}" if skipped else "")
+            + (f"; left out as copies of training or validation images: {len(dups)} ("
+               f"{len(dups) - near} byte-identical, {near} resized, re-encoded, cropped or "
+               f"re-windowed)" if dups else "") + ".")
+
+
+def headline(m: dict) -> pd.DataFrame:
+    """The README's one table: per model the test images, accuracy, balanced accuracy and macro
+    AUC, the pointing game and the accuracy with the lungs removed against chance, and the
+    accuracy on each external set (with its images)."""
+    rows = {}
+    external = m.get("external") or {}
+    for name, r in m["archs"].items():
+        t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
+        row = {"test n": t["n"], **{HEADLINE[k]: ci(t, k)
+                                    for k in ("accuracy", "balanced_accuracy", "macro_auc")},
+               "pointing game (chance)": (with_chance(loc, "pointing_game", loc["chance"])
+                                          if loc.get("n") else "n/a"),
+               "accuracy, lungs removed (chance)": (
+                   with_chance(a["lungs_removed"], "accuracy", a["chance"])
+                   if a.get("as_is") else "n/a")}
+        for x, ext in external.items():
+            e = (ext["archs"].get(name) or {}).get("external")
+            row[f"accuracy, external `{x}` (n)"] = f"{ci(e, 'accuracy')} ({e['n']})" if e else "n/a"
+        rows[name] = row
+    return pd.DataFrame(rows).T.rename_axis("model")
+
+
+def architectures(archs: dict, summary: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The architecture comparison (``make run ARCHS=...``): per model its parameters, input
+    size and seconds per epoch (from ``CSVs/training_summary.csv``, ``summary``), test
+    accuracy, pointing game, CAM energy in the lungs and accuracy with the lungs removed, each
+    with its interval and chance."""
+    runs = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
+    rows = {}
+    for name, r in archs.items():
+        t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
+        s = runs.get(name)
+        rows[name] = {
+            "parameters": f"{s['parameters'] / 1e6:.1f} M" if s else "",
+            "input": f"{s['image_size']} px" if s else "",
+            "s/epoch (epochs)": f"{s['seconds_per_epoch']:.0f} ({s['epochs_run']})" if s else "",
+            "test accuracy": ci(t, "accuracy"),
+            "pointing game (chance)": (with_chance(loc, "pointing_game", loc["chance"])
+                                       if loc.get("n") else "n/a"),
+            "CAM energy in lungs (chance)": (with_chance(a["cam"], "energy_in_lungs",
+                                                         a["cam"]["energy_chance"])
+                                             if a.get("as_is") else "n/a"),
+            "accuracy, lungs removed (chance)": (with_chance(a["lungs_removed"], "accuracy",
+                                                             a["chance"])
+                                                 if a.get("as_is") else "n/a")}
+    return pd.DataFrame(rows).T.rename_axis("model")
 
 
 def markdown(df: pd.DataFrame | None) -> str:

@@ -25,68 +25,30 @@ from pathlib import Path
 import tables
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-_ci = tables.ci  # "0.950 [0.894, 0.977]", the one way intervals are written
+md = tables.markdown  # every table and sentence comes from tables.py; this file arranges them
 
 
 def headline_markdown(m: dict, assets: dict[str, str]) -> str:
-    """The README's results: per model the test set's accuracy, balanced accuracy and macro AUC,
-    the pointing game and the accuracy with the lungs removed (each with its interval), and the
-    accuracy on each external set; then the Grad-CAM comparison."""
+    """The README's results: ``tables.headline`` (per model the test metrics, the pointing game,
+    the accuracy with the lungs removed, the external sets), the trust table, the Grad-CAM
+    comparison."""
     lines = []
     if m["dataset"].get("synthetic"):
         lines.append("> **Synthetic demo data** (`demo_data.py` phantoms): these numbers show that "
                      "the pipeline runs and that the models find the drawn findings; they say "
                      "nothing about COVID-19.\n")
-    external = list(m.get("external") or {})
-    head = ["model", "test n", "accuracy", "balanced accuracy", "macro AUC",
-            "pointing game (chance)", "accuracy, lungs removed (chance)"]
-    head += [f"accuracy, external `{x}` (n)" for x in external]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for arch, r in m["archs"].items():
-        t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
-        cells = [arch, str(t["n"]), _ci(t, "accuracy"), _ci(t, "balanced_accuracy"),
-                 _ci(t, "macro_auc"),
-                 f"{_ci(loc, 'pointing_game')} ({loc['chance']:.2f})" if loc.get("n") else "n/a",
-                 f"{_ci(a.get('lungs_removed'), 'accuracy')} ({a['chance']:.2f})"
-                 if a.get("as_is") else "n/a"]
-        for x in external:
-            e = (m["external"][x]["archs"].get(arch) or {}).get("external")
-            cells.append(f"{_ci(e, 'accuracy')} ({e['n']})" if e else "n/a")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append(f"\nDataset: {m['dataset']['name']}; generated {m.get('created', '?')}. 95% "
-                 "intervals: Wilson for accuracies, bootstrap for the rest.\n")
+    lines += [md(tables.headline(m)),
+              f"Dataset: {m['dataset']['name']}; generated {m.get('created', '?')}. 95% "
+              "intervals: Wilson for accuracies, bootstrap for the rest.\n"]
     trust = tables.trust(m["archs"], "test")
     if trust is not None:
         lines += ["Unfamiliar images and prediction sets on the test split (`familiarity.py`; "
                   "the flag passes 95% of the validation images; AUROC against 12 built-in "
                   "non-radiographs and the test images turned, upside down, inverted or cropped "
                   "to a corner; sets at 90% nominal coverage; [methods](docs/methods.md"
-                  "#familiarity-and-prediction-sets)):\n", tables.markdown(trust)]
+                  "#familiarity-and-prediction-sets)):\n", md(trust)]
     lines += [f"![{c}]({p})\n" for c, p in assets.items() if c == "Grad-CAM comparison"]
     return "\n".join(lines)
-
-
-def archs_markdown(m: dict, summary=None) -> str:
-    """The architecture comparison (``make run ARCHS=...``): per model its parameters, input
-    size, seconds per epoch (``CSVs/training_summary.csv``), test accuracy, pointing game, CAM
-    energy in the lungs and accuracy with the lungs removed, each with its interval."""
-    rows = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
-    lines = ["| model | parameters | input | s/epoch (epochs) | test accuracy | pointing game "
-             "(chance) | CAM energy in lungs (chance) | accuracy, lungs removed (chance) |",
-             "|---|---|---|---|---|---|---|---|"]
-    for arch, r in m["archs"].items():
-        t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
-        s_ = rows.get(arch, {})
-        lines.append(
-            f"| {arch} | {s_['parameters'] / 1e6:.1f} M | {s_['image_size']} px | "
-            f"{s_['seconds_per_epoch']:.0f} ({s_['epochs_run']}) | " if s_ else f"| {arch} | | | | ")
-        lines[-1] += (
-            f"{_ci(t, 'accuracy')} | "
-            + (f"{_ci(loc, 'pointing_game')} ({loc['chance']:.2f}) | " if loc.get("n") else "n/a | ")
-            + (f"{_ci(a['cam'], 'energy_in_lungs')} ({tables.num(a['cam']['energy_chance'], '.2f')}) | "
-               f"{_ci(a['lungs_removed'], 'accuracy')} ({a['chance']:.2f}) |"
-               if a.get("as_is") else "n/a | n/a |"))
-    return "\n".join(lines) + "\n"
 
 
 def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = None) -> str:
@@ -102,158 +64,32 @@ def results_markdown(m: dict, assets: dict[str, str], shortcut: dict | None = No
     lines.append(f"Dataset: {ds['name']}; generated {m.get('created', '?')} by notebook 3 "
                  f"(`outputs/metrics.json`). 95% intervals: Wilson for accuracy, bootstrap for "
                  f"the rest.\n")
-    lines.append("| model | test n | accuracy | balanced accuracy | macro F1 | macro AUC |")
-    lines.append("|---|---|---|---|---|---|")
-    for arch, r in m["archs"].items():
-        t = r["test"]
-        lines.append(f"| {arch} | {t['n']} | {_ci(t, 'accuracy')} | "
-                     f"{_ci(t, 'balanced_accuracy')} | {_ci(t, 'macro_f1')} | "
-                     f"{_ci(t, 'macro_auc')} |")
-    lines.append("")
-    locs = {a: r.get("localization") or {} for a, r in m["archs"].items()}
-    if any(loc.get("n") for loc in locs.values()):
-        lines.append(localization_markdown(locs))
-    lines.append("")
+    lines.append(md(tables.comparison(m["archs"], "test")))
+    if tables.localization(m["archs"]) is not None:
+        lines += [tables.localization_note(m["archs"]) + "\n", md(tables.localization(m["archs"]))]
     for caption, path in assets.items():
         if "outside the lungs" not in caption:
             lines.append(f"![{caption}]({path})\n")
     runs = {"this run": m} if shortcut is None else {"normal demo": m, "planted shortcut": shortcut}
-    if any((r.get("lung_audit") or {}).get("as_is") for run in runs.values()
-           for r in run["archs"].values()):
-        lines.append(audit_markdown(runs))
-    if shortcut is not None:
-        lines.append(by_source_markdown(shortcut))
+    audits = tables.audit_runs(runs)
+    if audits is not None:
+        lines += [tables.AUDIT_NOTE + "\n", md(audits)]
+    if shortcut is not None and tables.by_source(shortcut["archs"]) is not None:
+        lines += ["Planted-shortcut run, test accuracy by source (a source's mark is what the "
+                  "shortcut reads; each class comes mostly from its own source):\n",
+                  md(tables.by_source(shortcut["archs"]))]
     for caption, path in assets.items():
         if "outside the lungs" in caption:
             lines.append(f"![{caption}]({path})\n")
-    if any(r.get("calibration") for r in m["archs"].values()):
-        lines.append(calibration_markdown(m))
+    if tables.calibration(m["archs"]) is not None:
+        lines += ["Calibration on the test split: expected calibration error (15 bins, bootstrap "
+                  "interval) and negative log-likelihood, as trained and after temperature "
+                  "scaling with the T fitted on the validation split (stored in the checkpoint; "
+                  "`predict.py` applies it).\n", md(tables.calibration(m["archs"]))]
     for name in m.get("external") or {}:
-        lines.append(external_markdown(m, name))
-    return "\n".join(lines)
-
-
-def external_markdown(m: dict, name: str) -> str:
-    """An external set (``make external``): what was scored, and each model's internal test and
-    external numbers side by side, with intervals."""
-    x = m["external"][name]
-    info = x["images"]
-    skipped = ", ".join(f"{f} ({n} images)" for f, n in info["skipped_folders"].items())
-    dups = info["training_duplicates"]
-    lines = [f"External validation, `{name}` (`evaluate.py`; {x['dataset']['name']}): "
-             f"{info['scored']} images scored ("
-             + ", ".join(f"{c} {n}" for c, n in info["scored_by_class"].items()) + "); folders "
-             + ", ".join(f"`{f}` -> {c}" for f, c in info["class_map"].items())
-             + (f"; skipped, a class the models do not know: {skipped}" if skipped else "")
-             + (f"; left out, byte-identical to training or validation images: {len(dups)}"
-                if dups else "") + ". ECE with T: the temperature fitted on the internal "
-             "validation split.\n", tables.markdown(_wide(tables.internal_vs_external(m, name)))]
-    return "\n".join(lines)
-
-
-def _wide(side):
-    """The side-by-side table with one row per metric and two columns per model."""
-    order = list(dict.fromkeys(side.index.get_level_values("metric")))
-    wide = side.unstack("model").reindex(order)
-    models = list(dict.fromkeys(side.index.get_level_values("model")))
-    cols = [(kind, mdl) for mdl in models for kind in ("internal test", "external")]
-    wide = wide[cols]
-    wide.columns = [f"{mdl} {kind.replace(' test', '')}" for kind, mdl in cols]
-    return wide.fillna("").rename_axis("metric")
-
-
-def audit_markdown(runs: dict[str, dict]) -> str:
-    """The shortcut audit table: per run and model, Grad-CAM evidence against the lungs and the
-    accuracy with the lungs shown / removed, each against chance, and the verdict."""
-    lines = ["Shortcut audit (notebook 3) on the test split: lung masks grown by 3% of the image "
-             "side; Grad-CAM for the predicted class. *Lungs removed*: the grown lungs filled with "
-             "the mean of the rest; *lungs only*: the rest filled with the mean of the lungs. "
-             "Chance: the grown lungs' area (energy), 1 minus it (peaks), the largest class share "
-             "(accuracy).\n",
-             "| run | model | CAM energy in lungs (chance) | CAM peaks outside lungs (chance) | "
-             "accuracy as is | lungs only | lungs removed (chance) | reads outside the lungs? |",
-             "|---|---|---|---|---|---|---|---|"]
-    for run, m in runs.items():
-        for arch, r in m["archs"].items():
-            a = r.get("lung_audit")
-            if not a or not a.get("as_is"):
-                continue
-            c = a["cam"]
-            lines.append(
-                f"| {run} | {arch} | {_ci(c, 'energy_in_lungs')} "
-                f"({tables.num(c['energy_chance'], '.2f')}) | {_ci(c, 'peaks_outside')} "
-                f"({tables.num(c['peaks_outside_chance'], '.2f')}) | "
-                + " | ".join(_ci(a[v], "accuracy") for v in ("as_is", "lungs_only", "lungs_removed"))
-                + f" ({a['chance']:.2f}) | {'**yes**' if a['reads_outside_lungs'] else 'no'} |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def by_source_markdown(m: dict) -> str:
-    """Test accuracy per source for each model of a run (metrics.json ``by_source``)."""
-    by_model = {a: r["by_source"] for a, r in m["archs"].items() if r.get("by_source")}
-    if not by_model:
-        return ""
-    sources = sorted({s for t in by_model.values() for s in t})
-    lines = ["Planted-shortcut run, test accuracy by source (a source's mark is what the shortcut "
-             "reads; each class comes mostly from its own source):\n",
-             "| model | " + " | ".join(f"{s} (n)" for s in sources) + " |",
-             "|---|" + "---|" * len(sources)]
-    for arch, t in by_model.items():
-        cells = [f"{t[s]['accuracy']:.3f} ({t[s]['n']})" if s in t else "" for s in sources]
-        lines.append(f"| {arch} | " + " | ".join(cells) + " |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def calibration_markdown(m: dict) -> str:
-    """Calibration: the validation-fitted temperature and the test ECE / NLL before and after."""
-    lines = ["Calibration on the test split: expected calibration error (15 bins, bootstrap "
-             "interval) and negative log-likelihood, as trained and after temperature scaling "
-             "with the T fitted on the validation split (stored in the checkpoint; `predict.py` "
-             "applies it).\n",
-             "| model | T | ECE as trained | ECE with T | NLL as trained | NLL with T |",
-             "|---|---|---|---|---|---|"]
-    for arch, r in m["archs"].items():
-        c = r.get("calibration")
-        if not c:
-            continue
-        t = c["test"]
-        note = (c.get("validation") or {}).get("note")
-        temp = ("none (uncalibrated)" if c["temperature"] is None else f"{c['temperature']:.3g}"
-                + (" (val all right: left at 1)" if note else ""))
-        after = "n/a" if t["nll_after"] is None else f"{t['nll_after']:.4f}"
-        lines.append(f"| {arch} | {temp} | {_ci(t, 'ece_before')} | {_ci(t, 'ece_after')} | "
-                     f"{t['nll_before']:.4f} | {after} |")
-    lines.append("")
-    return "\n".join(lines)
-
-
-def localization_markdown(locs: dict[str, dict]) -> str:
-    """The localization table: per model, Grad-CAM layer and scores with intervals vs chance."""
-    first = next(loc for loc in locs.values() if loc.get("n"))
-    mask = first["mask"].replace("_path", "").replace("_", " ")
-    margin = first.get("margin")
-    lines = [f"Localization on the test split ({first['n']} images with a {mask}; each map for the "
-             f"image's {first.get('target', 'predicted class')}). Pointing game: is the map's "
-             f"peak inside the mask"
-             + (f", within the original game's margin ({margin * 299:.0f} px at 299 px)"
-                if margin else "") + "? Chance: the area fraction of the (margin-grown) mask.\n",
-             "| model | input | Grad-CAM layer (map) | pointing game (chance) | "
-             "without margin (chance) | CAM energy in mask (chance) | pointing game per class |",
-             "|---|---|---|---|---|---|---|"]
-    for arch, loc in locs.items():
-        if not loc.get("n"):
-            lines.append(f"| {arch} | | | n/a | n/a | n/a | |")
-            continue
-        per = ", ".join(f"{c} {v['hit']:.2f}" for c, v in (loc.get("per_class") or {}).items())
-        size = loc.get("image_size")
-        lines.append(
-            f"| {arch} | {size} px | `{loc.get('layer', '?')}` | "
-            f"{_ci(loc, 'pointing_game')} ({loc['chance']:.2f}) | "
-            f"{_ci(loc, 'pointing_game_strict')} ({loc['chance_strict']:.2f}) | "
-            f"{_ci(loc, 'energy_in_mask')} ({loc['chance_strict']:.2f}) | {per} |")
-    lines.append("")
+        lines += [f"External validation, `{name}` (`evaluate.py`): "
+                  f"{tables.external_account(m, name)} ECE with T: the temperature fitted on the "
+                  "internal validation split.\n", md(tables.internal_vs_external_wide(m, name))]
     return "\n".join(lines)
 
 
@@ -268,7 +104,7 @@ def _archs_section(path: Path) -> str | None:
     return ("Architectures compared on the same demo split and seed (`make run ARCHS=...`, "
             "from random initialisation with the demo profile's settings; seconds per epoch on "
             "the machine of that run, named in the experiment log):\n\n"
-            + archs_markdown(m, summary))
+            + md(tables.architectures(m["archs"], summary)))
 
 
 def _replace_block(path: Path, body: str) -> bool:

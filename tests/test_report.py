@@ -7,11 +7,12 @@ import pytest
 from PIL import Image
 
 import report
+import tables
 
 
 def _metrics(tmp_path, name="demo", synthetic=True):
     t = {"n": 12, "confusion_matrix": [[6, 0], [1, 5]],
-         **{k: 0.9 for k in report.METRICS}, **{k + "_ci": [0.8, 0.95] for k in report.METRICS},
+         **{k: 0.9 for k in tables.HEADLINE}, **{k + "_ci": [0.8, 0.95] for k in tables.HEADLINE},
          "per_class": {"A": {"precision": 0.857, "precision_lo": 0.5, "precision_hi": 0.97,
                              "recall": 1.0, "recall_lo": 0.6, "recall_hi": 1.0, "support": 6}}}
     m = {"dataset": {"name": name, "synthetic": synthetic}, "created": "today",
@@ -67,7 +68,7 @@ def test_tables_show_what_a_reader_needs(tmp_path):
     assert ctx["shortcuts"]["columns"] == ["statistic", "difference", "flag"]
     assert [r[2] for r in ctx["shortcuts"]["rows"]] == ["yes", "no"]
     assert ctx["models"][0]["by_source"] == {
-        "columns": ["source", "test n", "accuracy"],
+        "columns": ["source", "n", "accuracy"],
         "rows": [["https://a.invalid", "30", "0.967 [0.833, 0.994]"], ["(unknown)", "4", "0.500"]]}
     html = report.build_report(tmp_path).read_text()
     assert "<th>index</th>" not in html and "0.967 [0.833, 0.994]" in html

@@ -33,9 +33,9 @@ def test_results_section_regenerated_from_metrics(tmp_path):
     assert "(../assets/grad_cam_comparison.png)" in text
     assert "synthetic demo dataset" in text
     assert "| resnet18 | 120 | 0.900 [0.850, 0.950] |" in text
-    assert "| resnet18 | 128 px | `layer3` | 0.500 [0.200, 0.800] (0.14) | 0.300 [0.100, 0.600] " \
+    assert "| resnet18 | 128 px | layer3 | 0.500 [0.200, 0.800] (0.14) | 0.300 [0.100, 0.600] " \
            "(0.04) | 0.300 [0.250, 0.350] (0.04) | COVID 0.75, Viral Pneumonia 0.25 |" in text
-    assert "| vgg16 | | | n/a |" in text and "within the original game's margin (15 px" in text
+    assert "| vgg16 |  |  | n/a | n/a | n/a |  |" in text and "within the original game's margin (15 px" in text
     assert (tmp_path / "assets" / "grad_cam_comparison.png").is_file()
     readme.write_text("no markers")
     assert update_readme.main(["--metrics", str(out / "metrics.json"), "--readme", str(readme),
@@ -82,8 +82,9 @@ def test_shortcut_audit_and_calibration_tables_for_two_runs(tmp_path):
     text = results.read_text()
     assert ("| normal demo | resnet18 | 0.600 [0.550, 0.650] (0.34) | 0.100 [0.050, 0.150] (0.66) | "
             "0.950 [0.900, 1.000] | 0.900 [0.850, 0.950] | 0.250 [0.200, 0.300] (0.25) | no |") in text
-    assert "| planted shortcut | resnet18 |" in text and "0.810 [0.760, 0.860] (0.25) | **yes** |" in text
-    assert "| resnet18 | 0.900 (30) | 0.400 (25) |" in text
+    assert "| planted shortcut | resnet18 |" in text and "0.810 [0.760, 0.860] (0.25) | yes |" in text
+    assert "| resnet18 | https://demo.invalid/site-A | 30 | 0.900 |" in text
+    assert "| resnet18 | https://demo.invalid/site-D | 25 | 0.400 |" in text
     assert "| resnet18 | 1.5 | 0.080 [0.050, 0.120] | 0.030 [0.020, 0.060] | 0.4000 | 0.3000 |" in text
     assert (tmp_path / "assets" / "outside_lungs.png").read_bytes() == b"outputs"
     assert (tmp_path / "assets" / "outside_lungs_shortcut.png").read_bytes() == b"outputs-shortcut"
