@@ -2,7 +2,11 @@
 
 A checkpoint is one ``torch.save`` file ``{"model_state": state dict on the CPU, "meta": dict}``
 that rebuilds its model alone (as nanoGPT's carries ``model_args``) and loads with
-``weights_only=True``. ``META`` below is the one description of what ``meta`` holds.
+``weights_only=True``. ``META`` below is the one description of what ``meta`` holds. Training
+writes two files per model, both named and written only here: ``<arch>.pt`` (``best_path``: the
+best epoch, a checkpoint) and ``<arch>_last.pt`` (``resume_path``: the last epoch with the
+optimizer, schedule, scaler and early-stopping state, ``save_resume_state`` /
+``read_resume_state``). No other module opens either file's dict.
 
 What a model was trained on is recorded by content, not by file stamps: the SHA-256 of every
 training and validation image with its path relative to the dataset folder, and its
@@ -18,6 +22,7 @@ recorded match exact copies only (``has_fingerprints``), and the outputs say so.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import warnings
@@ -61,6 +66,51 @@ META = {
     "versions": "library versions that wrote the file",
 }
 TRAINED_SPLITS = ("train", "val")  # images a model was fitted on or selected and calibrated on
+RESUME_SUFFIX = "_last.pt"
+
+
+def best_path(models_dir: str | os.PathLike, arch: str) -> Path:
+    """The best epoch's checkpoint of ``arch``: ``models_dir/<arch>.pt``."""
+    return Path(models_dir) / f"{arch}.pt"
+
+
+def resume_path(models_dir: str | os.PathLike, arch: str) -> Path:
+    """The resumable training state of ``arch``: ``models_dir/<arch>_last.pt``."""
+    return Path(models_dir) / f"{arch}{RESUME_SUFFIX}"
+
+
+@dataclasses.dataclass
+class ResumeState:
+    """What ``<arch>_last.pt`` holds: the last epoch's weights, the optimizer, schedule and
+    GradScaler states, the early-stopping state (``progress``) and the run's ``meta``."""
+    model_state: dict
+    optimizer_state: dict
+    scheduler_state: dict
+    scaler_state: dict
+    progress: dict
+    meta: dict
+
+
+def save_resume_state(path: str | os.PathLike, model: nn.Module, optimizer, scheduler, scaler,
+                      progress: dict, meta: dict, world_size: int = 1) -> None:
+    """Write the resumable state of an epoch atomically (``ResumeState``; ``meta`` gets the
+    library versions and the number of processes)."""
+    save_state({"model_state": cpu_state(model), "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                "state": progress, "meta": {**meta, "versions": library_versions(),
+                                            "world_size": world_size}}, path)
+
+
+def read_resume_state(path: str | os.PathLike) -> ResumeState:
+    """``save_resume_state``'s file as a ``ResumeState``."""
+    d = torch.load(path, map_location="cpu", weights_only=True)
+    return ResumeState(d["model_state"], d["optimizer_state"], d["scheduler_state"],
+                       d["scaler_state"], d["state"], d["meta"])
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's ``meta`` without reading its weights into memory (memory-mapped)."""
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"]
 
 
 def save_state(obj, path: str | os.PathLike) -> None:
@@ -119,8 +169,9 @@ def best_epoch_files(paths: list[str], say=print) -> list[str]:
     names = {Path(p).name for p in paths}
     kept = []
     for p in paths:
-        best = Path(p).name.replace("_last.pt", ".pt")
-        if Path(p).name.endswith("_last.pt") and best in names:
+        name = Path(p).name
+        best = best_path("", name[:-len(RESUME_SUFFIX)]).name
+        if name.endswith(RESUME_SUFFIX) and best in names:
             say(f"note: skipping {p}, a resumable training state; its best epoch is {best}")
         else:
             kept.append(p)

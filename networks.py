@@ -207,11 +207,21 @@ def _load_state_file(path: str | os.PathLike) -> dict:
         raise FileNotFoundError(f"weights file {p} not found; expected a .pth state dict or a "
                                 f"checkpoint saved by checkpoints.save_checkpoint")
     obj = torch.load(p, map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "model_state" in obj:  # one of our checkpoints
-        return obj["model_state"]
-    if isinstance(obj, dict) and "state_dict" in obj:
-        return obj["state_dict"]
-    return obj
+    return unwrap_state_dict(obj)
+
+
+def unwrap_state_dict(obj):
+    """The state dict in a weights file: the file itself when every value is a tensor, else the
+    one entry that is such a dict (a checkpoint's weights beside its metadata, a training
+    script's ``{"state_dict": ..., "epoch": ...}``); anything else is returned as it is (and
+    then fails to fit the model, saying so)."""
+    def is_state(d):
+        return isinstance(d, dict) and d and all(isinstance(v, torch.Tensor) for v in d.values())
+
+    if is_state(obj) or not isinstance(obj, dict):
+        return obj
+    inner = [v for v in obj.values() if is_state(v)]
+    return inner[0] if len(inner) == 1 else obj
 
 
 _DENSENET_OLD_KEY = re.compile(

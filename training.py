@@ -32,7 +32,7 @@ import networks
 import utils
 from inference import validation_pass  # fit calls it through this name (tests replace it)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
-                     library_versions, main_process_first, seed_everything, world)
+                     main_process_first, seed_everything, world)
 from xray_io import file_stamp, write_csv_atomic
 
 LR_PRETRAINED = networks.PRETRAINED_LR  # the study's Adam learning rate for ImageNet weights
@@ -260,19 +260,19 @@ def try_resume(last_path: Path, model: nn.Module, step: _Step, stopper: EarlySto
     was trained with the same config (``_config_key``), data (``extra_meta``) and classes;
     otherwise leave everything as it is and say why training starts afresh."""
     arch = meta["arch"]
-    last = torch.load(last_path, map_location="cpu", weights_only=True)
-    same_data = all(_equal(last["meta"].get(k), v) for k, v in (extra_meta or {}).items())
-    same_config = _config_key(last["meta"]["config"]) == _config_key(meta["config"])
-    if not (same_config and same_data and last["meta"]["class_names"] == meta["class_names"]):
+    last = checkpoints.read_resume_state(last_path)
+    same_data = all(_equal(last.meta.get(k), v) for k, v in (extra_meta or {}).items())
+    same_config = _config_key(last.meta["config"]) == _config_key(meta["config"])
+    if not (same_config and same_data and last.meta["class_names"] == meta["class_names"]):
         why = ("another config (e.g. epochs with a cosine schedule)" if not same_config
                else "other data" if not same_data else "other classes")
         say(f"{arch}: {last_path} was trained with {why}; starting afresh")
         return
-    model.load_state_dict(last["model_state"])
-    step.opt.load_state_dict(last["optimizer_state"])
-    step.sched.load_state_dict(last["scheduler_state"])
-    step.scaler.load_state_dict(last["scaler_state"])
-    stopper.load_state_dict(last["state"], config.epochs)
+    model.load_state_dict(last.model_state)
+    step.opt.load_state_dict(last.optimizer_state)
+    step.sched.load_state_dict(last.scheduler_state)
+    step.scaler.load_state_dict(last.scaler_state)
+    stopper.load_state_dict(last.progress, config.epochs)
     if stopper.finished and stopper.epoch >= 1:
         say(f"{arch}: already trained ({stopper.epoch} epochs, best epoch {stopper.best_epoch}); "
             f"delete {last_path} to retrain")
@@ -289,13 +289,8 @@ def save_epoch(row: dict, improved: bool, model: nn.Module, step: _Step, stopper
     if improved:
         checkpoints.save_checkpoint(paths["best"], model, **meta, epoch=row["epoch"],
                                     val_loss=row["val_loss"], val_acc=row["val_acc"])
-    checkpoints.save_state({"model_state": checkpoints.cpu_state(model),
-                            "optimizer_state": step.opt.state_dict(),
-                            "scheduler_state": step.sched.state_dict(),
-                            "scaler_state": step.scaler.state_dict(),
-                            "state": stopper.state_dict(),
-                            "meta": {**meta, "versions": library_versions(),
-                                     "world_size": world()[1]}}, paths["last"])
+    checkpoints.save_resume_state(paths["last"], model, step.opt, step.sched, step.scaler,
+                                  stopper.state_dict(), meta, world_size=world()[1])
 
 
 def _wrap(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
@@ -339,7 +334,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
         raise ValueError(f"fit needs 'train' and 'val' loaders, got {sorted(loaders)}")
     main = world()[0] == 0
     say = print if main else (lambda *_: None)
-    paths = {"best": Path(models_dir) / f"{arch}.pt", "last": Path(models_dir) / f"{arch}_last.pt",
+    paths = {"best": checkpoints.best_path(models_dir, arch),
+             "last": checkpoints.resume_path(models_dir, arch),
              "history": Path(history_dir) / f"{arch}.csv"}
     model, step = _prepare(model, config, arch, device)
     meta = {"arch": arch, "class_names": list(class_names), "image_size": config.image_size,
@@ -476,14 +472,14 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
     extra = {"dataset": utils.dataset_info(data_dir),
              "data": image_cache.split_fingerprint(manifest, digests),
              "trained_on": checkpoints.trained_on_record(manifest, digests, fps, fp_ok)}
-    best_path = Path(models_dir) / f"{arch}.pt"
+    best_path = checkpoints.best_path(models_dir, arch)
     before = file_stamp(best_path)
     history = fit(model, loaders, arch, class_names, config, device, models_dir,
                   Path(out_dir) / "CSVs", resume=resume, progress=progress, extra_meta=extra)
     # temperature scaling on the validation split, kept in the checkpoint; a run that found its
     # model already trained leaves models/ as it was
-    calibrated = (before is not None and file_stamp(best_path) == before and "calibration" in
-                  torch.load(best_path, map_location="cpu", weights_only=True, mmap=True)["meta"])
+    calibrated = (before is not None and file_stamp(best_path) == before
+                  and "calibration" in checkpoints.read_meta(best_path))
     if rank == 0 and not calibrated:
         val = utils.eval_loader(manifest[manifest["split"] == "val"], data_dir, class_names,
                                 config.image_size, config.batch_size, config.num_workers,
