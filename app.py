@@ -116,62 +116,57 @@ class Predictor:
                                                progress=False)
         except (ValueError, RuntimeError) as e:  # e.g. a layer a model lacks
             return f"Could not predict: {e}", None, empty
-        row = result.iloc[0]
-        if row["status"] != "ok":
-            reason = row["status"].replace(str(path), Path(path).name)  # the name, not a temp path
+        pred = result[0]
+        if pred.status != "ok":
+            reason = pred.status.replace(str(path), Path(path).name)  # the name, not a temp path
             return (f"**This file could not be read**: {reason}\n\nUpload a PNG, JPEG, TIFF, BMP "
                     f"or DICOM radiograph.", None, empty)
-        table = _probabilities(row, self.models)
-        if _flagged(row):  # still shown, greyed: a reference, not a result
+        table = _probabilities(pred)
+        if pred.call.out_of_distribution:  # still shown, greyed: a reference, not a result
             table = table.style.set_properties(**{"color": "#9ca3af"})
-        return (_calls_markdown(row, self.models, Path(path).name), row["cam"] or None, table)
+        return (_calls_markdown(pred, self.models, Path(path).name), pred.cam or None, table)
 
 
-def _flagged(row) -> bool:
-    """Whether predict.py flagged the row (True, numpy's True, or "True" from a CSV)."""
-    return str(row.get("out_of_distribution")) == "True"
-
-
-def _calls_markdown(row, models, name: str) -> str:
-    names = list(models)
-    head = "Ensemble" if len(names) > 1 else names[0]
-    lines = [f"**{head}: {row['predicted']}** ({row['probability']:.0%}), `{name}`", ""]
-    if row.get("prediction_set"):
+def _calls_markdown(pred: predict.Prediction, models, name: str) -> str:
+    """predict.py's ``Prediction`` of one upload as the page's text."""
+    head = "Ensemble" if pred.head == "ensemble" else pred.head
+    call, flagged = pred.call, bool(pred.call.out_of_distribution)
+    lines = [f"**{head}: {call.predicted}** ({call.probability:.0%}), `{name}`", ""]
+    if call.prediction_set:
         alpha = max(m[1].get("conformal", {}).get("alpha", 0.1) for m in models.values())
         lines += [f"**Prediction set** (holds the true class {1 - alpha:.0%} of the time on "
-                  f"images like the validation split): "
-                  f"{row['prediction_set'].replace('|', ', ')}", ""]
-    if _flagged(row):
+                  f"images like the validation split): {', '.join(call.prediction_set)}", ""]
+    if flagged:
         lines = ["### Not a call: this image is unlike the radiographs the models were "
                  "trained on", "",
                  f"It may not be a chest radiograph, or it is turned, inverted, cropped, or from "
-                 f"an acquisition the models never saw (unfamiliarity {row['ood_score']:.2f}; "
+                 f"an acquisition the models never saw (unfamiliarity {call.ood_score:.2f}; "
                  f"above 1 is flagged). What the models would say is shown greyed below for "
                  f"reference; do not read it as a result.", "",
-                 f"*{head} would say {row['predicted']} ({row['probability']:.0%}), "
-                 f"`{name}`*", ""]
-    elif row.get("ood_score") == row.get("ood_score") and row.get("ood_score") is not None:
-        lines += [f"Familiar: unfamiliarity {row['ood_score']:.2f} (below 1: like the training "
+                 f"*{head} would say {call.predicted} ({call.probability:.0%}), `{name}`*", ""]
+    elif call.out_of_distribution is not None:
+        lines += [f"Familiar: unfamiliarity {call.ood_score:.2f} (below 1: like the training "
                   f"images)", ""]
-    if row.get("training_copy"):
+    if pred.training_copy:
         lines[:0] = [f"**Warning: this image is a copy of one the models were trained on** "
-                     f"({row['training_copy_kind']}, score {row['training_copy_score']:.3f}: "
-                     f"`{row['training_copy']}`). A call on a training image is no test of "
+                     f"({pred.training_copy_kind}, score {pred.training_copy_score:.3f}: "
+                     f"`{pred.training_copy}`). A call on a training image is no test of "
                      f"the models.", ""]
-    for n in names:
-        call = row[f"{n}_predicted"]
+    for n in models:
+        c = pred.calls[n]
         t = models[n][1].get("temperature")
-        text = (f"{n}: {call} ({row[f'{n}_{call}']:.0%})"
+        text = (f"{n}: {c.predicted} ({c.probability:.0%})"
                 + ("" if t is not None else " (uncalibrated: no temperature in the checkpoint)"))
-        lines.append(f"- *{text}*" if _flagged(row) else f"- {text}")
+        lines.append(f"- *{text}*" if flagged else f"- {text}")
     return "\n".join(lines)
 
 
-def _probabilities(row, models) -> pd.DataFrame:
-    classes = next(iter(models.values()))[1]["class_names"]
-    blocks = list(models) + (["ensemble"] if len(models) > 1 else [])
-    return pd.DataFrame({"model": blocks, **{c: [round(float(row[f"{b}_{c}"]), 4) for b in blocks]
-                                             for c in classes}})
+def _probabilities(pred: predict.Prediction) -> pd.DataFrame:
+    """Each call's probabilities (the models', then the ensemble's), rounded for the page."""
+    classes = list(pred.call.probabilities)
+    return pd.DataFrame({"model": list(pred.calls),
+                         **{c: [round(call.probabilities[c], 4) for call in pred.calls.values()]
+                            for c in classes}})
 
 
 def model_files(args: list[str]) -> list[str]:

@@ -175,7 +175,7 @@ def predict_benchmark(arch: str, size: int, n_images: int, batch: int, device: t
         res = predict.predict_files(models, table, device, work / f"pred_{cam}", cam,
                                     batch_size=batch, progress=False)
         _sync(device)
-        out[f"predict_{cam}_img_s"] = int((res["status"] == "ok").sum()) / (time.perf_counter() - t)
+        out[f"predict_{cam}_img_s"] = sum(r.status == "ok" for r in res) / (time.perf_counter() - t)
     # evaluate.py's inference: the same files, decoded (no cache) and predicted in batches
     import evaluation  # noqa: PLC0415
     rows = pd.DataFrame({"path": [str(Path(f).relative_to(data)) for f in files],

@@ -57,7 +57,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
+import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -80,6 +82,44 @@ from split_dataset import info_path
 from xray_io import IMAGE_EXTENSIONS, file_sha256, read_xray, resize_uint8
 
 MODEL_SUFFIXES = (".pt", ".pth")
+
+
+@dataclasses.dataclass
+class Call:
+    """One model's (or the ensemble's) answer for one image."""
+    predicted: str                   # "" when the image could not be read
+    probabilities: dict[str, float]  # per class, calibrated unless asked otherwise; NaN unread
+    ood_score: float                 # unfamiliarity, 1 = the model's threshold; NaN: no record
+    out_of_distribution: bool | None  # ood_score above 1; None without a score
+    prediction_set: list[str] | None  # classes of the conformal set; None: no record, or
+    #                                   uncalibrated probabilities (sets are fitted on calibrated)
+
+    @property
+    def probability(self) -> float:
+        """The predicted class's probability (NaN when unread)."""
+        return self.probabilities.get(self.predicted, math.nan)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """What predict.py says about one input: ``calls`` per model and, with several models, the
+    ``"ensemble"`` (the mean of their probabilities; flagged when any model flags the image;
+    its set the union of theirs); ``head`` names the call that decides. ``predictions_table``
+    renders a list of them as predictions.csv, the app as a page."""
+    path: str
+    status: str                      # "ok", or why the file could not be read
+    label: str                       # the manifest's class ("" for plain files)
+    head: str
+    calls: dict[str, Call]
+    training_copy: str = ""          # "<split>:<path>" of the training image this is a copy of
+    training_copy_kind: str = ""     # exact or near
+    training_copy_score: float = math.nan
+    cam: str = ""                    # the picture written for this input
+
+    @property
+    def call(self) -> Call:
+        """The deciding call (the ensemble's, or the single model's)."""
+        return self.calls[self.head]
 
 
 def collect_inputs(inputs: list[str], split: str = "test", data_dir: str | None = None
@@ -192,11 +232,11 @@ def _forward(model, meta, x, cam, cam_layer, device) -> tuple[torch.Tensor, np.n
 def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.DataFrame,
                   device: torch.device, out_dir: Path, cam: str = "gradcam",
                   cam_layer: str | dict | None = None, batch_size: int = 32, progress: bool = True,
-                  calibrated: bool = True) -> pd.DataFrame:
-    """Predict every row of ``collect_inputs``'s table; returns the predictions table (see the
-    module docstring) and writes the CAM pictures under ``out_dir/cams`` unless ``cam`` is
-    ``"none"``. ``calibrated``: softmax of the logits divided by each checkpoint's
-    ``temperature``."""
+                  calibrated: bool = True) -> list[Prediction]:
+    """Predict every row of ``collect_inputs``'s table; returns one ``Prediction`` per row
+    (``predictions_table`` makes predictions.csv of them) and writes the CAM pictures under
+    ``out_dir/cams`` unless ``cam`` is ``"none"``. ``calibrated``: softmax of the logits
+    divided by each checkpoint's ``temperature``."""
     if cam != "none" and cam not in grad_cam.METHODS:
         raise ValueError(f"--cam {cam!r}: expected one of {', '.join(grad_cam.METHODS)}, none")
     names = list(models)
@@ -209,8 +249,7 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
     ood = {n: np.full(len(table), np.nan) for n in names}
     status = ["ok"] * len(table)
     cam_files = [""] * len(table)
-    copy_cols = {"training_copy": [""] * len(table), "training_copy_kind": [""] * len(table),
-                 "training_copy_score": [np.nan] * len(table)}
+    copy_of: dict[int, object] = {}
     layers = {n: networks.cam_target_layer(m, meta["arch"],
                                            networks.cam_layer_for(cam_layer, meta["arch"]))
               for n, (m, meta) in models.items()}
@@ -221,11 +260,7 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
         status[row:row + len(batch)] = [reason for _, _, reason in batch]
         maps: dict[str, np.ndarray] = {}
         copies = training_copies(models, [str(row + i) for i in ok], [batch[i][0] for i in ok])
-        copy_of = {int(r.path): r for r in copies.itertuples()}
-        for i, r in copy_of.items():
-            copy_cols["training_copy"][i] = f"{r.trained_split}:{r.trained_path}"
-            copy_cols["training_copy_kind"][i] = r.kind
-            copy_cols["training_copy_score"][i] = float(r.score)
+        copy_of.update({int(r.path): r for r in copies.itertuples()})
         rows = [row + i for i in ok]
         fps = _fingerprints([batch[i][0] for i in ok])
         for n, (model, meta) in models.items() if ok else ():
@@ -260,8 +295,8 @@ def predict_files(models: dict[str, tuple[torch.nn.Module, dict]], table: pd.Dat
         row += len(batch)
         bar.update(len(batch))
     bar.close()
-    trust = _trust_columns(models, names, class_names, probs, ood, calibrated)
-    return _table(table, names, class_names, probs, status, cam_files, {**trust, **copy_cols})
+    return _predictions(table, models, class_names, probs, ood, calibrated, status, cam_files,
+                        copy_of)
 
 
 def _fingerprints(decoded: list[dict]) -> np.ndarray:
@@ -273,64 +308,81 @@ def _fingerprints(decoded: list[dict]) -> np.ndarray:
         if decoded else np.zeros((0, side, side), np.uint8)
 
 
-def _flags(scores: np.ndarray) -> list:
-    """``out_of_distribution`` cells: True/False where a score exists, empty otherwise."""
-    return [bool(f) if not np.isnan(v) else "" for v, f in
-            zip(scores, familiarity.flagged(np.nan_to_num(scores)))]
-
-
-def _trust_columns(models, names, class_names, probs, ood, calibrated) -> dict:
-    """``ood_score``, ``out_of_distribution`` and ``prediction_set`` for the head (the ensemble
-    or the single model) and per model (``<model>_...``). The ensemble's rules: its score is the
-    largest of the models' (each scaled so that 1 is its own threshold), it is flagged when any
-    model flags the image, and its set is the union of the models' sets. Empty where a
-    checkpoint has no familiarity or conformal record, or the probabilities are uncalibrated
-    (sets are fitted on calibrated ones)."""
-    cols: dict[str, list] = {}
+def _predictions(table, models, class_names, probs, ood, calibrated, status, cam_files,
+                 copy_of) -> list[Prediction]:
+    """The ``Prediction`` of each row. The ensemble's rules: the mean of the models'
+    probabilities; its unfamiliarity the largest of theirs (each scaled so that 1 is its own
+    threshold; NaN when any model has no record), so it is flagged when any model flags the
+    image; its set the union of theirs (none unless every model has one)."""
+    names = list(models)
     sets = {}
     for n in names:
-        meta = models[n][1]
-        if "conformal" in meta and calibrated:
+        if "conformal" in models[n][1] and calibrated:
             read = ~np.isnan(probs[n]).any(1)
             sets[n] = familiarity.prediction_sets(np.nan_to_num(probs[n]),
-                                                  meta["conformal"]["qhat"]) & read[:, None]
-        cols[f"{n}_ood_score"] = np.round(ood[n], 4)
-        cols[f"{n}_out_of_distribution"] = _flags(ood[n])
-        cols[f"{n}_prediction_set"] = (familiarity.set_names(sets[n], class_names)
-                                       if n in sets else [""] * len(ood[n]))
+                                                  models[n][1]["conformal"]["qhat"]) & read[:, None]
+    blocks, scores = dict(probs), dict(ood)
     head = names[0]
     if len(names) > 1:
         head = "ensemble"
-        score = np.max([ood[n] for n in names], 0)  # NaN when any model has no record
-        cols["ensemble_ood_score"] = np.round(score, 4)
-        cols["ensemble_out_of_distribution"] = _flags(score)
-        cols["ensemble_prediction_set"] = (
-            familiarity.set_names(np.any([sets[n] for n in names], 0), class_names)
-            if len(sets) == len(names) else [""] * len(score))
-    head_cols = {k: cols[f"{head}_{k}"] for k in ("ood_score", "out_of_distribution",
-                                                  "prediction_set")}
-    return {**head_cols, **cols}
+        blocks["ensemble"] = np.mean([probs[n] for n in names], axis=0)
+        scores["ensemble"] = np.max([ood[n] for n in names], 0)
+        if len(sets) == len(names):
+            sets["ensemble"] = np.any([sets[n] for n in names], 0)
+    out = []
+    for i in range(len(table)):
+        calls = {}
+        for b, p in blocks.items():
+            score = float(scores[b][i])
+            calls[b] = Call(
+                predicted="" if np.isnan(p[i]).any() else class_names[int(np.argmax(p[i]))],
+                probabilities={c: float(v) for c, v in zip(class_names, p[i])},
+                ood_score=score,
+                out_of_distribution=None if math.isnan(score) else bool(familiarity.flagged(score)),
+                prediction_set=([c for c, on in zip(class_names, sets[b][i]) if on]
+                                if b in sets else None))
+        twin = copy_of.get(i)
+        out.append(Prediction(
+            path=table["path"].iat[i], status=status[i], label=table["label"].iat[i], head=head,
+            calls=calls, cam=cam_files[i],
+            **({} if twin is None else {
+                "training_copy": f"{twin.trained_split}:{twin.trained_path}",
+                "training_copy_kind": twin.kind, "training_copy_score": float(twin.score)})))
+    return out
 
 
-def _table(table, names, class_names, probs, status, cam_files, extra) -> pd.DataFrame:
-    out = pd.DataFrame({"path": table["path"], "status": status})
-    if (table["label"] != "").any():
-        out["label"] = table["label"].values
-    blocks = {n: probs[n] for n in names}
-    if len(names) > 1:
-        blocks["ensemble"] = np.mean([probs[n] for n in names], axis=0)  # (N, C)
-    head = "ensemble" if len(names) > 1 else names[0]                    # decides "predicted"
-    calls = {n: [class_names[int(np.argmax(v))] if not np.isnan(v).any() else "" for v in p]
-             for n, p in blocks.items()}
-    out["predicted"] = calls[head]
-    out["probability"] = blocks[head].max(1)  # NaN for unreadable rows
-    for n, p in blocks.items():
-        out[f"{n}_predicted"] = calls[n]
-        for j, c in enumerate(class_names):
-            out[f"{n}_{c}"] = p[:, j]
-    for col, values in extra.items():
-        out[col] = values
-    out["cam"] = cam_files
+def predictions_table(predictions: list[Prediction]) -> pd.DataFrame:
+    """predictions.csv (the module docstring's columns): path, status, [label], the deciding
+    call (predicted, probability, ood_score, out_of_distribution, prediction_set), each call's
+    class and probabilities, each call's familiarity and set, the training copy, the picture.
+    A set is its classes joined by ``|``; a missing score, flag or set an empty cell."""
+    if not predictions:
+        return pd.DataFrame(columns=["path", "status", "predicted", "probability", "cam"])
+    first = predictions[0]
+    blocks = list(first.calls)
+
+    def trust(c: Call) -> tuple:
+        return (round(c.ood_score, 4),
+                "" if c.out_of_distribution is None else c.out_of_distribution,
+                "" if c.prediction_set is None else "|".join(c.prediction_set))
+
+    rows = []
+    for p in predictions:
+        row = {"path": p.path, "status": p.status, "label": p.label,
+               "predicted": p.call.predicted, "probability": p.call.probability}
+        for b in blocks:
+            row[f"{b}_predicted"] = p.calls[b].predicted
+            row.update({f"{b}_{c}": v for c, v in p.calls[b].probabilities.items()})
+        row.update(zip(("ood_score", "out_of_distribution", "prediction_set"), trust(p.call)))
+        for b in blocks:
+            row.update(zip((f"{b}_ood_score", f"{b}_out_of_distribution",
+                            f"{b}_prediction_set"), trust(p.calls[b])))
+        row.update(training_copy=p.training_copy, training_copy_kind=p.training_copy_kind,
+                   training_copy_score=p.training_copy_score, cam=p.cam)
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if not (out["label"] != "").any():
+        out = out.drop(columns="label")
     return out
 
 
@@ -379,12 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(a.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        result = predict_files(models, table, device, out_dir, a.cam,
+        predictions = predict_files(models, table, device, out_dir, a.cam,
                                networks.parse_cam_layers(a.cam_layer), a.batch_size,
                                calibrated=not a.uncalibrated)
     except ValueError as e:  # e.g. --cam-layer that a model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
+    result = predictions_table(predictions)
     utils.write_csv_atomic(result, out_dir / "predictions.csv")
     n_ok = int((result["status"] == "ok").sum())
     temps = {n: inference.temperature(meta, not a.uncalibrated) for n, (_, meta) in models.items()}

@@ -61,7 +61,7 @@ def test_the_page_function_gives_calls_pictures_and_the_probabilities_of_predict
         for model in ("m0", "m1", "ensemble"):
             row = table.set_index("model").loc[model]
             assert row.sum() == pytest.approx(1, abs=1e-3)
-            want = [ref.iloc[0][f"{model}_{c}"] for c in CLASSES]
+            want = [ref[0].calls[model].probabilities[c] for c in CLASSES]
             assert row.tolist() == pytest.approx(want, abs=1e-4), (name, model)
     text, picture, _ = p(str(files / "x.png"), "none", app.DEFAULT_LAYER)
     assert picture is None and "Ensemble" in text

@@ -104,8 +104,8 @@ def test_one_cam_picture_per_image_with_every_model(models, demo_dir, demo_manif
     res = predict.predict_files(loaded, table, torch.device("cpu"), tmp_path, "hirescam",
                                 batch_size=2, progress=False)
     pngs = sorted((tmp_path / "cams").glob("*.png"))
-    assert (res["status"] == "ok").all() and len(pngs) == 3
-    assert res["cam"].tolist() == [str(p) for p in pngs]
+    assert [r.status for r in res] == ["ok"] * 3 and len(pngs) == 3
+    assert [r.cam for r in res] == [str(p) for p in pngs]
     with Image.open(pngs[0]) as im:
         assert im.size[0] == 3 * 256          # the radiograph + one map per model
 
