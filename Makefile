@@ -109,7 +109,7 @@ else
 endif
 
 split: data
-	$(PY) split_dataset.py "$(DATA_DIR)" --out $(MANIFEST) --seed $(SEED) $(SPLIT_ARGS)
+	$(PY) split_dataset.py "$(DATA_DIR)" --manifest $(MANIFEST) --seed $(SEED) $(SPLIT_ARGS)
 
 notebooks: venv
 	@mkdir -p $(OUT)/notebooks

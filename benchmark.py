@@ -1,7 +1,7 @@
 """Throughput benchmark: the study's data/training loop against this project's, on one machine.
 
     python benchmark.py [--images N] [--size 224] [--archs vgg16 resnet18 densenet121]
-                        [--device cuda|cpu] [--out outputs/benchmark.json] [--predict]
+                        [--device cuda|cpu] [--out outputs] [--predict]
 
 On synthetic data shaped like the real database (299x299 8-bit grayscale PNGs from
 ``demo_data.py``, trained at ``--size`` px) it measures images per second for
@@ -53,6 +53,7 @@ import demo_data
 import networks
 import runtime
 import training
+import files
 import utils
 
 
@@ -208,7 +209,9 @@ def _parse(argv=None) -> argparse.Namespace:
                         "on a GPU, 3 on a CPU)")
     p.add_argument("--workers", type=int, default=None, help="ours (default: min(8, cores))")
     p.add_argument("--work-dir", default=None, help="where the synthetic data goes (temp)")
-    p.add_argument("--out", default="outputs/benchmark.json")
+    p.add_argument("--out", default="outputs",
+                   help="folder for benchmark.json (benchmark_predict.json with --predict, "
+                        "benchmark_near_duplicates.json with --near-duplicates); default outputs")
     p.add_argument("--predict", action="store_true",
                    help="only predict.py and evaluate.py's inference against a bare forward "
                         "loop (default: 256 images, batch 32 on a CPU; writes "
@@ -238,8 +241,8 @@ def predict_benches(a: argparse.Namespace, device: torch.device) -> int:
               f"evaluate.py's inference {r['evaluate_img_s']:.1f} "
               f"({r['ratio_evaluate_vs_predict']:.2f}x predict.py)", flush=True)
         rows.append(r)
-    out = Path(a.out).with_name("benchmark_predict.json")
-    utils.write_json_atomic(rows, out)
+    out = Path(a.out) / "benchmark_predict.json"
+    files.write_json_atomic(rows, out)
     print("wrote", out)
     return 0
 
@@ -362,7 +365,7 @@ def main(argv=None) -> int:
         like = Path(a.near_duplicates) if a.near_duplicates else None
         res = near_duplicate_bench.speed(a.images or 21165, 112_120, like=like)
         print(res)
-        utils.write_json_atomic(res, Path(a.out).with_name("benchmark_near_duplicates.json"))
+        files.write_json_atomic(res, Path(a.out) / "benchmark_near_duplicates.json")
         return 0
     gpu = device.type == "cuda"
     n_images = a.images or (20685 if gpu else 512)
@@ -396,8 +399,9 @@ def main(argv=None) -> int:
         full = sum(r["ours_epoch_seconds"] / r["ours_epoch_images"] * 20685
                    for r in report["training"].values())
         report["three_models_25_epochs_minutes_estimate"] = full * 25 / 60
-    utils.write_json_atomic(report, a.out)
-    print(f"wrote {a.out}")
+    out = Path(a.out) / "benchmark.json"
+    files.write_json_atomic(report, out)
+    print(f"wrote {out}")
     return 0
 
 

@@ -38,7 +38,7 @@ import near_duplicates
 import networks
 import utils
 from runtime import library_versions
-from xray_io import atomic_write
+from files import atomic_write
 
 # What ``meta`` holds. Required: arch, class_names. Written by training: the rest but
 # temperature/calibration/familiarity/conformal, which training adds after fitting them on the

@@ -44,7 +44,7 @@ import cv2
 import numpy as np
 
 from phantoms import EXTERNAL_SITE, render_phantom
-from xray_io import process_pool
+from files import process_pool
 
 CLASSES = ("COVID", "Lung_Opacity", "Normal", "Viral Pneumonia")
 # Class sizes of the COVID-19 Radiography Database (Kaggle release with 21,165 images).

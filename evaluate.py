@@ -73,7 +73,7 @@ from pathlib import Path
 
 import pandas as pd
 
-import grad_cam
+import config
 import report
 import utils
 
@@ -111,22 +111,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", default=None,
                    help="a profile name in profiles/ (demo-cpu, study) or a .yaml path (default: "
                         "demo-cpu for models trained on the synthetic demo, study otherwise)")
-    p.add_argument("--cam", default=None, choices=grad_cam.METHODS,
-                   help="class activation maps (default gradcam)")
-    p.add_argument("--cam-layer", default=None,
-                   help="Grad-CAM target layer: LAYER for every model, or ARCH=LAYER,... "
-                        "(default: the profile's; the study's is each model's last "
-                        "convolutional block)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="images per forward pass (the profile's; 64)")
-    p.add_argument("--num-workers", type=int, default=None,
-                   help="loader worker processes (the profile's; 2)")
+    config.add_flags(p, config.EvalConfig)  # --batch-size, --cam, --n-boot, --cache-dir, ...
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best found)")
-    p.add_argument("--n-boot", type=int, default=None,
-                   help="bootstrap resamples for the intervals (1000)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the bootstrap (42)")
-    p.add_argument("--cache-dir", default=".cache/decoded",
-                   help='decoded images and content digests kept across runs ("none": none)')
     return p.parse_args(argv)
 
 
@@ -149,10 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --data-dir {a.data_dir} is not a folder", file=sys.stderr)
         return 2
     import checkpoints  # torch: only once the arguments are known to be sound
-    import config
     import evaluation
     import external
-    import networks
     import plot_utils
     import runtime
     import tables
@@ -161,11 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         models = checkpoints.load_models(checkpoints.best_epoch_files(a.models), device)
         demo = any((m.get("dataset") or {}).get("synthetic") for _, m in models.values())
-        _, cfg, _ = config.eval_settings(
-            a.profile or (config.DEMO if demo else config.STUDY), None, None,
-            batch_size=a.batch_size, num_workers=a.num_workers, cam_method=a.cam,
-            cam_layers=networks.parse_cam_layers(a.cam_layer), n_boot=a.n_boot, seed=a.seed)
-        cfg.cache_dir = None if a.cache_dir.lower() == "none" else a.cache_dir
+        _, cfg, _ = config.eval_settings(a.profile or (config.DEMO if demo else config.STUDY),
+                                         None, None, **config.given(a, config.EvalConfig))
         if a.manifest:
             manifest = utils.read_manifest(a.manifest)
             ev = evaluation.evaluate_split(models, manifest, a.data_dir, cfg, device, a.split)

@@ -42,28 +42,12 @@ import networks
 import ood_sets
 import utils
 import xray_io
+from config import EvalConfig  # declared with every other setting, in config.py
 from runtime import library_versions
 
 CONVENTION = "confusion_matrix rows = true class, columns = predicted"
 MASK_COLUMNS = ("lesion_mask_path", "mask_path")  # localization prefers the finding's mask
 Models = dict[str, tuple[nn.Module, dict]]          # name -> (model, checkpoint meta)
-
-
-@dataclass
-class EvalConfig:
-    """Every evaluation knob (notebook 3's parameters, ``evaluate.py``'s flags)."""
-    batch_size: int = 64
-    num_workers: int = 2
-    cam_method: str = "gradcam"       # grad_cam.METHODS
-    cam_layers: dict | str | None = None  # None: each model's last block; a path, or per arch
-    pointing_margin: float = 15 / 299  # pointing-game tolerance, fraction of the image side
-    cam_per_class: int = 2            # test images per class in the comparison figure
-    cam_max_wrong: int = 8            # misclassified images in the second figure
-    lung_margin: float = 0.03         # shortcut audit: lungs grown by this fraction of the side
-    audit_gallery: int = 6            # images per model whose maps sit most outside the lungs
-    n_boot: int = 1000                # bootstrap resamples for the intervals
-    seed: int = 42
-    cache_dir: str | None = ".cache/decoded"  # decoded images and content digests
 
 
 @dataclass
@@ -334,9 +318,9 @@ def _galleries(models, layers, layer_names, rows, preds, audit_rows, data_dir, c
             per_model[name], shown = _cam_batch(model, layers[name], picked, data_dir,
                                                 class_names, meta["image_size"], mask_column,
                                                 cfg, device)
-        raw = [utils.read_xray(Path(data_dir) / p) for p in shown["path"]]
+        raw = [xray_io.read_xray(Path(data_dir) / p) for p in shown["path"]]
         raw_masks = None if mask_column is None else [
-            utils.binary_mask(utils.read_xray(Path(data_dir) / m)) if m else np.zeros(r.shape, bool)
+            utils.binary_mask(xray_io.read_xray(Path(data_dir) / m)) if m else np.zeros(r.shape, bool)
             for r, m in zip(raw, shown[mask_column])]
         out[gallery] = {"raw": raw, "raw_masks": raw_masks, "labels": shown["label"].tolist(),
                         "models": per_model, "layers": layer_names,

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+import config
 import near_duplicates
 
 COMPONENTS = 64   # principal directions kept per layer
@@ -363,7 +364,7 @@ def fit_for_checkpoint(model: nn.Module, manifest, data_dir, image_size: int,
 
 # --------------------------------------------------------------------------- the refit CLI
 def refit(paths: list[str], manifest_path: str, data_dir: str | None = None,
-          alpha: float = ALPHA, cache_dir: str | None = ".cache/decoded",
+          alpha: float = ALPHA, cache_dir: str | None = config.CACHE_DIR,
           device: str | None = None, say=print) -> int:
     """Add ``familiarity`` and ``conformal`` to existing checkpoints from the manifest they were
     trained with (their weights untouched: ``checkpoints.update_checkpoint_meta``). Refuses a
@@ -415,14 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=ALPHA,
                    help=f"prediction sets miss the true class at most this often (default "
                         f"{ALPHA})")
-    p.add_argument("--cache-dir", default=".cache/decoded", help="decoded-image cache ('none')")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"decoded-image cache (default {config.CACHE_DIR}; 'none': in RAM)")
     p.add_argument("--device", default=None)
     a = p.parse_args(argv)
     if not 0 < a.alpha < 1:
         p.error(f"--alpha must be between 0 and 1, got {a.alpha}")
     try:
         return refit(a.models, a.manifest, a.data_dir, a.alpha,
-                     None if a.cache_dir.lower() == "none" else a.cache_dir, a.device)
+                     config.cache_folder(a.cache_dir), a.device)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -25,21 +26,35 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+import files
 import xray_io
-from xray_io import load_resized_or_reason, process_pool, write_json_atomic
+from files import process_pool, write_json_atomic
+from xray_io import load_resized_or_reason
 
 
 def _file_stamp(path: Path) -> str:
-    """``"<bytes>\\0<mtime_ns>"`` of a file (``xray_io.file_stamp``), or ``"missing"``."""
-    st = xray_io.file_stamp(path)
+    """``"<bytes>\\0<mtime_ns>"`` of a file (``files.file_stamp``), or ``"missing"``."""
+    st = files.file_stamp(path)
     return "missing" if st is None else f"{st[0]}\0{st[1]}"
 
 
 @functools.lru_cache(maxsize=1)
 def decoder_version() -> str:
-    """A hash of ``xray_io.py``, the code that decodes and resizes: a decoded cache built by
-    another version of it is never reused."""
-    return hashlib.blake2b(Path(xray_io.__file__).read_bytes(), digest_size=6).hexdigest()
+    """A hash of the code that decodes and resizes (``xray_io.DECODER``'s source) and of the
+    libraries it calls (Pillow, OpenCV, pydicom): a decoded cache built by another version of
+    either is never reused; an edit anywhere else (a file writer, say) keeps every cache."""
+    import PIL  # noqa: PLC0415
+    import cv2  # noqa: PLC0415
+    from importlib import metadata  # noqa: PLC0415
+    try:
+        pydicom = metadata.version("pydicom")
+    except metadata.PackageNotFoundError:
+        pydicom = "none"
+    h = hashlib.blake2b(digest_size=6)
+    for fn in xray_io.DECODER:
+        h.update(inspect.getsource(fn).encode())
+    h.update(f"{PIL.__version__} {cv2.__version__} {pydicom}".encode())
+    return h.hexdigest()
 
 
 def _remove_stale_temps(cache_dir: Path) -> None:
@@ -76,12 +91,12 @@ DIGEST_CACHE = "digests.json"
 
 def content_digests(df: pd.DataFrame, data_dir: str | os.PathLike,
                     cache_dir: str | os.PathLike | None = None) -> list[str]:
-    """The SHA-256 of every listed file's bytes (``xray_io.file_digests``; ``""`` for a missing
+    """The SHA-256 of every listed file's bytes (``files.file_digests``; ``""`` for a missing
     file), in ``df`` order: what the images *are*, the same after a copy or a re-download.
     With ``cache_dir`` the digests are kept in ``cache_dir/digests.json`` and a file is read
     again only when its size or modification time changed."""
     cache = None if cache_dir is None else Path(cache_dir) / DIGEST_CACHE
-    return xray_io.file_digests([Path(data_dir) / p for p in df["path"]], cache)
+    return files.file_digests([Path(data_dir) / p for p in df["path"]], cache)
 
 
 def split_fingerprint(manifest: pd.DataFrame, digests: list[str]) -> str:

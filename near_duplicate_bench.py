@@ -43,7 +43,8 @@ from PIL import Image
 
 import near_duplicates as nd
 import split_dataset
-from xray_io import read_xray, write_json_atomic
+from files import write_json_atomic
+from xray_io import read_xray
 
 
 def _u8(a):
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", action="store_true")
     p.add_argument("--images", type=int, default=21165)
     p.add_argument("--fingerprints", type=int, default=112120)
-    p.add_argument("--out", default=None, help="JSON report (default: print only)")
+    p.add_argument("--json", default=None, help="JSON report file (default: print only)")
     a = p.parse_args(argv)
     if a.speed:
         res = speed(a.images, a.fingerprints, a.seed, Path(a.src) if a.src else None)
@@ -398,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         p.error(f"expected a folder of radiographs or --speed; got {a.src!r}")
     print(json.dumps({k: v for k, v in res.items() if k != "per_alteration"}, indent=1))
-    if a.out:
-        write_json_atomic(res, a.out)
+    if a.json:
+        write_json_atomic(res, a.json)
     return 0
 
 

@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+import files
 import xray_io
 
 SIDE = 64                # fingerprint side, pixels
@@ -136,7 +137,7 @@ CACHE_NAME = f"fingerprints-{FINGERPRINT_VERSION}.npz"
 
 
 def _stamp_key(path: Path) -> str:
-    st = xray_io.file_stamp(path)
+    st = files.file_stamp(path)
     return "" if st is None else f"{path.resolve()}\0{st[0]}\0{st[1]}"
 
 
@@ -183,7 +184,7 @@ def fingerprint_files(paths: list[str | os.PathLike], cache_dir: str | os.PathLi
 
 def _write_cache(cache_file: Path, known: dict[str, np.ndarray]) -> None:
     try:
-        with xray_io.atomic_write(cache_file) as tmp:
+        with files.atomic_write(cache_file) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, keys=np.array(list(known), dtype=str),
                          fps=np.stack(list(known.values())))
@@ -195,7 +196,7 @@ def _map(fn, jobs: list, workers: int | None):
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 128 + 1))
     if workers == 1:
         return [fn(j) for j in jobs]
-    with xray_io.process_pool(workers) as pool:
+    with files.process_pool(workers) as pool:
         return pool.map(fn, jobs, chunksize=32)
 
 
@@ -440,7 +441,7 @@ def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
             return np.concatenate([_verify_chunk(job) for job in jobs])
         finally:
             _set_pairs(None, None)
-    with xray_io.process_pool(workers, initializer=_set_pairs, initargs=(fa, fb)) as pool:
+    with files.process_pool(workers, initializer=_set_pairs, initargs=(fa, fb)) as pool:
         return np.concatenate(pool.map(_verify_chunk, jobs, chunksize=1))
 
 

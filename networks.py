@@ -317,13 +317,6 @@ def cam_layer_for(cam_layers: dict | str | None, arch: str) -> str | None:
     return cam_layers.get(arch) if isinstance(cam_layers, dict) else cam_layers
 
 
-def parse_cam_layers(text: str | None) -> dict | str | None:
-    """A command line's ``LAYER`` (every model) or ``ARCH=LAYER,ARCH=LAYER`` (per architecture)."""
-    if not text or "=" not in text:
-        return text
-    return dict(part.split("=", 1) for part in text.split(","))
-
-
 def module_path(model: nn.Module, module: nn.Module) -> str:
     """The dotted submodule path of ``module`` inside ``model`` (e.g. ``"layer4"``)."""
     for name, m in model.named_modules():

@@ -70,16 +70,19 @@ import torch
 from tqdm.auto import tqdm
 
 import checkpoints
+import config
 import familiarity
 import grad_cam
 import inference
 import near_duplicates
 import networks
 import plot_utils
+import files
 import utils
 from runtime import autocast, choose_device
 from split_dataset import info_path
-from xray_io import IMAGE_EXTENSIONS, file_sha256, read_xray, resize_uint8
+from files import file_sha256
+from xray_io import IMAGE_EXTENSIONS, read_xray, resize_uint8
 
 MODEL_SUFFIXES = (".pt", ".pth")
 
@@ -432,13 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         predictions = predict_files(models, table, device, out_dir, a.cam,
-                               networks.parse_cam_layers(a.cam_layer), a.batch_size,
+                               config.cam_layers_arg(a.cam_layer), a.batch_size,
                                calibrated=not a.uncalibrated)
     except ValueError as e:  # e.g. --cam-layer that a model lacks
         print(f"error: {e}", file=sys.stderr)
         return 2
     result = predictions_table(predictions)
-    utils.write_csv_atomic(result, out_dir / "predictions.csv")
+    files.write_csv_atomic(result, out_dir / "predictions.csv")
     n_ok = int((result["status"] == "ok").sum())
     temps = {n: inference.temperature(meta, not a.uncalibrated) for n, (_, meta) in models.items()}
     print("probabilities: " + ("raw softmax (--uncalibrated)" if a.uncalibrated else ", ".join(

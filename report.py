@@ -28,7 +28,7 @@ import pandas as pd
 
 import tables
 from split_dataset import split_table
-from xray_io import atomic_write, write_json_atomic
+from files import atomic_write, write_json_atomic
 
 TEMPLATE = Path(__file__).with_name("report_template.html.j2")
 

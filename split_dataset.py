@@ -22,7 +22,7 @@ and parameters match reuses the manifest and says so (``--force`` re-splits).
 
 CLI::
 
-    python split_dataset.py DATA_DIR --out MANIFEST.csv [--val N|F] [--test N|F] [--seed S]
+    python split_dataset.py DATA_DIR --manifest MANIFEST.csv [--val N|F] [--test N|F] [--seed S]
                             [--groups GROUPS.csv] [--near-duplicates on|off]
 
 ``--val/--test`` are images per class (an integer, default 60 as in the study) or a fraction of
@@ -47,7 +47,8 @@ import pandas as pd
 
 import near_duplicates as nd
 from dataset_folder import read_sources, scan_dataset
-from xray_io import atomic_write, file_sha256, process_pool, read_xray, write_csv_atomic
+from files import atomic_write, file_sha256, process_pool, write_csv_atomic
+from xray_io import read_xray
 
 SPLITS = ("train", "val", "test")
 
@@ -303,7 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Seeded stratified split of a chest X-ray dataset "
                                             "folder into a manifest CSV (the folder is not modified).")
     p.add_argument("data_dir", help="dataset folder of class subfolders")
-    p.add_argument("--out", required=True, help="manifest CSV to write (outside DATA_DIR)")
+    # the manifest is a file, named as train.py / evaluate.py / predict.py name it when they read
+    # it (--out is the folder a command writes into); --out is still read here, the old spelling
+    p.add_argument("--manifest", "--out", dest="manifest", required=True,
+                   help="manifest CSV to write (outside DATA_DIR); a .json of the split's "
+                        "settings and a .duplicates.csv go beside it")
     p.add_argument("--val", type=_parse_amount, default=60,
                    help="validation images per class (int) or fraction (<1); default 60")
     p.add_argument("--test", type=_parse_amount, default=60,
@@ -319,9 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--force", action="store_true",
                    help="re-split even if the existing manifest matches the data")
     a = p.parse_args(argv)
-    data_dir, out = Path(a.data_dir).resolve(), Path(a.out).resolve()
+    data_dir, out = Path(a.data_dir).resolve(), Path(a.manifest).resolve()
     if data_dir == out.parent or data_dir in out.parents:
-        p.error(f"--out {a.out} is inside the dataset folder {a.data_dir}; the dataset is never "
+        p.error(f"--manifest {a.manifest} is inside the dataset folder {a.data_dir}; the dataset is never "
                 f"written to: choose a path outside it (e.g. outputs/manifest.csv)")
     if not data_dir.is_dir():
         print(f"error: dataset folder {a.data_dir} does not exist", file=sys.stderr)

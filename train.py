@@ -8,8 +8,8 @@ Several nodes:         torchrun --nnodes=2 --node_rank=K --nproc_per_node=8 \\
 It calls the same ``training.train_architecture`` (and so the same ``training.fit``) as notebook
 2 and writes what the notebook writes: ``<models-dir>/<arch>.pt`` (the best epoch, loadable by
 notebook 3 and predict.py whatever the number of processes), ``<arch>_last.pt`` (resumable: rerun
-the same command after a kill), ``<out-dir>/CSVs/<arch>.csv`` (one row per epoch),
-``<out-dir>/CSVs/training_summary.csv`` and ``<out-dir>/summary_plots/<arch>.png``.
+the same command after a kill), ``<out>/CSVs/<arch>.csv`` (one row per epoch),
+``<out>/CSVs/training_summary.csv`` and ``<out>/summary_plots/<arch>.png``.
 
 Under torchrun ``--batch-size`` is the GLOBAL batch: each of the N processes loads batch/N
 images of every step, and the learning rate is the one given (not scaled by N). Only rank 0
@@ -17,8 +17,9 @@ writes files. CUDA processes use NCCL, CPU processes gloo.
 
 Settings come from a profile (``--profile``, ``profiles/*.yaml``: by default ``demo-cpu`` on the
 synthetic demo and ``study`` on any other data, the same files notebook 2 and the Makefile read);
-every flag given overrides it, and every ``training.TrainConfig`` field has one. Per-architecture
-values: ``--image-size vgg16=96,resnet18=128`` (also --epochs, --patience, --min-delta, --lr,
+every flag given overrides it. The training flags are made from ``config.TrainConfig``'s fields
+(their help is the field's; ``python train.py --help`` lists them). Per-architecture values:
+``--image-size vgg16=96,resnet18=128`` (also --epochs, --patience, --min-delta, --lr,
 --weight-decay, --schedule, --warmup-epochs, --augment); a plain value applies to every
 architecture. Exit status: 0 trained, 2 bad arguments or input (the message says which).
 """
@@ -29,44 +30,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import pandas as pd
-
 import config
 import networks
 import plot_utils
 import runtime
 import training
 import utils
-
-
-def per_arch_arg(kind):
-    """argparse type: ``VALUE`` or ``arch=VALUE,arch=VALUE`` (a dict, see config.per_arch)."""
-
-    def parse(text: str):
-        if "=" not in text:
-            return kind(text)
-        out = {}
-        for part in text.split(","):
-            arch, _, value = part.partition("=")
-            try:
-                networks.family(arch.strip())
-            except ValueError as e:
-                raise argparse.ArgumentTypeError(f"in {text!r}: {e}") from None
-            out[arch.strip()] = kind(value)
-        return out
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def on_off(text: str) -> bool:
-    """``on``/``off`` (also yes/no, true/false, 1/0) as a bool."""
-    t = text.strip().lower()
-    if t in ("on", "yes", "true", "1"):
-        return True
-    if t in ("off", "no", "false", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -83,61 +52,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--archs", nargs="+", default=None,
                    help=f"architectures: any torchvision classifier, e.g. {', '.join(networks.ARCHS)} "
                         f"(default: the profile's)")
-    p.add_argument("--weights", default=None,
-                   help='"imagenet" (the study), "none" (random init), "auto" (ImageNet if '
-                        'cached), or a .pth file')
-    p.add_argument("--image-size", type=per_arch_arg(int), default=None)
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="GLOBAL batch (all processes together)")
-    p.add_argument("--epochs", type=per_arch_arg(int), default=None,
-                   help="upper bound; early stopping")
-    p.add_argument("--patience", type=per_arch_arg(int), default=None,
-                   help="epochs without a validation-loss improvement before stopping")
-    p.add_argument("--min-delta", type=per_arch_arg(float), default=None,
-                   help="how much the validation loss must fall to count as an improvement")
-    p.add_argument("--lr", type=per_arch_arg(float), default=None,
-                   help="Adam learning rate (unset: 3e-5 with pretrained weights; from random "
-                        "init 1e-3, VGG-16 5e-5); never rescaled by the number of processes")
-    p.add_argument("--weight-decay", type=per_arch_arg(float), default=None)
-    p.add_argument("--schedule", type=per_arch_arg(str), default=None, help="cosine or constant")
-    p.add_argument("--warmup-epochs", type=per_arch_arg(int), default=None,
-                   help="epochs of linear learning-rate warm-up before the schedule")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-per-class", type=int, default=None,
-                   help="cap on training images per class")
-    p.add_argument("--num-workers", type=int, default=None, help="loader workers per process")
-    p.add_argument("--out-dir", default="outputs")
+    config.add_flags(p, config.TrainConfig)  # --image-size, --epochs, --no-amp, ...
+    p.add_argument("--out", "--out-dir", dest="out", default="outputs",
+                   help="output folder for CSVs/ and summary_plots/ (default outputs)")
     p.add_argument("--models-dir", default="models")
-    p.add_argument("--cache-dir", default=".cache/decoded",
-                   help='decoded-image cache (built once, by rank 0); "none" to decode into RAM')
+    p.add_argument("--cache-dir", default=None,
+                   help=f'decoded-image cache, built once by rank 0 (default {config.CACHE_DIR}; '
+                        f'"none" to decode into RAM)')
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda > mps > cpu)")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision: bf16 on CUDA (fp16 where bf16 is missing) and on CPUs "
-                        "with native bf16")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the model (CUDA)")
-    p.add_argument("--augment", type=per_arch_arg(on_off), default=None,
-                   help="on-device augmentation of training batches: on, off, or per "
-                        "architecture, e.g. resnet18=off,vgg16=on")
-    p.add_argument("--no-augment", dest="augment", action="store_const", const=False,
-                   help="the same as --augment off")
-    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="batch norm in eval mode while training (frozen running statistics)")
-    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
-                   help="SyncBatchNorm across GPUs under torchrun")
-    p.add_argument("--deterministic", action=argparse.BooleanOptionalAction, default=None,
-                   help="deterministic kernels (slower)")
     p.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start afresh even if a matching <arch>_last.pt exists")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
-
-
-TRAIN_FLAGS = ("weights", "image_size", "batch_size", "epochs", "patience", "min_delta", "lr",
-               "weight_decay", "schedule", "warmup_epochs", "seed", "max_per_class",
-               "num_workers", "amp", "channels_last", "compile", "augment", "freeze_bn",
-               "sync_bn", "deterministic")  # every training.TrainConfig field
 
 
 def settings_for(a: argparse.Namespace) -> tuple[dict, dict]:
@@ -145,17 +71,7 @@ def settings_for(a: argparse.Namespace) -> tuple[dict, dict]:
     for arch in a.archs or []:
         networks.family(arch)  # ValueError naming the close matches
     return config.train_settings(a.profile, a.data_dir, a.archs,
-                                 **{k: getattr(a, k) for k in TRAIN_FLAGS})
-
-
-def write_summary(rows: list[dict], path: Path) -> pd.DataFrame:
-    """Replace these architectures' rows in ``training_summary.csv`` (others are kept)."""
-    new = pd.DataFrame(rows)
-    if path.is_file():
-        old = pd.read_csv(path)
-        new = pd.concat([old[~old["arch"].isin(new["arch"])], new], ignore_index=True)
-    utils.write_csv_atomic(new, path)
-    return new
+                                 **config.given(a, config.TrainConfig))
 
 
 def main(argv=None) -> int:
@@ -176,7 +92,7 @@ def main(argv=None) -> int:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2
     rank, world_size = runtime.world()
-    cache = None if str(a.cache_dir).lower() == "none" else a.cache_dir
+    cache = config.cache_folder(a.cache_dir)
     if rank == 0:
         info = utils.dataset_info(a.data_dir)
         print(f"train.py: {world_size} process(es) on {device}; global batch "
@@ -187,18 +103,18 @@ def main(argv=None) -> int:
     rows = []
     for arch, (cfg, weights) in settings.items():
         _, history, row = training.train_architecture(
-            arch, manifest, a.data_dir, cfg, device, weights, a.models_dir, a.out_dir, cache,
+            arch, manifest, a.data_dir, cfg, device, weights, a.models_dir, a.out, cache,
             resume=a.resume, progress=not a.quiet)
         rows.append(row)
         if rank == 0:
             fig = plot_utils.training_curves(
                 history, row["best_epoch"], title=f"{arch} ({row['weights']}, {row['image_size']} px)")
-            plot_utils.save_figure(fig, Path(a.out_dir) / "summary_plots" / f"{arch}.png")
+            plot_utils.save_figure(fig, Path(a.out) / "summary_plots" / f"{arch}.png")
             print(f"{arch}: best epoch {row['best_epoch']} of {row['epochs_run']}, val loss "
                   f"{row['val_loss']:.4f}, val acc {row['val_acc']:.3f} -> "
                   f"{Path(a.models_dir) / (arch + '.pt')}")
     if rank == 0:
-        write_summary(rows, Path(a.out_dir) / "CSVs" / "training_summary.csv")
+        training.write_summary(rows, Path(a.out) / "CSVs" / "training_summary.csv")
     runtime.close_distributed()
     return 0
 

@@ -30,46 +30,15 @@ import near_duplicates
 import inference
 import networks
 import utils
+from config import TrainConfig  # declared with every other setting, in config.py
 from inference import validation_pass  # fit calls it through this name (tests replace it)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
                      main_process_first, seed_everything, world)
-from xray_io import file_stamp, write_csv_atomic
+from files import file_stamp, write_csv_atomic
 
 LR_PRETRAINED = networks.PRETRAINED_LR  # the study's Adam learning rate for ImageNet weights
 # From random initialisation: networks.scratch_lr(arch) (1e-3; 5e-5 for VGG, which has no batch
 # norm). 3e-5 barely moves a random network within a demo budget.
-
-
-# --------------------------------------------------------------------------- configuration
-@dataclass
-class TrainConfig:
-    """Every training knob in one place; saved into each checkpoint (``dataclasses.asdict``)."""
-    epochs: int = 25            # upper bound; early stopping usually ends sooner
-    batch_size: int = 32
-    lr: float | None = None     # None: LR_PRETRAINED if pretrained, else networks.scratch_lr
-    weight_decay: float = 0.0
-    patience: int = 5           # epochs without val-loss improvement > min_delta before stopping
-    min_delta: float = 1e-3
-    image_size: int = 224
-    num_workers: int = 2
-    seed: int = 42
-    amp: bool = True            # bf16 autocast on CUDA (fp16 + GradScaler where bf16 is missing)
-    #                             and on CPUs with native bf16 (AVX512-BF16/AMX); else fp32
-    channels_last: bool = True  # channels-last tensors on CUDA and CPU (faster oneDNN/cuDNN convs)
-    deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
-    compile: bool = False       # torch.compile the model for training (CUDA; minutes to warm up)
-    weights: str | None = None  # "imagenet", a path, or None (random init); recorded for lr
-    max_per_class: int | None = None  # cap on training images per class (quick runs)
-    schedule: str = "cosine"    # "cosine" (to lr/100 over ``epochs``) or "constant"
-    warmup_epochs: int = 0      # linear warm-up epochs before the schedule (see make_schedule)
-    augment: bool = True        # on-device augmentation of training batches (utils.augment_batch)
-    freeze_bn: bool = False     # batch norm in eval mode while training (frozen running stats)
-    sync_bn: bool = False       # SyncBatchNorm across processes under torchrun on CUDA
-
-    def resolved_lr(self, arch: str) -> float:
-        if self.lr is not None:
-            return self.lr
-        return networks.default_lr(arch, pretrained=self.weights is not None)
 
 
 # --------------------------------------------------------------------------- training
@@ -495,3 +464,14 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
            **summarize_history(history, config.min_delta),
            "parameters": networks.count_parameters(model), "lr": config.resolved_lr(arch)}
     return model, history, row
+
+
+def write_summary(rows: list[dict], path: str | os.PathLike) -> pd.DataFrame:
+    """Put these architectures' rows (``train_architecture``'s) into ``training_summary.csv``,
+    replacing their old rows and keeping the other architectures'; returns the table."""
+    new = pd.DataFrame(rows)
+    if Path(path).is_file():
+        old = pd.read_csv(path)
+        new = pd.concat([old[~old["arch"].isin(new["arch"])], new], ignore_index=True)
+    write_csv_atomic(new, path)
+    return new

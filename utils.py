@@ -26,9 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm.auto import tqdm
 
 from image_cache import decoded_images
-# The reader and atomic writers live in xray_io (no torch there); re-exported for the notebooks.
-from xray_io import (load_resized, read_xray, write_csv_atomic,  # noqa: F401
-                     write_json_atomic)
+from xray_io import load_resized, read_xray
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -7,14 +7,14 @@ import shutil
 import papermill as pm
 import pytest
 
-import utils
+import files
 from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, demo_dir, demo_manifest):
     d = tmp_path_factory.mktemp("nb")
-    utils.write_csv_atomic(demo_manifest, d / "manifest.csv")
+    files.write_csv_atomic(demo_manifest, d / "manifest.csv")
     yield d
     shutil.rmtree(d, ignore_errors=True)
 

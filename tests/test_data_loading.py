@@ -1,5 +1,4 @@
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,9 +177,16 @@ def test_decoded_cache_keys_on_the_decoder_syncs_and_sweeps_crashed_builds(
     assert not stale.exists() and live.exists()
     built = sorted(c.glob("*.u8"))
     assert len(built) == 1 and any(".u8.tmp" in p for p in synced)  # synced before the rename
-    # another decoder version never reuses it
+    # another decoder version never reuses it; an edit outside the decoder keeps the version
+    version = image_cache.decoder_version()
     image_cache.decoder_version.cache_clear()
-    monkeypatch.setattr(image_cache.xray_io, "__file__", str(Path(utils.__file__)))
+    monkeypatch.setattr(image_cache.xray_io, "is_image_name", lambda name: False)
+    monkeypatch.setattr(image_cache.files, "write_json_atomic", lambda obj, path: None)
+    assert image_cache.decoder_version() == version
+    image_cache.decoder_version.cache_clear()
+    monkeypatch.setattr(image_cache.xray_io, "DECODER", (*image_cache.xray_io.DECODER[:-1],
+                                                          utils.augment_batch))
+    assert image_cache.decoder_version() != version
     try:
         image_cache.decoded_images(df, demo_dir, 24, cache_dir=c, workers=1)
     finally:

@@ -2,6 +2,7 @@
 synthetic demo; notebooks 2 and 3, train.py, evaluate.py and the Makefile read the same files,
 and every setting can be overridden from each."""
 
+import argparse
 import dataclasses
 import json
 import shutil
@@ -88,23 +89,72 @@ def test_explicit_values_override_the_profile_and_mistakes_are_named(demo_dir, t
     assert settings["mobilenet_v3_small"][0].image_size == 224  # plain values fit any arch
 
 
-def test_every_setting_can_be_set_from_the_notebooks_and_the_clis():
-    train_fields = {f.name for f in dataclasses.fields(training.TrainConfig)}
+def test_the_notebooks_name_every_setting_and_pass_them_on_by_field():
+    """papermill can only set a variable the parameter cell names: notebook 2's cell names
+    every TrainConfig field (None: the profile's), notebook 3's every EvalConfig field, and both
+    hand them on with config.given, not one keyword each."""
+    train_fields = {f.name for f in dataclasses.fields(config.TrainConfig)}
     p2 = _parameters("2_finetune_models.ipynb")
-    named = {"compile": "compile_model"}  # a notebook variable may not shadow compile()
-    for f in train_fields:
-        assert p2.get(named.get(f, f), "missing") is None or f == "seed", f
-        assert f"{f}={named.get(f, f)}" in _cell("2_finetune_models.ipynb", index=2), f
-    assert p2["profile"] is None and p2["archs"] is None
-    assert set(train.TRAIN_FLAGS) == train_fields
-    a = train.parse_args(["--data-dir", "d", "--manifest", "m"])
-    assert all(getattr(a, f) is None for f in train_fields if f != "seed")
+    assert train_fields <= set(p2)
+    assert all(p2[f] is None for f in train_fields - {"seed"}) and p2["seed"] == 42
+    assert p2["profile"] is None and p2["archs"] is None and p2["cache_dir"] is None
+    assert "**config.given(globals(), config.TrainConfig)" in _cell("2_finetune_models.ipynb",
+                                                                     index=2)
     p3 = _parameters("3_evaluate_results.ipynb")
-    for f in (f.name for f in dataclasses.fields(evaluation.EvalConfig)):
-        assert f in p3, f
-        assert f == "cache_dir" or f"{f}={f}" in _cell("3_evaluate_results.ipynb", index=2), f
+    eval_fields = {f.name for f in dataclasses.fields(config.EvalConfig)}
+    assert eval_fields <= set(p3) and all(p3[f] is None for f in eval_fields - {"seed"})
+    assert "**config.given(globals(), config.EvalConfig)" in _cell("3_evaluate_results.ipynb",
+                                                                    index=2)
+    assert training.TrainConfig is config.TrainConfig and evaluation.EvalConfig is config.EvalConfig
+
+
+def test_the_cli_flags_are_made_from_the_fields(demo_dir, capsys):
+    """Every field has a flag whose help is the field's; unset flags are None (the profile's);
+    per-architecture values, --no-X and the older spellings parse into the fields."""
+    a = train.parse_args(["--data-dir", "d", "--manifest", "m"])
+    assert config.given(a, config.TrainConfig) == {f.name: None for f in
+                                                   dataclasses.fields(config.TrainConfig)}
+    a = train.parse_args(["--data-dir", str(demo_dir), "--manifest", "m", "--image-size",
+                          "vgg16=96,resnet18=64", "--no-amp", "--augment", "resnet18=off",
+                          "--epochs", "3", "--compile", "--max-per-class", "20", "--lr", "1e-4",
+                          "--out-dir", "o"])
+    given = {k: v for k, v in config.given(a, config.TrainConfig).items() if v is not None}
+    assert given == {"image_size": {"vgg16": 96, "resnet18": 64}, "amp": False,
+                     "augment": {"resnet18": False}, "epochs": 3, "compile": True,
+                     "max_per_class": 20, "lr": 1e-4}
+    assert a.out == "o"  # --out-dir: the old spelling of --out
+    settings, _ = train.settings_for(train.parse_args(
+        ["--data-dir", str(demo_dir), "--manifest", "m", "--archs", "resnet18", "--no-augment",
+         "--epochs", "2"]))
+    cfg, _ = settings["resnet18"]
+    assert (cfg.augment, cfg.epochs, cfg.image_size) == (False, 2, 160)  # the rest: the profile's
+    with pytest.raises(SystemExit):
+        train.parse_args(["--data-dir", "d", "--manifest", "m", "--augment", "vgg17=on"])
+    assert "vgg17" in capsys.readouterr().err
     e = evaluate.parse_args(["m.pt", "--data-dir", "d"])
-    assert e.profile is None and e.cam is None and e.cam_layer is None and e.batch_size is None
+    assert config.given(e, config.EvalConfig) == {f.name: None for f in
+                                                  dataclasses.fields(config.EvalConfig)}
+    e = evaluate.parse_args(["m.pt", "--data-dir", "d", "--cam", "hirescam", "--cam-layer",
+                             "resnet18=layer3,vgg16=features.22", "--n-boot", "10"])
+    assert (e.cam_method, e.cam_layers, e.n_boot) == (
+        "hirescam", {"resnet18": "layer3", "vgg16": "features.22"}, 10)
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["m.pt", "--data-dir", "d", "--cam", "gradcam+++"])
+    assert "expected one of gradcam" in capsys.readouterr().err
+    help_text = argparse.ArgumentParser()
+    config.add_flags(help_text, config.TrainConfig)
+    text = " ".join(help_text.format_help().split())
+    for f in dataclasses.fields(config.TrainConfig):
+        assert f"--{f.name.replace('_', '-')}" in text
+        assert " ".join(f.metadata["help"].split()[:4]) in text, f.name
+
+
+def test_one_cache_folder_and_one_rule_for_it():
+    assert config.cache_folder(None) == config.CACHE_DIR == config.EvalConfig().cache_dir
+    assert config.cache_folder("none") is None and config.cache_folder("NONE") is None
+    assert config.cache_folder("x/y") == "x/y"
+    assert config.EvalConfig(cache_dir="none").cache_dir is None
+    assert train.parse_args(["--data-dir", "d", "--manifest", "m"]).cache_dir is None
 
 
 def test_make_passes_the_profile_and_reads_its_split_from_it():

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 import checkpoints
 import evaluation
 import runtime
+import files
 import utils
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +100,7 @@ def _args(demo_dir, manifest, out: Path, epochs: int) -> list[str]:
             "--epochs", str(epochs), "--patience", "1", "--lr", "3e-5", "--schedule", "constant",
             "--seed", "3", "--num-workers", "0", "--cache-dir", str(out.parent / "cache"),
             "--no-augment", "--freeze-bn", "--no-amp", "--quiet",
-            "--out-dir", str(out / "outputs"), "--models-dir", str(out / "models")]
+            "--out", str(out / "outputs"), "--models-dir", str(out / "models")]
 
 
 def _launch(args, nproc: int, script: Path = ROOT / "train.py", **env):
@@ -129,7 +130,7 @@ def ddp_runs(demo_dir, demo_manifest, tmp_path_factory):
     """One process and two processes (torchrun), 2 epochs each, same global batch."""
     root = tmp_path_factory.mktemp("ddp")
     manifest = root / "manifest.csv"
-    utils.write_csv_atomic(demo_manifest, manifest)
+    files.write_csv_atomic(demo_manifest, manifest)
     logs = {}
     for nproc in (1, 2):
         logs[nproc] = _run(_args(demo_dir, manifest, root / f"p{nproc}", 2), nproc)
@@ -202,7 +203,7 @@ def test_batch_not_divisible_by_processes_is_refused(demo_dir, demo_manifest, tm
 
     import train
     manifest = tmp_path / "manifest.csv"
-    utils.write_csv_atomic(demo_manifest, manifest)
+    files.write_csv_atomic(demo_manifest, manifest)
     args = _args(demo_dir, manifest, tmp_path / "odd", 1)
     args[args.index("--batch-size") + 1] = "7"
     monkeypatch.setenv("WORLD_SIZE", "2")

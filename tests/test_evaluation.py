@@ -17,14 +17,13 @@ import checkpoints
 import evaluate
 import evaluation
 import external
+import files
 import image_cache
 import metrics
 import report
 import split_dataset
 import tables
 import training
-import utils
-import xray_io
 from conftest import tree_digest
 from test_bad_inputs import make_corpus
 
@@ -58,26 +57,26 @@ def test_checkpoint_records_the_training_images_by_content(trained, demo_dir, de
     dev = demo_manifest[demo_manifest["split"].isin(["train", "val"])]
     assert sorted(rec["path"]) == sorted(dev["path"]) and set(rec["split"]) == {"train", "val"}
     for p, d in zip(rec["path"][:5], rec["sha256"][:5]):   # what sha256sum would print
-        assert d == xray_io.file_sha256(demo_dir / p)
+        assert d == files.file_sha256(demo_dir / p)
     assert meta["data"] == image_cache.split_fingerprint(
         demo_manifest, image_cache.content_digests(demo_manifest, demo_dir))
 
 
 def test_digest_cache_rehashes_only_what_changed(tmp_path, monkeypatch):
-    files = [tmp_path / f"{i}.bin" for i in range(4)]
-    for i, f in enumerate(files):
+    paths = [tmp_path / f"{i}.bin" for i in range(4)]
+    for i, f in enumerate(paths):
         f.write_bytes(bytes([i]) * 1000)
     cache = tmp_path / "c" / "digests.json"
-    first = xray_io.file_digests(files, cache)
-    assert first == [xray_io.file_sha256(f) for f in files] and cache.is_file()
+    first = files.file_digests(paths, cache)
+    assert first == [files.file_sha256(f) for f in paths] and cache.is_file()
     read = []
-    real = xray_io._digest_or_empty
-    monkeypatch.setattr(xray_io, "_digest_or_empty", lambda p: read.append(p) or real(p))
-    assert xray_io.file_digests(files, cache) == first and read == []
-    files[2].write_bytes(b"changed")                     # another size: read again
-    os.utime(files[1], ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: read again
-    again = xray_io.file_digests([*files, tmp_path / "missing.bin"], cache)
-    assert sorted(read) == sorted(str(f) for f in files[1:3])
+    real = files._digest_or_empty
+    monkeypatch.setattr(files, "_digest_or_empty", lambda p: read.append(p) or real(p))
+    assert files.file_digests(paths, cache) == first and read == []
+    paths[2].write_bytes(b"changed")                     # another size: read again
+    os.utime(paths[1], ns=(time.time_ns(), time.time_ns() + 10**9))  # touched: read again
+    again = files.file_digests([*paths, tmp_path / "missing.bin"], cache)
+    assert sorted(read) == sorted(str(f) for f in paths[1:3])
     assert again[:2] == first[:2] and again[2] != first[2] and again[4] == ""
 
 
@@ -106,7 +105,7 @@ def test_a_copy_with_new_mtimes_evaluates_and_a_resplit_is_refused(trained, demo
 def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, demo_dir,
                                                                     demo_manifest, tmp_path):
     manifest = tmp_path / "manifest.csv"
-    utils.write_csv_atomic(demo_manifest, manifest)
+    files.write_csv_atomic(demo_manifest, manifest)
     before = tree_digest(trained.parent)
     assert _cli(trained, "--data-dir", demo_dir, "--manifest", manifest, "--out",
                 tmp_path / "out", "--seed", 0, "--cache-dir", tmp_path / "cache") == 0
@@ -114,7 +113,7 @@ def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, de
     m = json.loads((tmp_path / "out" / "metrics.json").read_text())
     ev = evaluation.evaluate_split(checkpoints.load_models([trained], CPU), demo_manifest,
                                    demo_dir, _cfg(tmp_path), CPU)
-    xray_io.write_json_atomic(ev.metrics, tmp_path / "module.json")    # NaN stored as null
+    files.write_json_atomic(ev.metrics, tmp_path / "module.json")    # NaN stored as null
     want = json.loads((tmp_path / "module.json").read_text())
     for k in ("archs", "models", "class_names", "dataset", "convention"):
         assert m[k] == want[k], k
@@ -123,7 +122,7 @@ def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, de
         assert (tmp_path / "out" / f).is_file(), f
     # a re-split: exit 2, nothing written
     other = tmp_path / "other.csv"
-    utils.write_csv_atomic(split_dataset.make_split(demo_dir, val=3, test=3, seed=99,
+    files.write_csv_atomic(split_dataset.make_split(demo_dir, val=3, test=3, seed=99,
                                                     workers=1), other)
     assert _cli(trained, "--data-dir", demo_dir, "--manifest", other, "--out",
                 tmp_path / "other") == 2
@@ -137,13 +136,13 @@ def test_without_a_temperature_the_model_is_scored_uncalibrated(trained, demo_di
                                                                         "calibration")}
     bare = tmp_path / "resnet18.pt"
     torch.save(ckpt, bare)
-    before = xray_io.file_sha256(bare)
+    before = files.file_sha256(bare)
     ev = evaluation.evaluate_split(checkpoints.load_models([bare], CPU), demo_manifest, demo_dir,
                                    _cfg(tmp_path), CPU)
     cal = ev.metrics["archs"]["resnet18"]["calibration"]
     assert cal["temperature"] is None and "uncalibrated" in cal["note"]
     assert cal["test"]["ece_after"] is None and cal["test"]["ece_before"] >= 0
-    assert xray_io.file_sha256(bare) == before and "temperature" not in torch.load(
+    assert files.file_sha256(bare) == before and "temperature" not in torch.load(
         bare, weights_only=True)["meta"]
     assert tables.calibration(ev.metrics["archs"]).loc["resnet18", "T (fitted on val)"] == \
         "none (uncalibrated)"
@@ -221,7 +220,7 @@ def test_external_results_sit_beside_the_internal_ones(trained, demo_dir, demo_m
     """An external set in the folder of notebook 3's results: one metrics.json, one report,
     internal test and external side by side; the same images there give the same numbers."""
     manifest = tmp_path / "manifest.csv"
-    utils.write_csv_atomic(demo_manifest, manifest)
+    files.write_csv_atomic(demo_manifest, manifest)
     out = tmp_path / "out"
     common = ("--seed", 0, "--cache-dir", tmp_path / "cache", "--out", out)
     assert _cli(trained, "--data-dir", demo_dir, "--manifest", manifest, *common) == 0
@@ -306,14 +305,14 @@ def test_rerunning_notebook_2s_step_on_a_trained_model_leaves_models_alone(train
                                                                          demo_manifest):
     """What notebook 2 run again with its defaults does after a run: nothing is retrained and the
     checkpoint (already calibrated) is not rewritten."""
-    before = (trained.stat().st_mtime_ns, xray_io.file_sha256(trained))
+    before = (trained.stat().st_mtime_ns, files.file_sha256(trained))
     cfg = training.TrainConfig(epochs=1, batch_size=8, image_size=32, num_workers=0, seed=0)
     _, history, _ = training.train_architecture(
         "resnet18", demo_manifest, demo_dir, cfg, CPU, weights=None, models_dir=trained.parent,
         out_dir=trained.parent.parent / "out", cache_dir=trained.parent.parent / "cache",
         progress=False)
     assert len(history) == 1
-    assert (trained.stat().st_mtime_ns, xray_io.file_sha256(trained)) == before
+    assert (trained.stat().st_mtime_ns, files.file_sha256(trained)) == before
 
 
 # --------------------------------------------------------------------------- near copies

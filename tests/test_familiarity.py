@@ -22,6 +22,7 @@ import ood_sets
 import predict
 import report
 import tables
+import files
 import utils
 from xray_io import read_xray, resize_uint8
 
@@ -180,7 +181,7 @@ def test_a_checkpoint_without_the_records_gives_empty_columns_and_says_so(traine
     assert "no familiarity record" in capsys.readouterr().out
     # the refit CLI adds both, weights untouched; another split is refused
     manifest = tmp_path / "manifest.csv"
-    utils.write_csv_atomic(demo_manifest, manifest)
+    files.write_csv_atomic(demo_manifest, manifest)
     before = torch.load(old, weights_only=True)["model_state"]
     assert fam.main([str(old), "--manifest", str(manifest), "--data-dir", str(demo_dir),
                      "--cache-dir", str(tmp_path / "cache")]) == 0
@@ -189,7 +190,7 @@ def test_a_checkpoint_without_the_records_gives_empty_columns_and_says_so(traine
     assert after["meta"]["familiarity"]["layers"] and after["meta"]["conformal"]["alpha"] == 0.1
     other = demo_manifest.assign(split=demo_manifest["split"].replace({"test": "val",
                                                                        "val": "test"}))
-    utils.write_csv_atomic(other, tmp_path / "other.csv")
+    files.write_csv_atomic(other, tmp_path / "other.csv")
     assert fam.main([str(old), "--manifest", str(tmp_path / "other.csv"), "--data-dir",
                      str(demo_dir)]) == 2
     assert "was not trained on" in capsys.readouterr().err

@@ -148,7 +148,7 @@ def copies_dir(tmp_path):
 
 def test_split_keeps_copies_in_one_group_and_split(copies_dir, tmp_path):
     out = tmp_path / "m.csv"
-    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--out",
+    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--manifest",
                         str(out), "--val", "3", "--test", "3", "--workers", "1"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -165,7 +165,7 @@ def test_split_keeps_copies_in_one_group_and_split(copies_dir, tmp_path):
         ("A/A-copy-jpeg.png", "near"), ("A/A-exact.png", "exact"), ("B/B-copy-rot.png", "near")]
     assert "2 images in 1 exact-duplicate groups, 4 images in 2 near-duplicate groups" in r.stdout
     before = [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()]
-    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--out",
+    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--manifest",
                         str(out), "--val", "3", "--test", "3", "--force"], capture_output=True)
     assert r.returncode == 0
     assert [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()] == before

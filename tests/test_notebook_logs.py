@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import split_dataset
-import utils
+import files
 from conftest import REALCXR, ROOT
 
 pytestmark = pytest.mark.slow  # a notebook in a new kernel: `make test-quick` leaves it out
@@ -25,7 +25,7 @@ def test_notebook_2_on_real_data_logs_no_traceback(tmp_path):
     for c in ("COVID", "Normal", "Viral Pneumonia"):
         (data / c).symlink_to(REALCXR / c)
     manifest = split_dataset.make_split(data, val=60, test=60, seed=0, workers=1)  # the study's
-    utils.write_csv_atomic(manifest, tmp_path / "manifest.csv")
+    files.write_csv_atomic(manifest, tmp_path / "manifest.csv")
     cmd = [sys.executable, "-m", "papermill", "--cwd", str(ROOT), "--log-output", "-k", "python3",
            str(ROOT / "2_finetune_models.ipynb"), str(tmp_path / "nb2.ipynb"),
            "-p", "data_dir", str(data), "-p", "manifest_path", str(tmp_path / "manifest.csv"),

@@ -11,6 +11,7 @@ from PIL import Image
 
 import networks
 import predict
+import files
 import utils
 from conftest import REALCXR
 from test_bad_inputs import make_corpus
@@ -73,7 +74,7 @@ def test_every_input_kind_gets_a_row_and_broken_files_their_reason(models, tmp_p
 def test_probabilities_equal_utils_predict_and_the_ensemble_is_their_mean(
         models, demo_dir, demo_manifest, tmp_path):
     manifest = tmp_path / "manifest.csv"
-    utils.write_csv_atomic(demo_manifest, manifest)
+    files.write_csv_atomic(demo_manifest, manifest)
     rc, df, _ = _run([models[0], models[1], manifest, "--split", "test", "--data-dir", demo_dir,
                       "--cam", "none"], tmp_path)
     assert rc == 0

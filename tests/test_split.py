@@ -64,7 +64,7 @@ def test_class_too_small_raises(demo_dir):
 def test_messy_tree_rejects_duplicates_and_never_writes(messy_tree, tmp_path):
     before = tree_digest(messy_tree)
     out = tmp_path / "out" / "manifest.csv"
-    cmd = [sys.executable, str(ROOT / "split_dataset.py"), str(messy_tree), "--out", str(out),
+    cmd = [sys.executable, str(ROOT / "split_dataset.py"), str(messy_tree), "--manifest", str(out),
            "--val", "3", "--test", "3", "--workers", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -107,7 +107,7 @@ def test_flat_layout(demo_dir, tmp_path):
 
 
 def test_out_inside_dataset_refused(demo_dir):
-    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(demo_dir), "--out",
+    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(demo_dir), "--manifest",
                         str(demo_dir / "m.csv")], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode != 0 and "inside the dataset folder" in r.stderr
     assert not (demo_dir / "m.csv").exists()
