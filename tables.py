@@ -18,7 +18,8 @@ from metrics import format_ci
 
 HEADLINE = {"accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
             "macro_f1": "macro F1", "macro_auc": "macro AUC"}
-PER_CLASS = ("precision", "recall", "specificity", "f1", "auc")
+PER_CLASS = {"precision": "precision", "recall": "recall", "specificity": "specificity",
+             "f1": "F1", "auc": "AUC"}
 
 
 def ci(d: dict | None, key: str, digits: int = 3) -> str:
@@ -50,7 +51,8 @@ def per_class(archs: dict, split: str = "test") -> pd.DataFrame:
     """Per model and class (and the macro and weighted averages): support and precision,
     recall, specificity, F1 and AUC with intervals. Rows of the confusion matrix behind it are
     true classes."""
-    rows = {(name, cls): {"support": int(v["support"]), **{k: ci(v, k) for k in PER_CLASS}}
+    rows = {(name, cls): {"support": int(v["support"]),
+                          **{label: ci(v, k) for k, label in PER_CLASS.items()}}
             for name, r in archs.items() for cls, v in r[split]["per_class"].items()}
     return pd.DataFrame(rows).T.rename_axis(["model", "class"])
 
@@ -104,8 +106,8 @@ def localization_note(archs: dict, split: str = "test") -> str:
 
 
 AUDIT_NOTE = ("Shortcut audit on the test split: lung masks grown by 3% of the image side; "
-              "Grad-CAM for the predicted class. *Lungs removed*: the grown lungs filled with the "
-              "mean of the rest; *lungs only*: the rest filled with the mean of the lungs. Chance: "
+              "Grad-CAM for the predicted class. Lungs removed: the grown lungs filled with the "
+              "mean of the rest; lungs only: the rest filled with the mean of the lungs. Chance: "
               "the grown lungs' area (energy), 1 minus it (peaks), the largest class share "
               "(accuracy).")
 
