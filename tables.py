@@ -331,20 +331,38 @@ def headline(m: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).T.rename_axis("model")
 
 
+def still_improving(run: dict | None) -> bool | None:
+    """Whether a training run (a ``training_summary.csv`` row) had its best validation loss in
+    its last epoch: stopped by its epoch budget while still learning, not on a plateau. None
+    when the row does not say (older summaries without ``best_epoch``)."""
+    if not run or run.get("best_epoch") is None or run.get("epochs_run") is None:
+        return None
+    if run["best_epoch"] != run["best_epoch"]:  # NaN: a summary that lacks it for this row
+        return None
+    return int(run["best_epoch"]) >= int(run["epochs_run"])
+
+
 def architectures(archs: dict, summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """The architecture comparison (``make run ARCHS=...``): per model its parameters, input
-    size and seconds per epoch (from ``CSVs/training_summary.csv``, ``summary``), test
-    accuracy, pointing game, CAM energy in the lungs and accuracy with the lungs removed, each
-    with its interval and chance."""
+    size, seconds per epoch, epochs run with the best one and whether it was still improving
+    when its epochs ran out (from ``CSVs/training_summary.csv``, ``summary``), test accuracy,
+    pointing game, CAM energy in the lungs and accuracy with the lungs removed, each with its
+    interval and chance."""
     runs = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
     rows = {}
     for name, r in archs.items():
         t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
         s = runs.get(name)
+        improving = still_improving(s)
         rows[name] = {
             "parameters": f"{s['parameters'] / 1e6:.1f} M" if s else "",
             "input": f"{s['image_size']} px" if s else "",
-            "s/epoch (epochs)": f"{s['seconds_per_epoch']:.0f} ({s['epochs_run']})" if s else "",
+            "s/epoch": f"{s['seconds_per_epoch']:.0f}" if s else "",
+            "epochs (best)": (f"{s['epochs_run']}" + ("" if improving is None
+                                                       else f" ({int(s['best_epoch'])})")
+                              if s else ""),
+            "at the last epoch": {True: "**still improving**", False: "levelled off",
+                                  None: "n/a"}[improving],
             "test accuracy": ci(t, "accuracy"),
             "pointing game (chance)": (with_chance(loc, "pointing_game", loc["chance"])
                                        if loc.get("n") else "n/a"),
@@ -355,6 +373,27 @@ def architectures(archs: dict, summary: pd.DataFrame | None = None) -> pd.DataFr
                                                              a["chance"])
                                                  if a.get("as_is") else "n/a")}
     return pd.DataFrame(rows).T.rename_axis("model")
+
+
+def architectures_title(table: pd.DataFrame) -> str:
+    """The sentence above the architecture comparison: what the budget was and which rows it
+    left undertrained, so that a row is not read as a verdict on its family."""
+    ends = table["at the last epoch"]
+    improving = [m for m, v in ends.items() if v == "**still improving**"]
+    epochs = [int(str(v).split()[0]) for v in table["epochs (best)"] if str(v).strip()]
+    budget = f"at most {max(epochs)} epochs each" if epochs else "the profile's epochs"
+    text = (f"Architectures compared **at the demo's training budget**, not at their best: the "
+            f"same demo split and seed, {budget} from random initialisation, the demo "
+            "profile's settings set once per family and not tuned (`make run ARCHS=...`; "
+            "seconds per epoch on the machine of that run, named in the experiment log).")
+    if improving:
+        text += (f" {len(improving)} of {len(table)} ({', '.join(improving)}) were **still "
+                 "improving** when their epochs ran out (best validation loss in the last "
+                 "epoch): undertrained at this budget, so their rows say what each reaches in "
+                 "a few CPU minutes on 2,000 synthetic images, not how the family compares.")
+    elif (ends == "levelled off").all():
+        text += " Every row had levelled off before its last epoch."
+    return text
 
 
 def markdown(df: pd.DataFrame | None) -> str:

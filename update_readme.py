@@ -101,10 +101,8 @@ def _archs_section(path: Path) -> str | None:
     m = json.loads(path.read_text())
     csv = path.parent / "CSVs" / "training_summary.csv"
     summary = pd.read_csv(csv) if csv.is_file() else None
-    return ("Architectures compared on the same demo split and seed (`make run ARCHS=...`, "
-            "from random initialisation with the demo profile's settings; seconds per epoch on "
-            "the machine of that run, named in the experiment log):\n\n"
-            + md(tables.architectures(m["archs"], summary)))
+    table = tables.architectures(m["archs"], summary)
+    return tables.architectures_title(table) + "\n\n" + md(table)
 
 
 def _replace_block(path: Path, body: str) -> bool:

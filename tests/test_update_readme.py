@@ -144,8 +144,8 @@ def test_architecture_comparison_from_a_make_run_archs_run(tmp_path):
     (out / "CSVs").mkdir(parents=True)
     (out / "metrics.json").write_text(json.dumps(m))
     (out / "CSVs" / "training_summary.csv").write_text(
-        "arch,image_size,parameters,seconds_per_epoch,epochs_run\n"
-        "convnext_tiny,128,27823204,41.6,6\nvit_b_16,128,85801732,250.2,2\n")
+        "arch,image_size,parameters,seconds_per_epoch,epochs_run,best_epoch\n"
+        "convnext_tiny,128,27823204,41.6,6,6\nvit_b_16,128,85801732,250.2,8,5\n")
     base = tmp_path / "metrics.json"
     base.write_text(json.dumps({**m, "archs": {"resnet18": {"test": t}}}))
     readme, results = tmp_path / "README.md", tmp_path / "results.md"
@@ -154,8 +154,23 @@ def test_architecture_comparison_from_a_make_run_archs_run(tmp_path):
             "--assets", str(tmp_path / "assets")]
     assert update_readme.main([*args, "--archs-metrics", str(out / "metrics.json")]) == 0
     for text in (readme.read_text(), results.read_text()):
-        assert ("| convnext_tiny | 27.8 M | 128 px | 42 (6) | 0.900 [0.850, 0.950] | 0.600 "
-                "[0.500, 0.700] (0.17) | 0.550 [0.500, 0.600] (0.33) | 0.250 [0.180, 0.330] "
-                "(0.25) |") in text
-        assert "| vit_b_16 | 85.8 M | 128 px | 250 (2) | 0.900 [0.850, 0.950] | n/a | n/a | n/a |" in text
+        # convnext's best epoch was its last: the row says it was still improving
+        assert ("| convnext_tiny | 27.8 M | 128 px | 42 | 6 (6) | **still improving** | 0.900 "
+                "[0.850, 0.950] | 0.600 [0.500, 0.700] (0.17) | 0.550 [0.500, 0.600] (0.33) | "
+                "0.250 [0.180, 0.330] (0.25) |") in text
+        assert ("| vit_b_16 | 85.8 M | 128 px | 250 | 8 (5) | levelled off | 0.900 [0.850, 0.950] "
+                "| n/a | n/a | n/a |") in text
+        # the title calls it a budget comparison and names the undertrained row
+        assert "**at the demo's training budget**, not at their best" in text
+        assert "at most 8 epochs each" in text
+        assert "1 of 2 (convnext_tiny) were **still improving**" in text
     assert update_readme.main([*args, "--archs-metrics", str(tmp_path / "none.json")]) == 2
+
+
+def test_still_improving_reads_the_best_epoch_against_the_epochs_run():
+    import tables
+    assert tables.still_improving({"best_epoch": 6, "epochs_run": 6}) is True
+    assert tables.still_improving({"best_epoch": 4, "epochs_run": 7}) is False
+    assert tables.still_improving({"best_epoch": float("nan"), "epochs_run": 7}) is None
+    assert tables.still_improving({"epochs_run": 7}) is None
+    assert tables.still_improving(None) is None
