@@ -68,7 +68,8 @@ def model_settings(meta: dict) -> dict:
             "val_acc": meta.get("val_acc"),
             **{k: cfg.get(k) for k in ("weights", "image_size", "batch_size", "epochs",
                                        "patience", "lr", "seed", "max_per_class")},
-            "lr_used": lr, "trained_with": meta.get("versions", {})}
+            "lr_used": lr, "numeric_path": meta.get("numeric_path"),
+            "trained_with": meta.get("versions", {})}
 
 
 # --------------------------------------------------------------------------- one set, all models

@@ -73,6 +73,22 @@ def amp_dtype(device: torch.device, enabled: bool = True, cpu: bool = False) -> 
     return None
 
 
+def numeric_path(device: torch.device, enabled: bool = True) -> tuple[str, str]:
+    """The numeric path training takes on ``device`` (``amp_dtype(..., cpu=True)``) as
+    ``(path, why)``: ``("bf16", ...)``, ``("fp16", ...)`` or ``("fp32", ...)`` with the reason in
+    words, for the run's log and the checkpoint (metrics.json's ``models``)."""
+    dtype = amp_dtype(device, enabled, cpu=True)
+    if dtype is not None:
+        path = "bf16" if dtype == torch.bfloat16 else "fp16"
+        where = "native bf16 on this CPU" if device.type == "cpu" else device.type
+        return path, f"autocast, {where}"
+    if not enabled:
+        return "fp32", "mixed precision off (--no-amp or the profile's amp: false)"
+    if device.type == "cpu":
+        return "fp32", "this CPU has no native bf16 (emulated bf16 is slower than fp32)"
+    return "fp32", f"no mixed precision on {device.type}"
+
+
 def autocast(device: torch.device, enabled: bool = True, cpu: bool = False):
     """Mixed precision with ``amp_dtype(device, enabled, cpu)``; a no-op context for fp32."""
     dtype = amp_dtype(device, enabled, cpu)

@@ -79,10 +79,10 @@ def run_seed(seed: int, out: Path, amp: bool | None = None, archs: list[str] | N
     rows = []
     for arch, (cfg, weights) in settings.items():
         t0 = time.perf_counter()
-        training.train_architecture(arch, manifest, data, cfg, device, weights, work / "models",
-                                    work / "outputs", config.CACHE_DIR, progress=False)
-        path = "bf16" if runtime.amp_dtype(device, cfg.amp, cpu=True) is not None else "fp32"
-        rows.append({"seed": seed, "model": arch, "numeric path": path,
+        _, _, run = training.train_architecture(arch, manifest, data, cfg, device, weights,
+                                                work / "models", work / "outputs",
+                                                config.CACHE_DIR, progress=False)
+        rows.append({"seed": seed, "model": arch, "numeric path": run["numeric_path"],
                      "training minutes": (time.perf_counter() - t0) / 60})
     names, ecfg, _ = config.eval_settings(profile, data, list(settings), seed=seed)
     models = checkpoints.load_models([checkpoints.best_path(work / "models", a) for a in names],

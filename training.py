@@ -33,6 +33,7 @@ import utils
 from config import TrainConfig  # declared with every other setting, in config.py
 from inference import validation_pass  # fit calls it through this name (tests replace it)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
+                     numeric_path,
                      main_process_first, seed_everything, world)
 from files import file_stamp, write_csv_atomic
 
@@ -308,7 +309,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
              "history": Path(history_dir) / f"{arch}.csv"}
     model, step = _prepare(model, config, arch, device)
     meta = {"arch": arch, "class_names": list(class_names), "image_size": config.image_size,
-            "seed": config.seed, "config": dataclasses.asdict(config), **(extra_meta or {})}
+            "seed": config.seed, "config": dataclasses.asdict(config),
+            "numeric_path": numeric_path(device, config.amp)[0], **(extra_meta or {})}
     stopper = EarlyStopping(config.patience, config.min_delta)
     if resume and paths["last"].is_file():
         try_resume(paths["last"], model, step, stopper, meta, extra_meta, config, say)
@@ -415,7 +417,8 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
 
     Under ``torchrun`` every process calls it; rank 0 decodes the images and fetches the
     weights first. Returns ``(model with the best weights, history, summary row)``; the row
-    holds ``summarize_history`` plus the image size, weights, parameter count and learning rate.
+    holds ``summarize_history`` plus the image size, weights, parameter count, learning rate and
+    numeric path (``runtime.numeric_path``: bf16, fp16 or fp32, also in the checkpoint).
     """
     rank, world_size = world()
     class_names = utils.class_names_from(manifest)
@@ -435,9 +438,10 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
         model = networks.build_model(arch, len(class_names), weights=w,
                                      image_size=config.image_size)
     if progress and rank == 0:
+        path, why = numeric_path(device, config.amp)
         print(f"== {arch}: {config.image_size} px, weights = {w or 'random init'}; "
               f"train {len(loaders['train'].dataset)} / val {len(manifest[manifest['split'] == 'val'])}"
-              f" images" + (f"; {world_size} processes" if world_size > 1 else ""))
+              f" images; {path} ({why})" + (f"; {world_size} processes" if world_size > 1 else ""))
     extra = {"dataset": utils.dataset_info(data_dir),
              "data": image_cache.split_fingerprint(manifest, digests),
              "trained_on": checkpoints.trained_on_record(manifest, digests, fps, fp_ok)}
@@ -462,7 +466,8 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
     barrier()
     row = {"arch": arch, "image_size": config.image_size, "weights": w or "random init",
            **summarize_history(history, config.min_delta),
-           "parameters": networks.count_parameters(model), "lr": config.resolved_lr(arch)}
+           "parameters": networks.count_parameters(model), "lr": config.resolved_lr(arch),
+           "numeric_path": numeric_path(device, config.amp)[0]}
     return model, history, row
 
 

@@ -21,6 +21,7 @@ import files
 import image_cache
 import metrics
 import report
+import runtime
 import split_dataset
 import tables
 import training
@@ -117,6 +118,9 @@ def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, de
     want = json.loads((tmp_path / "module.json").read_text())
     for k in ("archs", "models", "class_names", "dataset", "convention"):
         assert m[k] == want[k], k
+    # the numeric path the model trained with, from its checkpoint (the fixture keeps amp on:
+    # bf16 on a CPU with native bf16, else fp32)
+    assert m["models"]["resnet18"]["numeric_path"] == runtime.numeric_path(CPU)[0]
     for f in ("confusion_matrices/resnet18_test.png", "roc/resnet18.png", "report.html",
               "calibration/resnet18.png", "grad_cam/comparison.png", "grad_cam/outside_lungs.png"):
         assert (tmp_path / "out" / f).is_file(), f

@@ -7,6 +7,7 @@ import torch
 import checkpoints
 import inference
 import networks
+import runtime
 import training
 import utils
 
@@ -245,3 +246,22 @@ def test_resume_refuses_other_data(tmp_path, tiny, capsys):
     run("aaa")
     assert "already trained" in run("aaa")
     assert "other data; starting afresh" in run("bbb")
+
+
+def test_numeric_path_follows_the_cpu_and_is_recorded(tmp_path, tiny, monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
+    path, why = runtime.numeric_path(cpu)
+    assert path == "fp32" and "no native bf16" in why
+    assert runtime.numeric_path(cpu, enabled=False)[0] == "fp32"
+    assert "off" in runtime.numeric_path(cpu, enabled=False)[1]
+    _fit(tmp_path, tiny, 1, tag="fp32")
+    assert checkpoints.read_meta(tmp_path / "fp32" / "models" / "resnet18.pt")["numeric_path"] == "fp32"
+    # a CPU with native bf16 (pretended: emulated here, one tiny epoch) trains with autocast
+    monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
+    assert runtime.numeric_path(cpu) == ("bf16", "autocast, native bf16 on this CPU")
+    assert runtime.numeric_path(cpu, enabled=False)[0] == "fp32"
+    _fit(tmp_path, tiny, 1, tag="bf16")
+    assert checkpoints.read_meta(tmp_path / "bf16" / "models" / "resnet18.pt")["numeric_path"] == "bf16"
+    _fit(tmp_path, tiny, 1, tag="forced", amp=False)
+    assert checkpoints.read_meta(tmp_path / "forced" / "models" / "resnet18.pt")["numeric_path"] == "fp32"
