@@ -33,8 +33,7 @@ import utils
 from config import TrainConfig  # declared with every other setting, in config.py
 from inference import validation_pass  # fit calls it through this name (tests replace it)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
-                     numeric_path,
-                     main_process_first, seed_everything, world)
+                     main_process_first, numeric_path, seed_everything, world)
 from files import file_stamp, write_csv_atomic
 
 LR_PRETRAINED = networks.PRETRAINED_LR  # the study's Adam learning rate for ImageNet weights
