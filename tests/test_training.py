@@ -255,9 +255,8 @@ def test_numeric_path_follows_the_cpu_and_is_recorded(tmp_path, tiny, monkeypatc
     assert path == "fp32" and "no native bf16" in why
     assert runtime.numeric_path(cpu, enabled=False)[0] == "fp32"
     assert "off" in runtime.numeric_path(cpu, enabled=False)[1]
-    _fit(tmp_path, tiny, 1, tag="fp32")
-    assert checkpoints.read_meta(tmp_path / "fp32" / "models" / "resnet18.pt")["numeric_path"] == "fp32"
-    # a CPU with native bf16 (pretended: emulated here, one tiny epoch) trains with autocast
+    # a CPU with native bf16 (pretended: emulated here, one tiny epoch) trains with autocast and
+    # records it; forced off, fp32 (an fp32 CPU's record: test_evaluation's trained fixture)
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
     assert runtime.numeric_path(cpu) == ("bf16", "autocast, native bf16 on this CPU")
     assert runtime.numeric_path(cpu, enabled=False)[0] == "fp32"
