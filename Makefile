@@ -91,7 +91,7 @@ run: split notebooks
 
 # --no-compile: pip does not byte-compile every installed file (torch alone has thousands);
 # Python compiles the modules a run imports, once, on first import. It cut the install of
-# requirements.txt from 128 s to 77 s on 2 cores, measured back to back (docs/speed.md).
+# venv + requirements.txt from 146 s to 104 s on a 2-core AVX2 box (docs/speed.md).
 PIP := $(PY) -m pip install -q --no-compile
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
