@@ -436,8 +436,8 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
         seed_everything(config.seed)  # the initial weights depend on the seed alone
         model = networks.build_model(arch, len(class_names), weights=w,
                                      image_size=config.image_size)
+    path, why = numeric_path(device, config.amp)
     if progress and rank == 0:
-        path, why = numeric_path(device, config.amp)
         print(f"== {arch}: {config.image_size} px, weights = {w or 'random init'}; "
               f"train {len(loaders['train'].dataset)} / val {len(manifest[manifest['split'] == 'val'])}"
               f" images; {path} ({why})" + (f"; {world_size} processes" if world_size > 1 else ""))
@@ -466,7 +466,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
     row = {"arch": arch, "image_size": config.image_size, "weights": w or "random init",
            **summarize_history(history, config.min_delta),
            "parameters": networks.count_parameters(model), "lr": config.resolved_lr(arch),
-           "numeric_path": numeric_path(device, config.amp)[0]}
+           "numeric_path": path}
     return model, history, row
 
 
