@@ -284,6 +284,25 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     assert speed["peak_rss_mib"] > 0 and speed["grouped_from"] == "demo phantoms"
 
 
+def test_the_latest_hold_out_alterations_do_what_their_names_say():
+    """holdout5's new helpers: the squeeze narrows only the width, the black-corner rotation
+    leaves black corners where the default one repeats the edge; every alteration returns a
+    finite image that the finder still matches to its original."""
+    import near_duplicate_bench as bench
+    a = _field(3)
+    assert bench._squeeze(a, 0.9).shape == (256, 230)
+    black, edge = bench._rotate(a, 3, black=True), bench._rotate(a, 3)
+    assert black[0, 0] == 0 and black[-1, -1] == 0 and edge[0, 0] > 0
+    mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items() if which == "holdout5"}
+    assert len(mine) == 15
+    fa = nd.fingerprint(a)
+    for name, fn in mine.items():
+        img, kind = fn(a)
+        assert np.isfinite(img).all() and kind in ("png", "png16", "jpg", "rgbjpg"), name
+        assert nd.similarity(fa, nd.fingerprint(np.clip(img, 0, 1).astype(np.float32))) \
+            >= nd.THRESHOLD, name
+
+
 def test_a_radiograph_published_many_times_is_one_group():
     """Eight copies of one image: each one's candidates are all its own copies, which must not
     count as the background it has to stand out from (``CERTAIN``)."""
