@@ -375,23 +375,25 @@ def architectures(archs: dict, summary: pd.DataFrame | None = None) -> pd.DataFr
     return pd.DataFrame(rows).T.rename_axis("model")
 
 
-def architectures_title(table: pd.DataFrame) -> str:
-    """The sentence above the architecture comparison: what the budget was and which rows it
-    left undertrained, so that a row is not read as a verdict on its family."""
-    ends = table["at the last epoch"]
-    improving = [m for m, v in ends.items() if v == "**still improving**"]
-    epochs = [int(str(v).split()[0]) for v in table["epochs (best)"] if str(v).strip()]
+def architectures_title(archs: dict, summary: pd.DataFrame | None = None) -> str:
+    """The sentence above the architecture comparison (``architectures`` of the same
+    arguments): what the budget was and which rows it left undertrained, so that a row is not
+    read as a verdict on its family. Read from the training summary's rows, like the table."""
+    runs = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
+    ends = {name: still_improving(runs.get(name)) for name in archs}
+    improving = [name for name, v in ends.items() if v]
+    epochs = [int(runs[name]["epochs_run"]) for name in archs if name in runs]
     budget = f"at most {max(epochs)} epochs each" if epochs else "the profile's epochs"
     text = (f"Architectures compared **at the demo's training budget**, not at their best: the "
             f"same demo split and seed, {budget} from random initialisation, the demo "
             "profile's settings set once per family and not tuned (`make run ARCHS=...`; "
             "seconds per epoch on the machine of that run, named in the experiment log).")
     if improving:
-        text += (f" {len(improving)} of {len(table)} ({', '.join(improving)}) were **still "
+        text += (f" {len(improving)} of {len(archs)} ({', '.join(improving)}) were **still "
                  "improving** when their epochs ran out (best validation loss in the last "
                  "epoch): undertrained at this budget, so their rows say what each reaches in "
                  "a few CPU minutes on 2,000 synthetic images, not how the family compares.")
-    elif (ends == "levelled off").all():
+    elif ends and all(v is False for v in ends.values()):
         text += " Every row had levelled off before its last epoch."
     return text
 

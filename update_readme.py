@@ -101,8 +101,8 @@ def _archs_section(path: Path) -> str | None:
     m = json.loads(path.read_text())
     csv = path.parent / "CSVs" / "training_summary.csv"
     summary = pd.read_csv(csv) if csv.is_file() else None
-    table = tables.architectures(m["archs"], summary)
-    return tables.architectures_title(table) + "\n\n" + md(table)
+    return (tables.architectures_title(m["archs"], summary) + "\n\n"
+            + md(tables.architectures(m["archs"], summary)))
 
 
 def _replace_block(path: Path, body: str) -> bool:

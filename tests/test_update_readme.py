@@ -174,3 +174,24 @@ def test_still_improving_reads_the_best_epoch_against_the_epochs_run():
     assert tables.still_improving({"best_epoch": float("nan"), "epochs_run": 7}) is None
     assert tables.still_improving({"epochs_run": 7}) is None
     assert tables.still_improving(None) is None
+
+
+def test_the_architecture_title_reads_the_training_summary():
+    """The title's budget and verdicts come from the summary's rows: the largest epochs run, the
+    rows whose best epoch was their last, "levelled off" only when every row says so."""
+    import pandas as pd
+
+    import tables
+    archs = {"resnet18": {}, "swin_t": {}}
+    summary = pd.DataFrame({"arch": ["resnet18", "swin_t"], "epochs_run": [8, 6],
+                            "best_epoch": [5, 6]})
+    text = tables.architectures_title(archs, summary)
+    assert "at most 8 epochs each" in text and "1 of 2 (swin_t) were **still improving**" in text
+    summary["best_epoch"] = [5, 4]
+    text = tables.architectures_title(archs, summary)
+    assert "still improving" not in text and "Every row had levelled off" in text
+    summary["best_epoch"] = [5, float("nan")]   # one row cannot say: no verdict for all
+    text = tables.architectures_title(archs, summary)
+    assert "still improving" not in text and "levelled off" not in text
+    text = tables.architectures_title(archs, None)
+    assert "the profile's epochs" in text and "levelled off" not in text
