@@ -1,7 +1,7 @@
 """How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
 
     python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout5|holdout4|...|all]
-                                   [--seed 0] [--out outputs/near_duplicates.json]
+                                   [--seed 0] [--json outputs/near_duplicates.json]
     python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
 
 The first form takes the radiographs under DIR (e.g. ``../shared/realcxr``), writes altered
