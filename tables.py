@@ -342,13 +342,18 @@ def still_improving(run: dict | None) -> bool | None:
     return int(run["best_epoch"]) >= int(run["epochs_run"])
 
 
+def _runs(summary: pd.DataFrame | None) -> dict:
+    """The training summary's rows by architecture (``{}`` without one)."""
+    return {} if summary is None else summary.set_index("arch").to_dict(orient="index")
+
+
 def architectures(archs: dict, summary: pd.DataFrame | None = None) -> pd.DataFrame:
     """The architecture comparison (``make run ARCHS=...``): per model its parameters, input
     size, seconds per epoch, epochs run with the best one and whether it was still improving
     when its epochs ran out (from ``CSVs/training_summary.csv``, ``summary``), test accuracy,
     pointing game, CAM energy in the lungs and accuracy with the lungs removed, each with its
     interval and chance."""
-    runs = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
+    runs = _runs(summary)
     rows = {}
     for name, r in archs.items():
         t, loc, a = r["test"], r.get("localization") or {}, r.get("lung_audit") or {}
@@ -379,7 +384,7 @@ def architectures_title(archs: dict, summary: pd.DataFrame | None = None) -> str
     """The sentence above the architecture comparison (``architectures`` of the same
     arguments): what the budget was and which rows it left undertrained, so that a row is not
     read as a verdict on its family. Read from the training summary's rows, like the table."""
-    runs = {} if summary is None else summary.set_index("arch").to_dict(orient="index")
+    runs = _runs(summary)
     ends = {name: still_improving(runs.get(name)) for name in archs}
     improving = [name for name, v in ends.items() if v]
     epochs = [int(runs[name]["epochs_run"]) for name in archs if name in runs]
