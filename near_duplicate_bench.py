@@ -1,6 +1,6 @@
 """How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
 
-    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout5|holdout4|...|all]
+    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout6|holdout5|...|all]
                                    [--seed 0] [--json outputs/near_duplicates.json]
     python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
 
@@ -15,8 +15,8 @@ wrongly taken for a training image. ``--set design`` are the alterations the met
 on, ``holdout`` others written after its thresholds were fixed, ``holdout2`` others again written
 after the second version of the verification (two-way alignment, quick look) was fixed, and
 ``holdout3`` and ``holdout4`` others again, within the alterations a copy is expected to
-survive, each written after a change, and ``holdout5`` a session later with the finder unchanged
-(docs/methods.md).
+survive, each written after a change, ``holdout5`` a session later with the finder unchanged,
+and ``holdout6`` before the padding strip was looked at again (docs/methods.md).
 
 ``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold (just written, so
 in the page cache: decoding and fingerprinting, not the disk) and warm (from the fingerprint cache)
@@ -92,6 +92,12 @@ def _sharpen(a, amount, sigma=2.0):
     return np.clip(a + amount * (a - cv2.GaussianBlur(a, (0, 0), sigma)), 0, 1)
 
 
+def _noisy(a, sd):
+    """Gaussian noise of ``sd``, seeded by the image (the same copy every run)."""
+    rng = np.random.default_rng(int(a.sum() * 1000) % 2**32)
+    return np.clip(a + rng.normal(0, sd, a.shape), 0, 1)
+
+
 def _text(a):
     """A burned-in annotation: a side marker and a date line, as exports often carry."""
     b = _u8(a).copy()
@@ -141,8 +147,7 @@ ALTERATIONS = {
                                                     "png")),
     "rotate-minus-2.5-crop": ("holdout", lambda a: (_crop(_rotate(a, -2.5), .02, .02, .02, .02),
                                                     "png")),
-    "noise-0.02": ("holdout", lambda a: (np.clip(a + np.random.default_rng(
-        int(a.sum() * 1000) % 2**32).normal(0, .02, a.shape), 0, 1), "png")),
+    "noise-0.02": ("holdout", lambda a: (_noisy(a, .02), "png")),
     "median-5-jpeg-60": ("holdout", lambda a: (_jpeg(cv2.medianBlur(_u8(a), 5) / 255.0, 60),
                                                "jpg")),
     "unsharp-strong": ("holdout", lambda a: (_sharpen(a, 3.0, 1.0), "png")),
@@ -226,6 +231,32 @@ ALTERATIONS = {
                                                                      .04, 0, .04, 0),
                                                                .05, 1.0, "tr"), 1), 512),
                                           "png16")),
+    # written after holdout5, before the padding strip was looked at again, within the list
+    "resize-256-jpeg-45": ("holdout6", lambda a: (_jpeg(_resize(a, 256), 45), "jpg")),
+    "upscale-800-gamma-1.2-16bit": ("holdout6", lambda a: (np.clip(_resize(a, 800), 0, 1) ** 1.2,
+                                                           "png16")),
+    "rgb-jpeg-60": ("holdout6", lambda a: (_jpeg(a, 60), "rgbjpg")),
+    "gamma-0.8-window-3-97%": ("holdout6", lambda a: (_window(np.clip(a, 0, 1) ** 0.8, .03, .97),
+                                                      "png")),
+    "window-10-100%": ("holdout6", lambda a: (_window(a, .10, 1.0), "png")),
+    "crop-3%-right-4%-bottom": ("holdout6", lambda a: (_crop(a, bottom=.04, right=.03), "png")),
+    "crop-2%-resize-600": ("holdout6", lambda a: (_resize(_crop(a, .02, .02, .02, .02), 600),
+                                                  "png")),
+    "pad-black-8%-jpeg-80": ("holdout6", lambda a: (_jpeg(_pad(a, .08, 0.0), 80), "jpg")),
+    "pad-white-5%-top-bottom-16bit": ("holdout6", lambda a: (_pad(a, .05, 1.0, "tb"), "png16")),
+    "pad-black-4%-left-noise-0.01": ("holdout6", lambda a: (_noisy(_pad(a, .04, 0.0, "l"), .01),
+                                                            "png")),
+    "rotate-2-crop-1%": ("holdout6", lambda a: (_crop(_rotate(a, 2), .01, .01, .01, .01), "png")),
+    "rotate-minus-3-pad-white-3%": ("holdout6", lambda a: (_pad(_rotate(a, -3), .03, 1.0), "png")),
+    "unsharp-1.5-sigma-2-jpeg-70": ("holdout6", lambda a: (_jpeg(_sharpen(a, 1.5, 2.0), 70),
+                                                           "jpg")),
+    "blur-1-resize-300": ("holdout6", lambda a: (_resize(cv2.GaussianBlur(a, (0, 0), 1.0), 300),
+                                                 "png")),
+    "median-5": ("holdout6", lambda a: (cv2.medianBlur(_u8(a), 5) / 255.0, "png")),
+    "combined-5": ("holdout6", lambda a: (_jpeg(_rotate(_pad(_crop(_window(_resize(a, 450), .02,
+                                                                           .99),
+                                                                   top=.02, left=.03),
+                                                             .06, 0.0, "b"), 2.5), 55), "rgb")),
 }
 
 
@@ -413,8 +444,9 @@ def _group_timed(path: str, out: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
-    p.add_argument("--set", default="holdout5", choices=("holdout5", "holdout4", "holdout3",
-                                                         "holdout2", "holdout", "design", "all"))
+    p.add_argument("--set", default="holdout6", choices=("holdout6", "holdout5", "holdout4",
+                                                         "holdout3", "holdout2", "holdout",
+                                                         "design", "all"))
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true")
