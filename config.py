@@ -96,6 +96,10 @@ class TrainConfig:
                                  per_arch=True)
     augment: bool = setting(True, "on-device augmentation of training batches (rotation, shift, "
                                   "scale, exposure)", per_arch=True)
+    dropout: float | None = setting(
+        None, "dropout probability of the classifier, for the families that have one (VGG, "
+              "AlexNet, EfficientNet, MobileNet, ViT, Swin, ...); unset: the family's own (VGG 0.5)",
+        per_arch=True)
     freeze_bn: bool = setting(False, "batch norm in eval mode while training (frozen running "
                                      "statistics)")
     sync_bn: bool = setting(False, "SyncBatchNorm across processes under torchrun on CUDA")

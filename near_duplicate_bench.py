@@ -1,6 +1,6 @@
 """How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
 
-    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout6|holdout5|...|all]
+    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout7|holdout6|...|all]
                                    [--seed 0] [--json outputs/near_duplicates.json]
     python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
 
@@ -16,7 +16,8 @@ on, ``holdout`` others written after its thresholds were fixed, ``holdout2`` oth
 after the second version of the verification (two-way alignment, quick look) was fixed, and
 ``holdout3`` and ``holdout4`` others again, within the alterations a copy is expected to
 survive, each written after a change, ``holdout5`` a session later with the finder unchanged,
-and ``holdout6`` before the padding strip was looked at again (docs/methods.md).
+``holdout6`` before the padding strip was looked at again, and ``holdout7`` after it changed
+(docs/methods.md).
 
 ``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold (just written, so
 in the page cache: decoding and fingerprinting, not the disk) and warm (from the fingerprint cache)
@@ -257,6 +258,33 @@ ALTERATIONS = {
                                                                            .99),
                                                                    top=.02, left=.03),
                                                              .06, 0.0, "b"), 2.5), 55), "rgb")),
+    # written after holdout6 was studied (the padding strip changed), before measuring on it
+    "resize-140-jpeg-70": ("holdout7", lambda a: (_jpeg(_resize(a, 140), 70), "jpg")),
+    "upscale-1500-16bit": ("holdout7", lambda a: (_resize(a, 1500), "png16")),
+    "gamma-1.8-window-0-95%": ("holdout7", lambda a: (_window(np.clip(a, 0, 1) ** 1.8, 0, .95),
+                                                      "png")),
+    "window-5-90%-rgb-jpeg-75": ("holdout7", lambda a: (_window(a, .05, .90), "rgbjpg")),
+    "crop-4%-bottom-2%-right-jpeg-50": ("holdout7", lambda a: (_jpeg(_crop(a, bottom=.04,
+                                                                           right=.02), 50),
+                                                               "jpg")),
+    "crop-3%-top-1%-sides": ("holdout7", lambda a: (_crop(a, .03, 0, .01, .01), "png")),
+    "pad-black-3%-bottom-right": ("holdout7", lambda a: (_pad(a, .03, 0.0, "br"), "png")),
+    "pad-white-12%-top-jpeg-60": ("holdout7", lambda a: (_jpeg(_pad(a, .12, 1.0, "t"), 60),
+                                                         "jpg")),
+    "pad-gray-6%-sides-16bit": ("holdout7", lambda a: (_pad(a, .06, 0.3, "lr"), "png16")),
+    "rotate-1-black-corners-jpeg-80": ("holdout7", lambda a: (_jpeg(_rotate(a, 1, black=True),
+                                                                    80), "jpg")),
+    "rotate-minus-2.5-resize-256": ("holdout7", lambda a: (_resize(_rotate(a, -2.5), 256),
+                                                           "png")),
+    "sharpen-0.7-rgb": ("holdout7", lambda a: (_sharpen(a, 0.7, 1.0), "rgb")),
+    "gaussian-denoise-1.5-jpeg-85": ("holdout7", lambda a: (_jpeg(cv2.GaussianBlur(a, (0, 0),
+                                                                                   1.5), 85),
+                                                            "jpg")),
+    "noise-0.015-16bit": ("holdout7", lambda a: (_noisy(a, .015), "png16")),
+    "combined-6": ("holdout7", lambda a: (_resize(_rotate(_pad(_crop(_window(a, .01, .97),
+                                                                     .02, .03, 0, .02),
+                                                               .04, 1.0, "lr"), -1), 380),
+                                          "rgbjpg")),
 }
 
 
@@ -444,9 +472,9 @@ def _group_timed(path: str, out: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
-    p.add_argument("--set", default="holdout6", choices=("holdout6", "holdout5", "holdout4",
-                                                         "holdout3", "holdout2", "holdout",
-                                                         "design", "all"))
+    p.add_argument("--set", default="holdout7",
+                   choices=("holdout7", "holdout6", "holdout5", "holdout4", "holdout3",
+                            "holdout2", "holdout", "design", "all"))
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true")

@@ -248,7 +248,7 @@ def _fit_positions(state: dict, model: nn.Module, arch: str) -> dict:
 
 
 def build_model(arch: str, num_classes: int, weights: str | os.PathLike | None = "imagenet",
-                image_size: int | None = None) -> nn.Module:
+                image_size: int | None = None, dropout: float | None = None) -> nn.Module:
     """Build any torchvision classifier ``arch`` (``available()``) with a fresh
     ``num_classes``-way head.
 
@@ -257,8 +257,11 @@ def build_model(arch: str, num_classes: int, weights: str | os.PathLike | None =
     ImageNet heads aside); the pretrained head is kept only when its shape matches
     ``num_classes`` (one of our own checkpoints), otherwise the new head stays random.
     ``image_size``: the input side, for the families whose layers depend on it (ViT's position
-    embeddings, interpolated from 224 px ImageNet weights; MaxViT); others ignore it. Raises
-    ValueError for an unknown ``arch`` (naming close matches), RuntimeError when ImageNet weights
+    embeddings, interpolated from 224 px ImageNet weights; MaxViT); others ignore it.
+    ``dropout``: the classifier's dropout probability for the families whose torchvision builder
+    takes one (VGG, AlexNet, EfficientNet, MobileNet, ViT, Swin, ...; weights do not depend on
+    it); None keeps the family's own. Raises ValueError for an unknown ``arch`` (naming close
+    matches) or a ``dropout`` the family has no setting for, RuntimeError when ImageNet weights
     cannot be had.
     """
     fam = family(arch)
@@ -267,7 +270,23 @@ def build_model(arch: str, num_classes: int, weights: str | os.PathLike | None =
     kwargs = dict(fam.build)
     if fam.sized and image_size:
         kwargs[fam.sized] = image_size if fam.sized == "image_size" else (image_size, image_size)
-    model = models.get_model(arch, weights=None, **kwargs)
+    if dropout is not None:
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        kwargs["dropout"] = dropout
+    try:
+        model = models.get_model(arch, weights=None, **kwargs)
+    except TypeError as e:
+        if dropout is None or "dropout" not in str(e):
+            raise
+        model = None
+    if dropout is not None and not any(isinstance(m, nn.Dropout) and m.p == dropout
+                                       for m in (model.modules() if model else ())):
+        # a builder that takes no 'dropout', or one that swallows unknown keywords (ConvNeXt)
+        raise ValueError(f"{arch} has no dropout setting (expected one of the families whose "
+                         f"torchvision builder takes 'dropout', e.g. vgg16, alexnet, "
+                         f"efficientnet_b0, vit_b_16; got dropout={dropout}): leave it unset "
+                         f"for {arch}")
     head = _replace_head(model, num_classes)
     if weights is None:
         return fam.wrap(model)

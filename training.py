@@ -435,7 +435,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
         config = dataclasses.replace(config, weights=None if w is None else str(w))
         seed_everything(config.seed)  # the initial weights depend on the seed alone
         model = networks.build_model(arch, len(class_names), weights=w,
-                                     image_size=config.image_size)
+                                     image_size=config.image_size, dropout=config.dropout)
     path, why = numeric_path(device, config.amp)
     if progress and rank == 0:
         print(f"== {arch}: {config.image_size} px, weights = {w or 'random init'}; "
