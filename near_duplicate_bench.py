@@ -16,8 +16,8 @@ on, ``holdout`` others written after its thresholds were fixed, ``holdout2`` oth
 after the second version of the verification (two-way alignment, quick look) was fixed, and
 ``holdout3`` and ``holdout4`` others again, within the alterations a copy is expected to
 survive, each written after a change, ``holdout5`` a session later with the finder unchanged,
-``holdout6`` before the padding strip was looked at again, and ``holdout7`` after it changed
-(docs/methods.md).
+``holdout6`` and ``holdout7`` two sessions later, the finder unchanged (a padding strip robust to
+thin lines and specks was tried between them and not kept: docs/methods.md).
 
 ``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold (just written, so
 in the page cache: decoding and fingerprinting, not the disk) and warm (from the fingerprint cache)
@@ -232,7 +232,7 @@ ALTERATIONS = {
                                                                      .04, 0, .04, 0),
                                                                .05, 1.0, "tr"), 1), 512),
                                           "png16")),
-    # written after holdout5, before the padding strip was looked at again, within the list
+    # written after holdout5 was measured, the finder unchanged since, within the list
     "resize-256-jpeg-45": ("holdout6", lambda a: (_jpeg(_resize(a, 256), 45), "jpg")),
     "upscale-800-gamma-1.2-16bit": ("holdout6", lambda a: (np.clip(_resize(a, 800), 0, 1) ** 1.2,
                                                            "png16")),
@@ -258,7 +258,7 @@ ALTERATIONS = {
                                                                            .99),
                                                                    top=.02, left=.03),
                                                              .06, 0.0, "b"), 2.5), 55), "rgb")),
-    # written after holdout6 was studied (the padding strip changed), before measuring on it
+    # written after holdout6 was studied (a new padding strip tried, not kept), the finder unchanged
     "resize-140-jpeg-70": ("holdout7", lambda a: (_jpeg(_resize(a, 140), 70), "jpg")),
     "upscale-1500-16bit": ("holdout7", lambda a: (_resize(a, 1500), "png16")),
     "gamma-1.8-window-0-95%": ("holdout7", lambda a: (_window(np.clip(a, 0, 1) ** 1.8, 0, .95),
