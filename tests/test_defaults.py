@@ -117,17 +117,20 @@ def test_the_cli_flags_are_made_from_the_fields(demo_dir, capsys):
     a = train.parse_args(["--data-dir", str(demo_dir), "--manifest", "m", "--image-size",
                           "vgg16=96,resnet18=64", "--no-amp", "--augment", "resnet18=off",
                           "--epochs", "3", "--compile", "--max-per-class", "20", "--lr", "1e-4",
-                          "--out-dir", "o"])
+                          "--dropout", "vgg16=0", "--out-dir", "o"])
     given = {k: v for k, v in config.given(a, config.TrainConfig).items() if v is not None}
     assert given == {"image_size": {"vgg16": 96, "resnet18": 64}, "amp": False,
                      "augment": {"resnet18": False}, "epochs": 3, "compile": True,
-                     "max_per_class": 20, "lr": 1e-4}
+                     "max_per_class": 20, "lr": 1e-4, "dropout": {"vgg16": 0.0}}
     assert a.out == "o"  # --out-dir: the old spelling of --out
     settings, _ = train.settings_for(train.parse_args(
         ["--data-dir", str(demo_dir), "--manifest", "m", "--archs", "resnet18", "--no-augment",
          "--epochs", "2"]))
     cfg, _ = settings["resnet18"]
     assert (cfg.augment, cfg.epochs, cfg.image_size) == (False, 2, 160)  # the rest: the profile's
+    settings, _ = train.settings_for(train.parse_args(
+        ["--data-dir", str(demo_dir), "--manifest", "m", "--archs", "vgg16", "--dropout", "0"]))
+    assert settings["vgg16"][0].dropout == 0.0  # unset (None) otherwise: the family's own 0.5
     with pytest.raises(SystemExit):
         train.parse_args(["--data-dir", "d", "--manifest", "m", "--augment", "vgg17=on"])
     assert "vgg17" in capsys.readouterr().err
