@@ -1,6 +1,6 @@
 """How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
 
-    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout7|holdout6|...|all]
+    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout8|holdout7|...|all]
                                    [--seed 0] [--json outputs/near_duplicates.json]
     python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
 
@@ -17,7 +17,8 @@ after the second version of the verification (two-way alignment, quick look) was
 ``holdout3`` and ``holdout4`` others again, within the alterations a copy is expected to
 survive, each written after a change, ``holdout5`` a session later with the finder unchanged,
 ``holdout6`` and ``holdout7`` two sessions later, the finder unchanged (a padding strip robust to
-thin lines and specks was tried between them and not kept: docs/methods.md).
+thin lines and specks was tried between them and not kept), and ``holdout8`` before the second
+candidate search (on reframed fingerprints) was measured on it (docs/methods.md).
 
 ``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold (just written, so
 in the page cache: decoding and fingerprinting, not the disk) and warm (from the fingerprint cache)
@@ -285,6 +286,30 @@ ALTERATIONS = {
                                                                      .02, .03, 0, .02),
                                                                .04, 1.0, "lr"), -1), 380),
                                           "rgbjpg")),
+    # written after holdout7 was studied, before the second candidate search was measured on it
+    "resize-180-jpeg-30-rgb": ("holdout8", lambda a: (_jpeg(_resize(a, 180), 30), "rgbjpg")),
+    "upscale-900-16bit-gamma-0.9": ("holdout8", lambda a: (np.clip(_resize(a, 900), 0, 1) ** 0.9,
+                                                           "png16")),
+    "jpeg-35": ("holdout8", lambda a: (_jpeg(a, 35), "jpg")),
+    "window-4-92%": ("holdout8", lambda a: (_window(a, .04, .92), "png")),
+    "gamma-1.4-16bit": ("holdout8", lambda a: (np.clip(a, 0, 1) ** 1.4, "png16")),
+    "crop-2%-top-4%-right": ("holdout8", lambda a: (_crop(a, top=.02, right=.04), "png")),
+    "crop-5%-bottom-resize-330": ("holdout8", lambda a: (_resize(_crop(a, bottom=.05), 330),
+                                                         "png")),
+    "pad-black-7%-top-bottom": ("holdout8", lambda a: (_pad(a, .07, 0.0, "tb"), "png")),
+    "pad-white-6%-right-jpeg-65": ("holdout8", lambda a: (_jpeg(_pad(a, .06, 1.0, "r"), 65),
+                                                          "jpg")),
+    "pad-black-2%-rotate-2": ("holdout8", lambda a: (_rotate(_pad(a, .02, 0.0), 2), "png")),
+    "rotate-minus-1.5-crop-3%-top": ("holdout8", lambda a: (_crop(_rotate(a, -1.5), top=.03),
+                                                            "png")),
+    "sharpen-1-sigma-1.5-16bit": ("holdout8", lambda a: (_sharpen(a, 1.0, 1.5), "png16")),
+    "bilateral-9-jpeg-75": ("holdout8", lambda a: (_jpeg(cv2.bilateralFilter(
+        a.astype(np.float32), 9, 0.08, 6), 75), "jpg")),
+    "noise-0.01-rgb": ("holdout8", lambda a: (_noisy(a, .01), "rgb")),
+    "combined-7": ("holdout8", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(np.clip(a, 0, 1) ** 1.1,
+                                                                           .01, .03, .03, 0),
+                                                                     .05, 0.0, "tl"), 2), 600),
+                                                65), "jpg")),
 }
 
 
@@ -472,8 +497,8 @@ def _group_timed(path: str, out: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
-    p.add_argument("--set", default="holdout7",
-                   choices=("holdout7", "holdout6", "holdout5", "holdout4", "holdout3",
+    p.add_argument("--set", default="holdout8",
+                   choices=("holdout8", "holdout7", "holdout6", "holdout5", "holdout4", "holdout3",
                             "holdout2", "holdout", "design", "all"))
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
