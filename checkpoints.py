@@ -258,9 +258,9 @@ def training_overlap(meta: dict, paths: list[str], digests: list[str],
         exact = {r[0] for r in rows}
         ok = np.ones(len(paths), bool) if fingerprint_ok is None else np.array(fingerprint_ok)
         ok &= np.array([p not in exact and bool(d) for p, d in zip(paths, digests)])
-        ref_ok, ref, ref_desc = _reference(rec["fingerprints"])
+        ref_ok, ref, ref_keys = _reference(rec["fingerprints"])
         found = near_duplicates.match(np.asarray(fingerprints), ref, ok,
-                                      reference_descriptors=ref_desc)
+                                      reference_keys=ref_keys)
         for q, r, score in zip(found["query"], found["reference"], found["score"]):
             k = int(ref_ok[r])
             rows.append((paths[q], rec["path"][k], rec["split"][k], "near", float(score)))
@@ -270,9 +270,9 @@ def training_overlap(meta: dict, paths: list[str], digests: list[str],
 _REFERENCES: dict[int, tuple] = {}  # id(fingerprint tensor) -> (weak reference to it, value)
 
 
-def _reference(fp: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _reference(fp: dict) -> tuple[np.ndarray, np.ndarray, tuple]:
     """A record's usable training fingerprints: ``(their row indices, uint8 (M, 64, 64), their
-    near_duplicates.descriptors)``, made once per loaded checkpoint (``predict.py`` matches
+    near_duplicates.search_keys)``, made once per loaded checkpoint (``predict.py`` matches
     every batch against them) and forgotten with it. Keyed by the tensor's identity (a tensor's
     ``==`` compares elements, so it cannot key a dictionary itself)."""
     key = fp["images"]
@@ -281,7 +281,7 @@ def _reference(fp: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ok = np.flatnonzero(np.asarray(fp["ok"], bool))
         images = key.numpy()[ok]
         _REFERENCES[id(key)] = (weakref.ref(key, lambda _, k=id(key): _REFERENCES.pop(k, None)),
-                                (ok, images, near_duplicates.descriptors(images)))
+                                (ok, images, near_duplicates.search_keys(images)))
         hit = _REFERENCES[id(key)]
     return hit[1]
 

@@ -483,7 +483,7 @@ def _group_timed(path: str, out: str) -> None:
     process; its workers fork from it and share the fingerprints), written to ``out``."""
     many = np.load(path)
     t = time.perf_counter()
-    ci, _, _ = nd.candidate_pairs(nd.descriptors(many))
+    ci, _ = nd.candidates(nd.search_keys(many))
     search = time.perf_counter() - t
     t = time.perf_counter()
     pairs = nd.find_pairs(many)

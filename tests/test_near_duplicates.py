@@ -285,20 +285,24 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
 
 
 def test_the_latest_hold_out_alterations_do_what_their_names_say():
-    """holdout5's new helpers: the squeeze narrows only the width, the black-corner rotation
-    leaves black corners where the default one repeats the edge; every alteration returns a
-    finite image that the finder still matches to its original."""
+    """The later hold-outs' helpers: the squeeze narrows only the width, the black-corner
+    rotation leaves black corners where the default one repeats the edge, the noise is seeded;
+    every alteration of holdout5-8 returns a finite image that the finder still matches to its
+    original."""
     import near_duplicate_bench as bench
     a = _field(3)
     assert bench._squeeze(a, 0.9).shape == (256, 230)
     black, edge = bench._rotate(a, 3, black=True), bench._rotate(a, 3)
     assert black[0, 0] == 0 and black[-1, -1] == 0 and edge[0, 0] > 0
-    mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items() if which == "holdout5"}
-    assert len(mine) == 15
+    mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items()
+            if which in ("holdout5", "holdout6", "holdout7", "holdout8")}
+    assert len(mine) == 15 + 16 + 15 + 15
+    noisy = bench._noisy(a, 0.01)  # seeded by the image: the same copy every run
+    assert np.array_equal(noisy, bench._noisy(a, 0.01)) and 0.005 < np.std(noisy - a) < 0.015
     fa = nd.fingerprint(a)
     for name, fn in mine.items():
         img, kind = fn(a)
-        assert np.isfinite(img).all() and kind in ("png", "png16", "jpg", "rgbjpg"), name
+        assert np.isfinite(img).all() and kind in ("png", "png16", "jpg", "rgb", "rgbjpg"), name
         assert nd.similarity(fa, nd.fingerprint(np.clip(img, 0, 1).astype(np.float32))) \
             >= nd.THRESHOLD, name
 
@@ -348,3 +352,75 @@ def test_verify_in_worker_processes_equals_one_by_one(monkeypatch):
     pooled = nd.verify(fps, fps, i, j, workers=2)
     np.testing.assert_allclose(pooled, one, atol=1e-6)
     assert pooled[(i == 2) & (j == 6)][0] >= nd.THRESHOLD
+
+
+def _framed(seed: int) -> np.ndarray:
+    """A picture with a frame of its own: a black band on the right (10% of the width) behind
+    a one-pixel gray line at the edge, as some exports carry."""
+    o = np.concatenate([_field(seed), np.zeros((256, 26), np.float32)], 1)
+    o[:, -1] = 0.3
+    return o
+
+
+def test_content_box_finds_a_frame_the_full_size_strip_keeps_in_a_rotated_copy():
+    """The full-size strip removes the framed original's band and line (flat columns) but not a
+    copy's rotated 2 degrees (the slanted line is flat nowhere): their fingerprints frame the
+    picture differently. ``content_box`` strips the copy's band across the slanted line, so
+    the reframed layouts agree where the descriptors do not; a picture without a frame, and a
+    mostly flat one, keep their box."""
+    for seed in (5, 7):
+        o = _framed(seed)
+        c = _rotate(o, 2.0)
+        assert nd.strip_padding(o).shape == (256, 256) and nd.strip_padding(c).shape == (256, 282)
+        fo, fc = nd.fingerprint(o), nd.fingerprint(c)
+        assert nd.content_box(fo / 255.0) == (0, 64, 0, 64)
+        t, b, l, r = nd.content_box(fc / 255.0)
+        assert (t, b, l) == (0, 64, 0) and 57 <= r <= 60  # the band: 26/282 of 64 = 5.9 px
+        d, f = nd.descriptors(np.stack([fo, fc])), nd.reframed_layouts(np.stack([fo, fc]))
+        assert d[0] @ d[1] < 0.94 and f[0] @ f[1] > 0.98
+        assert nd.similarity(fo, fc) >= nd.THRESHOLD  # verified, once it is a candidate
+    flat = np.full((64, 64), 0.5, np.float32)
+    flat[30:34, 30:34] = 1.0  # mostly one gray level: the box never shrinks below half
+    t, b, l, r = nd.content_box(flat)
+    assert b - t >= 32 and r - l >= 32
+    plain = nd.fingerprint(_field(9))
+    assert np.allclose(nd.reframed_layouts(plain[None]), nd.layouts(plain[None]))
+
+
+def test_the_second_candidate_search_feeds_verification(monkeypatch):
+    """``candidates`` is the union of both searches: with the first switched off the framed
+    copy is still found, through the reframed layouts; with both off, nothing is."""
+    fields = [_field(s) for s in range(40, 52)]
+    o = _framed(5)
+    fps = np.stack([nd.fingerprint(a) for a in [*fields, o, _rotate(o, 2.0)]])
+    monkeypatch.setattr(nd, "NEIGHBOURS", 0)
+    pairs = nd.find_pairs(fps)
+    assert [(int(i), int(j)) for i, j in zip(pairs["i"], pairs["j"])] == [(12, 13)]
+    i, j = nd.candidates(nd.search_keys(fps))
+    assert len(i) == len(set(zip(i.tolist(), j.tolist()))) and (i < j).all()
+    monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 0)
+    assert nd.find_pairs(fps).empty and len(nd.candidates(nd.search_keys(fps))[0]) == 0
+    # match: the same union against a reference set
+    monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 4)
+    m = nd.match(fps[13:], fps[:13])
+    assert m[["query", "reference"]].values.tolist() == [[0, 12]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
+def test_a_framed_real_radiograph_rotated_is_found_only_through_the_second_search(monkeypatch):
+    """COVID-2243 has a gray line at its right edge with a black band inside it; rotated 3
+    degrees and padded white (a holdout6 alteration), its copy left the first search's 8
+    neighbours among realcxr's radiographs (rank 48). The reframed search finds it."""
+    import near_duplicate_bench as bench
+    files = bench.originals(REALCXR)
+    k = next(n for n, f in enumerate(files) if f.name == "COVID-2243.png")
+    fps, ok, _ = nd.fingerprint_files(files)
+    copy = bench.ALTERATIONS["rotate-minus-3-pad-white-3%"][1](read_xray(files[k]))[0]
+    fps = np.concatenate([fps[ok], nd.fingerprint(np.clip(copy, 0, 1).astype(np.float32))[None]])
+    k = int(np.flatnonzero(ok).tolist().index(k))
+    pairs = nd.find_pairs(fps)
+    assert (k, len(fps) - 1) in set(zip(pairs["i"].tolist(), pairs["j"].tolist()))
+    monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 0)
+    pairs = nd.find_pairs(fps)
+    assert (k, len(fps) - 1) not in set(zip(pairs["i"].tolist(), pairs["j"].tolist()))
