@@ -263,20 +263,26 @@ def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
             return t, b, l, r
 
 
-def reframed_layouts(fps: np.ndarray) -> np.ndarray:
+def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
     """Each fingerprint's layout (``layouts``) after cropping it to its ``content_box`` and
     resizing back to ``SIDE``: the second candidate search's vectors, float32 ``(N, 64)``. An
     image and its copy whose padding the full-size strip treated differently (a frame with a
     thin line or faint marks in it: the copy's fingerprint shows a band the original's does
-    not) differ in ``descriptors`` but far less here."""
+    not) differ in ``descriptors`` but far less here. ``plain``: ``layouts(fps)`` when the
+    caller has them: a fingerprint with no flat line near its edges keeps its own layout, so
+    only the others are cropped (in chunks: memory stays small)."""
     fps = np.asarray(fps)
-    out = np.zeros((len(fps), DESCRIPTOR_SIDE ** 2), np.float32)
-    for i, f in enumerate(fps):
-        a = f.astype(np.float32) / 255.0
-        t, b, l, r = content_box(a)
-        if (t, b, l, r) != (0, SIDE, 0, SIDE):
-            a = cv2.resize(a[t:b, l:r], (SIDE, SIDE), interpolation=cv2.INTER_AREA)
-        out[i] = _layout(a)
+    out = (layouts(fps) if plain is None else np.array(plain, np.float32, copy=True))
+    k = FRAME_SKIP + 1
+    for start in range(0, len(fps), 4096):
+        a = fps[start:start + 4096].astype(np.float32) / 255.0
+        rows, cols = a.std(axis=2), a.std(axis=1)
+        near_edge = np.concatenate([rows[:, :k], rows[:, -k:], cols[:, :k], cols[:, -k:]], 1)
+        for i in np.flatnonzero((near_edge < FRAME_FLAT).any(1)):
+            t, b, l, r = content_box(a[i])
+            if (t, b, l, r) != (0, SIDE, 0, SIDE):
+                out[start + i] = _layout(cv2.resize(a[i, t:b, l:r], (SIDE, SIDE),
+                                                    interpolation=cv2.INTER_AREA))
     return out
 
 
@@ -337,7 +343,9 @@ def search_keys(fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the candidate searches compare (``candidates``): ``(descriptors, reframed_layouts)``
     of each fingerprint. ``match`` takes a reference set's keys made once
     (``checkpoints.near_duplicate_reference``)."""
-    return descriptors(fps), reframed_layouts(fps)
+    plain = layouts(fps)
+    desc = np.hstack([plain, layouts(fps, DESCRIPTOR_MARGIN)]) / np.float32(np.sqrt(2.0))
+    return desc, reframed_layouts(fps, plain)
 
 
 def candidates(query: tuple[np.ndarray, np.ndarray],
