@@ -286,12 +286,14 @@ def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.nda
     return out
 
 
-def descriptors(fps: np.ndarray) -> np.ndarray:
-    """The candidate search's vectors: the layout of the whole fingerprint beside the layout
-    without its outer ``DESCRIPTOR_MARGIN`` (where a frame left over from padding, or a crop,
-    differs; the halves fail on different copies), over sqrt(2); float32 ``(N, 128)``, whose
-    cosine similarity is the mean of the halves'."""
-    return np.hstack([layouts(fps), layouts(fps, DESCRIPTOR_MARGIN)]) / np.float32(np.sqrt(2.0))
+def descriptors(fps: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
+    """The first candidate search's vectors: the layout of the whole fingerprint beside the
+    layout without its outer ``DESCRIPTOR_MARGIN`` (where a frame left over from padding, or a
+    crop, differs; the halves fail on different copies), over sqrt(2); float32 ``(N, 128)``,
+    whose cosine similarity is the mean of the halves'. ``plain``: ``layouts(fps)`` when the
+    caller has them."""
+    plain = layouts(fps) if plain is None else plain
+    return np.hstack([plain, layouts(fps, DESCRIPTOR_MARGIN)]) / np.float32(np.sqrt(2.0))
 
 
 def _index(ref: np.ndarray):
@@ -344,8 +346,7 @@ def search_keys(fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     of each fingerprint. ``match`` takes a reference set's keys made once (a checkpoint's
     training images: ``checkpoints._reference``)."""
     plain = layouts(fps)
-    desc = np.hstack([plain, layouts(fps, DESCRIPTOR_MARGIN)]) / np.float32(np.sqrt(2.0))
-    return desc, reframed_layouts(fps, plain)
+    return descriptors(fps, plain), reframed_layouts(fps, plain)
 
 
 def candidates(query: tuple[np.ndarray, np.ndarray],

@@ -280,8 +280,8 @@ def build_model(arch: str, num_classes: int, weights: str | os.PathLike | None =
         if dropout is None or "dropout" not in str(e):
             raise
         model = None
-    if dropout is not None and not any(isinstance(m, nn.Dropout) and m.p == dropout
-                                       for m in (model.modules() if model else ())):
+    if dropout is not None and (model is None or not any(
+            isinstance(m, nn.Dropout) and m.p == dropout for m in model.modules())):
         # a builder that takes no 'dropout', or one that swallows unknown keywords (ConvNeXt)
         raise ValueError(f"{arch} has no dropout setting (expected one of the families whose "
                          f"torchvision builder takes 'dropout', e.g. vgg16, alexnet, "
