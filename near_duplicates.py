@@ -23,7 +23,9 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]. Most
    distinct pairs are settled at half size after ``QUICK_ITERATIONS`` ECC steps
    (``QUICK_FLOOR``); a fit that fails one way, or a score just short of ``THRESHOLD``, is tried
-   the other way round.
+   the other way round. A pair still short of ``THRESHOLD`` whose ``content_box`` sizes differ in
+   scale by more than ``REFRAME_RATIO`` is compared again after ``reframe`` (each cropped to its
+   box): noise over one image's padding keeps a band there that its original's strip removed.
 4. **Decision** (``decide``): a score of at least ``THRESHOLD`` that stands ``MARGIN`` above the
    image's background (its median score with its other candidates, copies of ``CERTAIN`` and
    more left out).
@@ -53,12 +55,13 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd3-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd4-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
 REFRAMED_NEIGHBOURS = 4  # ... and more by the reframed layout (``reframed_layouts``)
 FRAME_FLAT = 0.06        # a fingerprint line with less spread than this is frame (``content_box``)
+FRAME_BLUR = 1.0         # ... measured after a blur of this many pixels (noise in a band is flat)
 FRAME_SKIP = 4           # ... reached across up to this many lines that are not (a thin frame line)
 CANDIDATE_FLOOR = 0.0    # descriptor cosine below which no copy was ever seen (docs/methods.md)
 THRESHOLD = 0.845        # verified score at or above which two images are one radiograph
@@ -68,6 +71,7 @@ QUICK_ITERATIONS = 3     # ECC steps at half size before the quick look (``_dire
 COARSE_ITERATIONS = 30   # ECC steps at half size in all
 QUICK_FLOOR = 0.70       # half-size score that ends a comparison (design copies: 0.73 and up)
 RETRY_FLOOR = 0.75       # a plausible score from here to THRESHOLD is tried the other way round
+REFRAME_RATIO = 1.1      # content boxes whose sides differ more than this are compared reframed too
 CERTAIN = 0.97           # a score no two distinct images reached: not part of a background
 _BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
 
@@ -241,12 +245,14 @@ def _strippable(flat: np.ndarray, room: int) -> int:
 
 def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
     """``(top, bottom, left, right)`` of what a fingerprint (float, square) shows inside any frame
-    left over: border lines whose spread (standard deviation) is under ``FRAME_FLAT`` are
-    stripped, also across up to ``FRAME_SKIP`` lines that are not flat (a thin frame line, or
-    one a rotation slanted), never below half the side. At 64 px, after area averaging and
-    rank equalisation, a band of noise, faint marks or a slanted line is flat where the full-size
-    strip (``strip_padding``) saw structure: the two strips disagree on such frames between an
-    image and its copy, this one far less often."""
+    left over: border lines whose spread (standard deviation, after a blur of ``FRAME_BLUR``
+    pixels) is under ``FRAME_FLAT`` are stripped, also across up to ``FRAME_SKIP`` lines that
+    are not flat (a thin frame line, or one a rotation slanted), never below half the side. At
+    64 px, after area averaging and the blur, a band of noise, faint marks or a slanted line is
+    flat where the full-size strip (``strip_padding``) saw structure: the two strips disagree on
+    such frames between an image and its copy, this one far less often. (Rank equalisation
+    turns noise over a black band into strong texture; the blur makes it flat again.)"""
+    a = _frame_blur(a)
     n = a.shape[0]
     t, b, l, r = 0, n, 0, n
     while True:
@@ -263,6 +269,27 @@ def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
             return t, b, l, r
 
 
+def _frame_blur(a: np.ndarray) -> np.ndarray:
+    """What ``content_box`` measures: ``a`` (one fingerprint or a stack, float) blurred by
+    ``FRAME_BLUR`` pixels within each fingerprint."""
+    a = np.asarray(a, np.float32)
+    if a.ndim == 2:
+        return cv2.GaussianBlur(a, (0, 0), FRAME_BLUR, borderType=cv2.BORDER_REFLECT)
+    return np.stack([_frame_blur(x) for x in a]) if len(a) else a
+
+
+def reframe(fp: np.ndarray) -> np.ndarray | None:
+    """A fingerprint cropped to its ``content_box``, resized back to ``SIDE`` and equalised again
+    (uint8, like ``fingerprint``); None when it has no frame left over. What the verification
+    compares when two images' boxes differ in scale (``_similarity``)."""
+    a = np.asarray(fp, np.float32) / 255.0
+    t, b, l, r = content_box(a)
+    if (t, b, l, r) == (0, SIDE, 0, SIDE):
+        return None
+    c = cv2.resize(a[t:b, l:r], (SIDE, SIDE), interpolation=cv2.INTER_LINEAR)
+    return np.clip(_equalise(c) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
 def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
     """Each fingerprint's layout (``layouts``) after cropping it to its ``content_box`` and
     resizing back to ``SIDE``: the second candidate search's vectors, float32 ``(N, 64)``. An
@@ -276,7 +303,8 @@ def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.nda
     k = FRAME_SKIP + 1
     for start in range(0, len(fps), 4096):
         a = fps[start:start + 4096].astype(np.float32) / 255.0
-        rows, cols = a.std(axis=2), a.std(axis=1)
+        blurred = _frame_blur(a)
+        rows, cols = blurred.std(axis=2), blurred.std(axis=1)
         near_edge = np.concatenate([rows[:, :k], rows[:, -k:], cols[:, :k], cols[:, -k:]], 1)
         for i in np.flatnonzero((near_edge < FRAME_FLAT).any(1)):
             t, b, l, r = content_box(a[i])
@@ -425,7 +453,7 @@ class _Level:
         self.bands = [_band(image, f * z, c * z) for f, c in _BANDS]
 
 
-def _prepare(fp: np.ndarray) -> tuple[_Level, _Level]:
+def _levels(fp: np.ndarray) -> tuple[_Level, _Level]:
     """A fingerprint at half and full size (``_Level``), ready to compare."""
     full = fp.astype(np.float32) / 255.0
     smooth = cv2.GaussianBlur(full, (0, 0), 1.0)
@@ -433,6 +461,25 @@ def _prepare(fp: np.ndarray) -> tuple[_Level, _Level]:
     return (_Level(cv2.resize(full, half, interpolation=cv2.INTER_AREA),
                    cv2.resize(smooth, half, interpolation=cv2.INTER_AREA)),
             _Level(full, smooth))
+
+
+class _Prepared:
+    """One fingerprint ready to compare: its ``levels``, its ``content_box`` size and, made when
+    first needed, the levels of its ``reframe`` (its own levels when it has no frame)."""
+
+    def __init__(self, fp: np.ndarray):
+        self.fp = fp
+        self.levels = _levels(fp)
+        t, b, l, r = content_box(self.levels[1].image)
+        self.box = (b - t, r - l)
+        self._reframed: tuple[_Level, _Level] | None = None
+
+    @property
+    def reframed(self) -> tuple[_Level, _Level]:
+        if self._reframed is None:
+            r = reframe(self.fp)
+            self._reframed = self.levels if r is None else _levels(r)
+        return self._reframed
 
 
 def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
@@ -478,7 +525,7 @@ def _directed(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> tuple[float
     return _compare(a1, b1, warp), True
 
 
-def _similarity(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> float:
+def _two_way(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> float:
     best = 0.0
     for x, y in ((a, b), (b, a)):
         score, ok = _directed(x, y)
@@ -489,13 +536,29 @@ def _similarity(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> float:
     return best
 
 
+def _reframe_differs(a: _Prepared, b: _Prepared) -> bool:
+    """Whether two fingerprints' content boxes differ in scale by more than ``REFRAME_RATIO``
+    (one shows a frame the other's full-size strip removed)."""
+    return any(max(x, y) > REFRAME_RATIO * min(x, y) for x, y in zip(a.box, b.box))
+
+
+def _similarity(a: _Prepared, b: _Prepared) -> float:
+    best = _two_way(a.levels, b.levels)
+    if best < THRESHOLD and _reframe_differs(a, b):
+        best = max(best, _two_way(a.reframed, b.reframed))
+    return best
+
+
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """How surely fingerprints ``a`` and ``b`` show one radiograph: a score in [-1, 1] (1 =
     identical after alignment); ``decide`` judges it. ``b`` is aligned onto ``a`` (affine ECC);
     when that fit is implausible or the score falls just short of ``THRESHOLD`` (from
     ``RETRY_FLOOR``), ``a`` onto ``b`` too (an alignment can fail one way and not the other),
-    and the better plausible score counts; 0 when neither fit is plausible."""
-    return _similarity(_prepare(a), _prepare(b))
+    and the better plausible score counts; 0 when neither fit is plausible. A pair still short
+    of ``THRESHOLD`` whose content boxes differ in scale by more than ``REFRAME_RATIO`` (noise
+    over one's padding kept a band its original's strip removed) is compared again the same
+    way after ``reframe``, and the better score counts."""
+    return _similarity(_Prepared(a), _Prepared(b))
 
 
 _PAIRS: tuple[np.ndarray, np.ndarray] | None = None  # a worker's (fa, fb): ``verify``
@@ -512,11 +575,11 @@ def _verify_chunk(job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     once per chunk."""
     fa, fb = _PAIRS
     i, j = job
-    pa = {x: _prepare(fa[x]) for x in np.unique(i)}
+    pa = {x: _Prepared(fa[x]) for x in np.unique(i)}
     pb = pa if fa is fb else {}  # pairs within one set: an image on both sides is prepared once
     for y in np.unique(j):
         if y not in pb:
-            pb[y] = _prepare(fb[y])
+            pb[y] = _Prepared(fb[y])
     return np.array([_similarity(pa[x], pb[y]) for x, y in zip(i, j)], np.float32)
 
 

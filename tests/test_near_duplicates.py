@@ -377,7 +377,7 @@ def test_content_box_finds_a_frame_the_full_size_strip_keeps_in_a_rotated_copy()
         t, b, l, r = nd.content_box(fc / 255.0)
         assert (t, b, l) == (0, 64, 0) and 57 <= r <= 60  # the band: 26/282 of 64 = 5.9 px
         d, f = nd.descriptors(np.stack([fo, fc])), nd.reframed_layouts(np.stack([fo, fc]))
-        assert d[0] @ d[1] < 0.94 and f[0] @ f[1] > 0.98
+        assert d[0] @ d[1] < 0.94 and f[0] @ f[1] > 0.95
         assert nd.similarity(fo, fc) >= nd.THRESHOLD  # verified, once it is a candidate
     flat = np.full((64, 64), 0.5, np.float32)
     flat[30:34, 30:34] = 1.0  # mostly one gray level: the box never shrinks below half
@@ -404,6 +404,55 @@ def test_the_second_candidate_search_feeds_verification(monkeypatch):
     monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 4)
     m = nd.match(fps[13:], fps[:13])
     assert m[["query", "reference"]].values.tolist() == [[0, 12]]
+
+
+def _letterboxed_and_noisy(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A picture inside black padding, and its copy with noise of 0.012 over everything (8-bit):
+    the full-size strip removes the original's padding but keeps the copy's noisy band."""
+    o = cv2.copyMakeBorder(_field(seed), 40, 40, 30, 30, cv2.BORDER_CONSTANT, value=0.0)
+    rng = np.random.default_rng(seed)
+    c = np.round(np.clip(o + rng.normal(0, 0.012, o.shape), 0, 1) * 255) / 255
+    return o, c.astype(np.float32)
+
+
+def test_noise_over_padding_is_compared_after_reframing(monkeypatch):
+    """Rank equalisation turns the copy's noisy band into strong texture; ``content_box`` (after
+    its blur) finds the band at 64 px, and the verification compares the two again after
+    ``reframe`` because their boxes differ in scale. Without that second look the pair is
+    not found at all."""
+    fields = [nd.fingerprint(_field(s)) for s in range(20, 30)]
+    for seed in (11, 12):
+        o, c = _letterboxed_and_noisy(seed)
+        assert nd.strip_padding(o).shape == (256, 256) and nd.strip_padding(c).shape[0] > 300
+        fo, fc = nd.fingerprint(o), nd.fingerprint(c)
+        assert nd.content_box(fo / 255.0) == (0, 64, 0, 64) and nd.reframe(fo) is None
+        t, b, l, r = nd.content_box(fc / 255.0)  # the band: 40/336 and 30/316 of 64 = 7.6, 6.1 px
+        assert 5 <= t <= 9 and 55 <= b <= 59 and 4 <= l <= 8 and 56 <= r <= 60
+        assert nd.similarity(fo, fc) >= nd.THRESHOLD
+        assert max(nd.similarity(fc, f) for f in fields) < nd.THRESHOLD
+        fps = np.stack([*fields, fo, fc])
+        pairs = nd.find_pairs(fps)
+        assert [(int(i), int(j)) for i, j in zip(pairs["i"], pairs["j"])] == [(10, 11)]
+        m = nd.match(fc[None], np.stack([*fields, fo]))
+        assert m[["query", "reference"]].values.tolist() == [[0, 10]]
+    monkeypatch.setattr(nd, "REFRAME_RATIO", np.inf)  # no second look: not found
+    assert nd.similarity(fo, fc) < nd.THRESHOLD and nd.find_pairs(fps).empty
+
+
+@pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
+def test_real_radiographs_with_noise_over_their_black_bands_are_found():
+    """Normal-10040 and COVID-2358 (realcxr) sit in wide black bands; with noise of 0.01 added
+    (a holdout8 alteration, saved as RGB) their copies kept the band and were missed (0.0);
+    reframed, they score as copies. A distinct radiograph reframed stays far below."""
+    import near_duplicate_bench as bench
+    fps = {}
+    for name in ("Normal/Normal-10040.png", "COVID/COVID-2358.png", "COVID/COVID-1.png"):
+        a = read_xray(REALCXR / name)
+        copy = np.round(bench.ALTERATIONS["noise-0.01-rgb"][1](a)[0] * 255) / 255
+        fps[name] = nd.fingerprint(a), nd.fingerprint(copy.astype(np.float32))
+    for name in ("Normal/Normal-10040.png", "COVID/COVID-2358.png"):
+        assert nd.similarity(*fps[name]) >= 0.95, name
+        assert nd.similarity(fps[name][1], fps["COVID/COVID-1.png"][0]) < 0.5, name
 
 
 @pytest.mark.slow
