@@ -301,8 +301,8 @@ def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.nda
     fps = np.asarray(fps)
     out = (layouts(fps) if plain is None else np.array(plain, np.float32, copy=True))
     k = FRAME_SKIP + 1
-    for start in range(0, len(fps), 4096):
-        a = fps[start:start + 4096].astype(np.float32) / 255.0
+    for start in range(0, len(fps), 512):
+        a = fps[start:start + 512].astype(np.float32) / 255.0
         blurred = _frame_blur(a)
         rows, cols = blurred.std(axis=2), blurred.std(axis=1)
         near_edge = np.concatenate([rows[:, :k], rows[:, -k:], cols[:, :k], cols[:, -k:]], 1)
@@ -361,10 +361,10 @@ def candidate_pairs(query: np.ndarray, reference: np.ndarray | None = None,
     if within:
         keep &= i != j
     i, j, s = i[keep], j[keep], s[keep]
-    if within:
+    if within:  # each pair once, its first cosine (one int64 key a pair: little memory)
         i, j = np.minimum(i, j), np.maximum(i, j)
-        pairs = pd.DataFrame({"i": i, "j": j, "s": s}).drop_duplicates(["i", "j"])
-        i, j, s = pairs["i"].to_numpy(), pairs["j"].to_numpy(), pairs["s"].to_numpy()
+        _, first = np.unique(i * len(ref) + j, return_index=True)
+        i, j, s = i[first], j[first], s[first]
     order = np.lexsort((j, i))
     return i[order], j[order], s[order]
 
@@ -393,8 +393,8 @@ def candidates(query: tuple[np.ndarray, np.ndarray],
     j = np.concatenate([p[1] for p in parts])
     if len(i) == 0:
         return i, j
-    both = np.unique(np.stack([i, j], 1), axis=0)
-    return both[:, 0], both[:, 1]
+    m = int(j.max()) + 1
+    return np.divmod(np.unique(i * m + j), m)  # each pair once, sorted by (i, j)
 
 
 # --------------------------------------------------------------------------- verification
