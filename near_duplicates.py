@@ -384,8 +384,8 @@ def candidates(query: tuple[np.ndarray, np.ndarray],
     two searches: ``NEIGHBOURS`` nearest by ``descriptors`` and ``REFRAMED_NEIGHBOURS`` nearest
     by ``reframed_layouts`` (the second finds copies whose leftover frame the first misses: 6
     of the 7 candidates the first search alone missed on the studied bench sets, for 12% more
-    pairs there, 18% more at 112,120 fingerprints). ``reference`` None: pairs within ``query``
-    with ``i < j``."""
+    pairs there, 18-19% more at 112,120 fingerprints: docs/speed.md). ``reference`` None: pairs
+    within ``query`` with ``i < j``."""
     parts = [candidate_pairs(q, None if reference is None else r, k)[:2]
              for q, r, k in zip(query, reference or (None, None),
                                 (NEIGHBOURS, REFRAMED_NEIGHBOURS))]
