@@ -453,32 +453,42 @@ class _Level:
         self.bands = [_band(image, f * z, c * z) for f, c in _BANDS]
 
 
-def _levels(fp: np.ndarray) -> tuple[_Level, _Level]:
-    """A fingerprint at half and full size (``_Level``), ready to compare."""
-    full = fp.astype(np.float32) / 255.0
-    smooth = cv2.GaussianBlur(full, (0, 0), 1.0)
-    half = SIDE // 2, SIDE // 2
-    return (_Level(cv2.resize(full, half, interpolation=cv2.INTER_AREA),
-                   cv2.resize(smooth, half, interpolation=cv2.INTER_AREA)),
-            _Level(full, smooth))
-
-
 class _Prepared:
-    """One fingerprint ready to compare: its ``levels``, its ``content_box`` size and, made when
-    first needed, the levels of its ``reframe`` (its own levels when it has no frame)."""
+    """One fingerprint ready to compare, each part made when first needed: its ``half``-size
+    ``_Level`` (every comparison's quick look), its ``full``-size one (only pairs that pass the
+    quick look), its ``content_box`` size (``box``) and the ``_Prepared`` of its ``reframe``
+    (itself when it has no frame)."""
 
     def __init__(self, fp: np.ndarray):
         self.fp = fp
-        self.levels = _levels(fp)
-        t, b, l, r = content_box(self.levels[1].image)
-        self.box = (b - t, r - l)
-        self._reframed: tuple[_Level, _Level] | None = None
+        full = fp.astype(np.float32) / 255.0
+        smooth = cv2.GaussianBlur(full, (0, 0), 1.0)
+        self._sources = full, smooth
+        half = SIDE // 2, SIDE // 2
+        self.half = _Level(cv2.resize(full, half, interpolation=cv2.INTER_AREA),
+                           cv2.resize(smooth, half, interpolation=cv2.INTER_AREA))
+        self._full: _Level | None = None
+        self._box: tuple[int, int] | None = None
+        self._reframed: _Prepared | None = None
 
     @property
-    def reframed(self) -> tuple[_Level, _Level]:
+    def full(self) -> _Level:
+        if self._full is None:
+            self._full = _Level(*self._sources)
+        return self._full
+
+    @property
+    def box(self) -> tuple[int, int]:
+        if self._box is None:
+            t, b, l, r = content_box(self._sources[0])
+            self._box = (b - t, r - l)
+        return self._box
+
+    @property
+    def reframed(self) -> _Prepared:
         if self._reframed is None:
             r = reframe(self.fp)
-            self._reframed = self.levels if r is None else _levels(r)
+            self._reframed = self if r is None else _Prepared(r)
         return self._reframed
 
 
@@ -504,13 +514,13 @@ def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
         for x, y in zip(a.bands, b.bands)]))
 
 
-def _directed(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> tuple[float, bool]:
+def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool]:
     """``b`` aligned onto ``a`` and compared: ``(score, plausible)``. Coarse to fine: an affine
     ECC fit at half size, ``QUICK_ITERATIONS`` steps first; a fit that is then implausible ends
     here (``(0, False)``), and so does a pair that scores under ``QUICK_FLOOR`` at half size
     (most distinct pairs: they cost a fraction of a full comparison); the others get the rest of
     the fit, a fit at full size and the full-size score."""
-    (a2, a1), (b2, b1) = a, b
+    a2, b2 = a.half, b.half
     warp = _ecc(a2.smooth, b2.smooth, np.eye(2, 3, dtype=np.float32), QUICK_ITERATIONS)
     if not _plausible(warp, a2.side):
         return 0.0, False
@@ -519,13 +529,14 @@ def _directed(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> tuple[float
         return quick, True
     warp = _ecc(a2.smooth, b2.smooth, warp, COARSE_ITERATIONS - QUICK_ITERATIONS)
     warp[:, 2] *= 2  # the shift doubles on the way up
+    a1, b1 = a.full, b.full
     warp = _ecc(a1.smooth, b1.smooth, warp, 10)
     if not _plausible(warp):
         return 0.0, False
     return _compare(a1, b1, warp), True
 
 
-def _two_way(a: tuple[_Level, _Level], b: tuple[_Level, _Level]) -> float:
+def _two_way(a: _Prepared, b: _Prepared) -> float:
     best = 0.0
     for x, y in ((a, b), (b, a)):
         score, ok = _directed(x, y)
@@ -543,7 +554,7 @@ def _reframe_differs(a: _Prepared, b: _Prepared) -> bool:
 
 
 def _similarity(a: _Prepared, b: _Prepared) -> float:
-    best = _two_way(a.levels, b.levels)
+    best = _two_way(a, b)
     if best < THRESHOLD and _reframe_differs(a, b):
         best = max(best, _two_way(a.reframed, b.reframed))
     return best
