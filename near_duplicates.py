@@ -252,7 +252,11 @@ def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
     flat where the full-size strip (``strip_padding``) saw structure: the two strips disagree on
     such frames between an image and its copy, this one far less often. (Rank equalisation
     turns noise over a black band into strong texture; the blur makes it flat again.)"""
-    a = _frame_blur(a)
+    return _box(_frame_blur(a))
+
+
+def _box(a: np.ndarray) -> tuple[int, int, int, int]:
+    """``content_box`` of a fingerprint already blurred by ``_frame_blur``."""
     n = a.shape[0]
     t, b, l, r = 0, n, 0, n
     while True:
@@ -283,10 +287,23 @@ def reframe(fp: np.ndarray) -> np.ndarray | None:
     (uint8, like ``fingerprint``); None when it has no frame left over. What the verification
     compares when two images' boxes differ in scale (``_similarity``)."""
     a = np.asarray(fp, np.float32) / 255.0
-    t, b, l, r = content_box(a)
-    if (t, b, l, r) == (0, SIDE, 0, SIDE):
+    return _reframed(a, content_box(a))
+
+
+_FULL_BOX = (0, SIDE, 0, SIDE)
+
+
+def _cropped(a: np.ndarray, box: tuple[int, int, int, int], interpolation: int) -> np.ndarray:
+    """``a`` (float, ``SIDE`` square) cropped to ``box`` and resized back to ``SIDE``."""
+    t, b, l, r = box
+    return cv2.resize(a[t:b, l:r], (SIDE, SIDE), interpolation=interpolation)
+
+
+def _reframed(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
+    """``reframe`` of a fingerprint as float in [0, 1] whose ``content_box`` is ``box``."""
+    if box == _FULL_BOX:
         return None
-    c = cv2.resize(a[t:b, l:r], (SIDE, SIDE), interpolation=cv2.INTER_LINEAR)
+    c = _cropped(a, box, cv2.INTER_LINEAR)
     return np.clip(_equalise(c) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -307,10 +324,9 @@ def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.nda
         rows, cols = blurred.std(axis=2), blurred.std(axis=1)
         near_edge = np.concatenate([rows[:, :k], rows[:, -k:], cols[:, :k], cols[:, -k:]], 1)
         for i in np.flatnonzero((near_edge < FRAME_FLAT).any(1)):
-            t, b, l, r = content_box(a[i])
-            if (t, b, l, r) != (0, SIDE, 0, SIDE):
-                out[start + i] = _layout(cv2.resize(a[i, t:b, l:r], (SIDE, SIDE),
-                                                    interpolation=cv2.INTER_AREA))
+            box = _box(blurred[i])
+            if box != _FULL_BOX:
+                out[start + i] = _layout(_cropped(a[i], box, cv2.INTER_AREA))
     return out
 
 
@@ -468,7 +484,7 @@ class _Prepared:
         self.half = _Level(cv2.resize(full, half, interpolation=cv2.INTER_AREA),
                            cv2.resize(smooth, half, interpolation=cv2.INTER_AREA))
         self._full: _Level | None = None
-        self._box: tuple[int, int] | None = None
+        self._frame: tuple[int, int, int, int] | None = None  # its content_box
         self._reframed: _Prepared | None = None
 
     @property
@@ -478,16 +494,20 @@ class _Prepared:
         return self._full
 
     @property
+    def frame(self) -> tuple[int, int, int, int]:
+        if self._frame is None:
+            self._frame = content_box(self._sources[0])
+        return self._frame
+
+    @property
     def box(self) -> tuple[int, int]:
-        if self._box is None:
-            t, b, l, r = content_box(self._sources[0])
-            self._box = (b - t, r - l)
-        return self._box
+        t, b, l, r = self.frame
+        return b - t, r - l
 
     @property
     def reframed(self) -> _Prepared:
         if self._reframed is None:
-            r = reframe(self.fp)
+            r = _reframed(self._sources[0], self.frame)
             self._reframed = self if r is None else _Prepared(r)
         return self._reframed
 
