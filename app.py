@@ -39,7 +39,9 @@ DESCRIPTION
 from __future__ import annotations
 
 import argparse
+import collections
 import importlib.util
+import shutil
 import sys
 import tempfile
 import threading
@@ -61,9 +63,16 @@ NOT_A_DIAGNOSIS = ("**Research use only: not a diagnosis.** These models classif
 
 class Predictor:
     """The models, loaded once, and the one function the page and the API call. Requests run
-    one at a time (Grad-CAM hooks live on the shared models)."""
+    one at a time (Grad-CAM hooks live on the shared models). Each request's picture is written
+    to its own folder inside one scratch folder (``cxr-app-*`` in the system's temporary
+    folder), which holds the last ``KEEP`` requests' pictures (Gradio copies a returned picture
+    into its own cache when it answers) and is removed when the process exits."""
+
+    KEEP = 32
 
     def __init__(self, model_args: list[str], device: str | None = None):
+        self._scratch = tempfile.TemporaryDirectory(prefix="cxr-app-")
+        self._recent: collections.deque[Path] = collections.deque()
         self.device = runtime.choose_device(device)
         self.models, self.error = {}, ""
         paths = model_files(model_args)
@@ -108,9 +117,9 @@ class Predictor:
             valid = ", ".join([*grad_cam.METHODS, "none"])
             return f"Unknown CAM method {cam_method!r}; valid: {valid}", None, empty
         table = pd.DataFrame({"path": [Path(path).name], "file": [str(path)], "label": [""]})
-        out = Path(tempfile.mkdtemp(prefix="cxr-app-"))
         try:
             with self._lock:
+                out = self._request_folder()
                 result = predict.predict_files(self.models, table, self.device, out, cam_method,
                                                self.layers.get(layer), batch_size=1,
                                                progress=False)
@@ -125,6 +134,19 @@ class Predictor:
         if pred.call.out_of_distribution:  # still shown, greyed: a reference, not a result
             table = table.style.set_properties(**{"color": "#9ca3af"})
         return (_calls_markdown(pred, self.models, Path(path).name), pred.cam or None, table)
+
+
+    def _request_folder(self) -> Path:
+        """A new folder for one request's picture; the oldest beyond ``KEEP`` is removed."""
+        out = Path(tempfile.mkdtemp(dir=self._scratch.name))
+        self._recent.append(out)
+        while len(self._recent) > self.KEEP:
+            shutil.rmtree(self._recent.popleft(), ignore_errors=True)
+        return out
+
+    def close(self) -> None:
+        """Removes the scratch folder now (it goes at exit anyway)."""
+        self._scratch.cleanup()
 
 
 def _calls_markdown(pred: predict.Prediction, models, name: str) -> str:

@@ -22,7 +22,9 @@ recorded match exact copies only (``has_fingerprints``), and the outputs say so.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 import os
 import pickle
 import warnings
@@ -258,30 +260,56 @@ def training_overlap(meta: dict, paths: list[str], digests: list[str],
         exact = {r[0] for r in rows}
         ok = np.ones(len(paths), bool) if fingerprint_ok is None else np.array(fingerprint_ok)
         ok &= np.array([p not in exact and bool(d) for p, d in zip(paths, digests)])
-        ref_ok, ref, ref_keys = _reference(rec["fingerprints"])
-        found = near_duplicates.match(np.asarray(fingerprints), ref, ok,
-                                      reference_keys=ref_keys)
+        ref_ok, ref, ref_keys, ref_digest = _reference(rec["fingerprints"])
+        found = _match(np.asarray(fingerprints), ok, ref, ref_keys, ref_digest)
         for q, r, score in zip(found["query"], found["reference"], found["score"]):
             k = int(ref_ok[r])
             rows.append((paths[q], rec["path"][k], rec["split"][k], "near", float(score)))
     return pd.DataFrame(rows, columns=OVERLAP_COLUMNS)
 
 
+_MATCHES: collections.OrderedDict = collections.OrderedDict()  # content digest -> match table
+_MATCHES_KEPT = 8
+
+
+def _match(query: np.ndarray, ok: np.ndarray, ref: np.ndarray, ref_keys: tuple,
+           ref_digest: bytes) -> pd.DataFrame:
+    """``near_duplicates.match(query, ref, ok)``, remembered for the last few contents: the
+    models of one run record the same training images, so scoring a split or an external set
+    with all of them matches those images once rather than once per model. Keyed by the bytes
+    of the query fingerprints, their mask and the reference (``ref_digest``), so any change of
+    either is a new match."""
+    h = hashlib.blake2b(ref_digest, digest_size=20)
+    for a in (query, ok):
+        h.update(repr((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    key = h.digest()
+    if key not in _MATCHES:
+        _MATCHES[key] = near_duplicates.match(query, ref, ok, reference_keys=ref_keys)
+        while len(_MATCHES) > _MATCHES_KEPT:
+            _MATCHES.popitem(last=False)
+    _MATCHES.move_to_end(key)
+    return _MATCHES[key]
+
+
 _REFERENCES: dict[int, tuple] = {}  # id(fingerprint tensor) -> (weak reference to it, value)
 
 
-def _reference(fp: dict) -> tuple[np.ndarray, np.ndarray, tuple]:
+def _reference(fp: dict) -> tuple[np.ndarray, np.ndarray, tuple, bytes]:
     """A record's usable training fingerprints: ``(their row indices, uint8 (M, 64, 64), their
-    near_duplicates.search_keys)``, made once per loaded checkpoint (``predict.py`` matches
-    every batch against them) and forgotten with it. Keyed by the tensor's identity (a tensor's
-    ``==`` compares elements, so it cannot key a dictionary itself)."""
+    near_duplicates.search_keys, a digest of their bytes)``, made once per loaded checkpoint
+    (``predict.py`` matches every batch against them) and forgotten with it. Keyed by the
+    tensor's identity (a tensor's ``==`` compares elements, so it cannot key a dictionary
+    itself)."""
     key = fp["images"]
     hit = _REFERENCES.get(id(key))
     if hit is None or hit[0]() is not key:
         ok = np.flatnonzero(np.asarray(fp["ok"], bool))
         images = key.numpy()[ok]
+        digest = hashlib.blake2b(repr(images.shape).encode() + images.tobytes(),
+                                 digest_size=20).digest()
         _REFERENCES[id(key)] = (weakref.ref(key, lambda _, k=id(key): _REFERENCES.pop(k, None)),
-                                (ok, images, near_duplicates.search_keys(images)))
+                                (ok, images, near_duplicates.search_keys(images), digest))
         hit = _REFERENCES[id(key)]
     return hit[1]
 

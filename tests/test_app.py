@@ -5,8 +5,10 @@ page itself in headless Chromium."""
 import os
 import shutil
 import socket
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -67,6 +69,18 @@ def test_the_page_function_gives_calls_pictures_and_the_probabilities_of_predict
     assert picture is None and "Ensemble" in text
 
 
+def test_pictures_live_in_one_scratch_folder_that_keeps_the_last_requests(files, monkeypatch):
+    monkeypatch.setattr(app.Predictor, "KEEP", 2)
+    p = app.Predictor([str(files / "models")], "cpu")
+    scratch = p._scratch.name
+    pictures = [p(str(files / "x.png"), "gradcam")[1] for _ in range(4)]
+    assert all(os.path.commonpath([q, scratch]) == scratch for q in pictures)
+    assert [os.path.exists(q) for q in pictures] == [False, False, True, True]
+    assert len(os.listdir(scratch)) == 2  # one folder per kept request, nothing else
+    p.close()
+    assert not os.path.exists(scratch)
+
+
 @pytest.mark.parametrize("name,reason", [
     ("broken.png", "truncated or corrupt"), ("notes.png", "not a decodable image"),
     ("header_only.dcm", "unreadable DICOM"), ("huge.png", "81,000,000 pixels")])
@@ -110,10 +124,18 @@ def server(files):
     page.close()
 
 
-def test_eight_concurrent_api_calls_are_all_answered_with_the_models_loaded_once(server, files):
+def test_eight_concurrent_api_calls_are_all_answered_with_the_models_loaded_once(server, files,
+                                                                                tmp_path,
+                                                                                monkeypatch):
     url, loads, _ = server
+    import gradio_client.client
     from gradio_client import Client, handle_file
-    client = Client(url, verbose=False)
+    # the client downloads each answer's picture through a folder it leaves behind in the
+    # system's temporary folder: into tmp_path instead
+    monkeypatch.setattr(gradio_client.client, "tempfile",
+                        SimpleNamespace(gettempdir=lambda: str(tmp_path),
+                                        TemporaryDirectory=tempfile.TemporaryDirectory))
+    client = Client(url, verbose=False, download_files=tmp_path)
 
     def call(i):
         t = time.perf_counter()

@@ -215,6 +215,30 @@ def test_training_overlap_exact_and_near():
     assert got["kind"].tolist() == ["exact"]
 
 
+def test_models_with_the_same_training_images_match_a_set_once(monkeypatch):
+    """Several models of one run record the same training images: the near-copy search runs
+    once for them (not once per model), and anything that differs is searched anew."""
+    train = [_field(s) for s in range(12)]
+    fps = np.stack([nd.fingerprint(a) for a in train])
+    paths = [f"A/{k}.png" for k in range(12)]
+    metas = [_meta(fps.copy(), paths, [f"d{k}" for k in range(12)]) for _ in range(3)]
+    q = np.stack([nd.fingerprint(ALTER["crop"](train[6])), nd.fingerprint(_field(51))])
+    calls = []
+    real = nd.match
+    monkeypatch.setattr(nd, "match", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(checkpoints, "_MATCHES", checkpoints.collections.OrderedDict())
+    got = [checkpoints.training_overlap(m, ["x.png", "y.png"], ["e0", "e1"], q) for m in metas]
+    assert len(calls) == 1
+    for g in got:
+        assert g[["path", "trained_path", "kind"]].values.tolist() == [["x.png", "A/6.png", "near"]]
+    checkpoints.training_overlap(metas[0], ["x.png", "y.png"], ["e0", "e1"], q,
+                                 fingerprint_ok=[False, True])  # another mask
+    other = _meta(np.concatenate([fps[:11], fps[11:] ^ 1]), paths, [f"d{k}" for k in range(12)])
+    checkpoints.training_overlap(other, ["x.png", "y.png"], ["e0", "e1"], q)  # other training
+    checkpoints.training_overlap(metas[0], ["x.png", "y.png"], ["e0", "e1"], q[::-1].copy())
+    assert len(calls) == 4
+
+
 def test_check_trained_on_refuses_exact_and_returns_near():
     train = [_field(s) for s in range(10)]
     meta = _meta(np.stack([nd.fingerprint(a) for a in train]), [f"A/{k}.png" for k in range(10)],
