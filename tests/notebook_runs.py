@@ -4,7 +4,6 @@ different workers)."""
 
 import shutil
 
-import papermill as pm
 import pytest
 
 import files
@@ -20,6 +19,7 @@ def run_dir(tmp_path_factory, demo_dir, demo_manifest):
 
 
 def run(name, run_dir, demo_dir, **params):
+    import papermill as pm  # here, not at import: collecting the quick tier needs no papermill
     common = {"data_dir": str(demo_dir), "manifest_path": str(run_dir / "manifest.csv"),
               "out_dir": str(run_dir / "outputs")}
     if not name.startswith("1_"):

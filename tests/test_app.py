@@ -124,6 +124,7 @@ def server(files):
     page.close()
 
 
+@pytest.mark.slow  # a Gradio server (4 s to import and start)
 def test_eight_concurrent_api_calls_are_all_answered_with_the_models_loaded_once(server, files,
                                                                                 tmp_path,
                                                                                 monkeypatch):

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 
-import papermill as pm
 import pytest
 
 import config
@@ -188,6 +187,7 @@ def test_notebook_2_with_no_settings_on_real_data_runs_the_study(demo_dir, demo_
     wants ImageNet weights; offline, it stops at once saying which file to put where."""
     if _online():
         pytest.skip("online: the study profile would download ImageNet weights")
+    import papermill as pm
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty weights cache
     real = tmp_path / "real"
     shutil.copytree(demo_dir, real)

@@ -29,7 +29,12 @@ def _reference(ref_cls, model, layer, x, targets, clone):
         return ref(input_tensor=x, targets=[ClassifierOutputTarget(int(t)) for t in targets])
 
 
-@pytest.mark.parametrize("arch", ["vgg16", "resnet18", "densenet121"])
+# VGG-16 (138M parameters, 2 s to build) and the big transformers are in the full suite only
+# (`make test-quick` keeps the smaller models, which take the same code paths)
+BIG = pytest.mark.slow
+
+
+@pytest.mark.parametrize("arch", [pytest.param("vgg16", marks=BIG), "resnet18", "densenet121"])
 @pytest.mark.filterwarnings("ignore:.*CAMs are constant")  # untrained models: flat maps happen
 def test_matches_pytorch_grad_cam_cpu_and_gpu_paths(arch):
     model = _model(arch)
@@ -232,7 +237,8 @@ def _vit_reshape(tensor, height=6, width=6):
 
 
 @pytest.mark.parametrize("arch", ["convnext_tiny", "efficientnet_b0", "regnet_y_400mf",
-                                  "vit_b_16", "swin_t"])
+                                  pytest.param("vit_b_16", marks=BIG),
+                                  pytest.param("swin_t", marks=BIG)])
 def test_modern_families_match_pytorch_grad_cam(arch):
     torch.manual_seed(0)
     model = _settled(networks.build_model(arch, 4, weights=None, image_size=96), 96)
