@@ -18,7 +18,8 @@
 #                          (http://127.0.0.1:7860; installs requirements-app.txt)
 # make test                the test suite (CPU, offline)
 # make test-quick          the suite without its end-to-end runs (notebooks, torchrun, multi-epoch
-#                          trainings, benches, browser): 1-2.5 min on 2 cores, to run while working
+#                          trainings, benches, browser, the app's server) and the biggest models'
+#                          copies of a check: about 1 min on 2 cores, to run while working
 # make report              rebuild outputs/report.html (one self-contained page; notebook 3 writes it too)
 # make results             regenerate the README results table and assets/ from outputs/metrics.json
 

@@ -135,7 +135,6 @@ class Predictor:
             table = table.style.set_properties(**{"color": "#9ca3af"})
         return (_calls_markdown(pred, self.models, Path(path).name), pred.cam or None, table)
 
-
     def _request_folder(self) -> Path:
         """A new folder for one request's picture; the oldest beyond ``KEEP`` is removed."""
         out = Path(tempfile.mkdtemp(dir=self._scratch.name))

@@ -11,12 +11,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import checkpoints
 import evaluation
-import runtime
 import files
 import utils
 
