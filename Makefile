@@ -90,21 +90,29 @@ MODEL_PARAMS := -p profile $(PROFILE) -p models_dir $(MODELS) $(ARCH_PARAMS)
 run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
-# --no-compile: pip does not byte-compile every installed file (torch alone has thousands);
-# Python compiles the modules a run imports, once, on first import. It cut the install of
-# venv + requirements.txt from 146 s to 104 s on a 2-core AVX2 box (docs/speed.md).
+# --no-compile: pip byte-compiles every installed file one at a time (torch alone has
+# thousands); instead the venv is compiled once afterwards on every core (COMPILE: 31 s on 2
+# cores). Without compiled files a machine that sets PYTHONDONTWRITEBYTECODE recompiles torch
+# at every import, 1.2 s more for each Python process (every test worker, notebook kernel,
+# torchrun process and CLI call): make test-quick took 92 s instead of 59 s (docs/speed.md).
+# Files that only a newer Python can compile (torch's py312 test helpers) are skipped quietly.
 PIP := $(PY) -m pip install -q --no-compile
+COMPILE := $(PY) -m compileall -qq -j 0 \
+	"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) --upgrade pip
 	$(PIP) -r requirements.txt
+	$(COMPILE)
 	touch $@
 $(VENV)/.installed-app: $(VENV)/.installed requirements-app.txt
 	$(PIP) -r requirements-app.txt
+	$(COMPILE)
 	touch $@
 $(VENV)/.installed-test: $(VENV)/.installed-app requirements-test.txt
 	$(PIP) -r requirements-test.txt
+	$(COMPILE)
 	touch $@
 
 data: venv
