@@ -279,17 +279,22 @@ def _match(query: np.ndarray, ok: np.ndarray, ref: np.ndarray, ref_keys: tuple,
     with all of them matches those images once rather than once per model. Keyed by the bytes
     of the query fingerprints, their mask and the reference (``ref_digest``), so any change of
     either is a new match."""
-    h = hashlib.blake2b(ref_digest, digest_size=20)
-    for a in (query, ok):
-        h.update(repr((a.dtype.str, a.shape)).encode())
-        h.update(np.ascontiguousarray(a).tobytes())
-    key = h.digest()
+    key = _digest(query, ok, start=ref_digest)
     if key not in _MATCHES:
         _MATCHES[key] = near_duplicates.match(query, ref, ok, reference_keys=ref_keys)
         while len(_MATCHES) > _MATCHES_KEPT:
             _MATCHES.popitem(last=False)
     _MATCHES.move_to_end(key)
     return _MATCHES[key]
+
+
+def _digest(*arrays: np.ndarray, start: bytes = b"") -> bytes:
+    """A digest of the arrays' dtypes, shapes and bytes (after ``start``)."""
+    h = hashlib.blake2b(start, digest_size=20)
+    for a in arrays:
+        h.update(repr((a.dtype.str, a.shape)).encode())
+        h.update(np.ascontiguousarray(a).data)
+    return h.digest()
 
 
 _REFERENCES: dict[int, tuple] = {}  # id(fingerprint tensor) -> (weak reference to it, value)
@@ -306,10 +311,9 @@ def _reference(fp: dict) -> tuple[np.ndarray, np.ndarray, tuple, bytes]:
     if hit is None or hit[0]() is not key:
         ok = np.flatnonzero(np.asarray(fp["ok"], bool))
         images = key.numpy()[ok]
-        digest = hashlib.blake2b(repr(images.shape).encode() + images.tobytes(),
-                                 digest_size=20).digest()
         _REFERENCES[id(key)] = (weakref.ref(key, lambda _, k=id(key): _REFERENCES.pop(k, None)),
-                                (ok, images, near_duplicates.search_keys(images), digest))
+                                (ok, images, near_duplicates.search_keys(images),
+                                 _digest(images)))
         hit = _REFERENCES[id(key)]
     return hit[1]
 
