@@ -34,8 +34,8 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import multiprocessing
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -474,7 +474,11 @@ def measure(src: Path, which: str = "holdout5", per: int = 12, seed: int = 0) ->
                      "left_out": int((found & is_train).sum()),
                      "test_copies": int((~is_train).sum()),
                      "test_copies_scored": int((~is_train).sum() - (~is_train & (found | wrong)).sum()),
-                     "wrong_twin": int(wrong.sum())},
+                     "wrong_twin": int(wrong.sum()),
+                     # which copy was taken for which other training image (same film twice?)
+                     "wrong_twins": [{"copy": copies["copy"].iloc[k],
+                                      "original": copies["original"].iloc[k],
+                                      "taken_for": hit[k]} for k in np.flatnonzero(wrong)]},
         "split_seconds": round(seconds, 1)}
 
 
@@ -523,22 +527,42 @@ def speed(n_images: int, n_fps: int, seed: int = 0, like: Path | None = None) ->
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "many.npy", many)
         del many
-        # in a fresh process, so that its peak memory is the grouping's alone (not a pool's
-        # worker: those may not start processes of their own)
-        child = multiprocessing.get_context("spawn").Process(
-            target=_group_timed, args=(str(Path(tmp) / "many.npy"), str(Path(tmp) / "out.json")))
-        child.start()
-        child.join()
-        if child.exitcode != 0:
-            raise RuntimeError(f"the grouping process failed (exit code {child.exitcode})")
+        # In a new interpreter that imports only this module, as split_dataset.py would group
+        # (~90 MB before any fingerprint), so that its peak memory is the grouping's. Not a
+        # multiprocessing child: "spawn" imports the caller's main module again (benchmark.py
+        # brings torch); and the peak is read as VmHWM: ru_maxrss keeps the parent's size at the
+        # fork across exec (benchmark.py reported 1,459 MiB for a grouping that peaks at 781).
+        code = ("import sys, near_duplicate_bench as b; "
+                "b._group_timed(sys.argv[1], sys.argv[2])")
+        run = subprocess.run([sys.executable, "-c", code, str(Path(tmp) / "many.npy"),
+                              str(Path(tmp) / "out.json")], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True)
+        if run.returncode != 0:
+            raise RuntimeError(f"the grouping process failed (exit code {run.returncode}): "
+                               f"{run.stderr[-2000:]}")
         out.update(json.loads((Path(tmp) / "out.json").read_text()))
     out["grouped_from"] = "demo phantoms" if like is None else str(like)
     return out
 
 
+def _peak_mib() -> float:
+    """This process's peak resident memory in MiB: Linux's VmHWM (its own, from the new
+    interpreter on; ``ru_maxrss`` keeps the parent's size at the fork before ``exec``),
+    ``ru_maxrss`` elsewhere."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 2**20 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
+
 def _group_timed(path: str, out: str) -> None:
     """``find_pairs`` on the fingerprints saved at ``path``, timed, with peak memory (this
     process; its workers fork from it and share the fingerprints), written to ``out``."""
+    before = _peak_mib()  # the interpreter and its imports
     many = np.load(path)
     t = time.perf_counter()
     ci, _ = nd.candidates(nd.search_keys(many))
@@ -548,7 +572,7 @@ def _group_timed(path: str, out: str) -> None:
     res = dict(fingerprints=len(many), candidate_search_s=round(search, 1),
                candidate_pairs=int(len(ci)), grouping_s=round(time.perf_counter() - t, 1),
                pairs_found=int(len(pairs)),
-               peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+               peak_rss_mib=round(_peak_mib()), start_rss_mib=round(before))
     write_json_atomic(res, out)
 
 
@@ -556,8 +580,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
     p.add_argument("--set", default="holdout10",
-                   choices=("holdout10", "holdout9", "holdout8", "holdout7", "holdout6", "holdout5", "holdout4", "holdout3",
-                            "holdout2", "holdout", "design", "all"))
+                   choices=("holdout10", "holdout9", "holdout8", "holdout7", "holdout6",
+                            "holdout5", "holdout4", "holdout3", "holdout2", "holdout", "design",
+                            "all"))
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true")
