@@ -98,7 +98,8 @@ run: split notebooks
 # Files that only a newer Python can compile (torch's py312 test helpers) are skipped quietly.
 # A venv made for the tests gets all three requirement files in one pip call and one compile
 # (a second pass of compileall re-reads ~15,000 files: 8 s each; three pip calls resolve three
-# times): 126-129 s instead of 132-145 s from nothing on 2 cores, the same packages (docs/speed.md).
+# times): 126-129 s instead of 132-145 s from nothing on 2 cores, the same packages
+# (docs/speed.md).
 PIP := $(PY) -m pip install -q --no-compile
 COMPILE := $(PY) -m compileall -qq -j 0 \
 	"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
