@@ -55,7 +55,7 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd4-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd5-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
@@ -71,7 +71,7 @@ QUICK_ITERATIONS = 3     # ECC steps at half size before the quick look (``_dire
 COARSE_ITERATIONS = 30   # ECC steps at half size in all
 QUICK_FLOOR = 0.70       # half-size score that ends a comparison (design copies: 0.73 and up)
 RETRY_FLOOR = 0.75       # a plausible score from here to THRESHOLD is tried the other way round
-REFRAME_RATIO = 1.1      # content boxes whose sides differ more than this are compared reframed too
+REFRAME_RATIO = 1.05     # content boxes whose sides differ more than this are compared reframed too
 CERTAIN = 0.97           # a score no two distinct images reached: not part of a background
 _BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
 

@@ -486,6 +486,27 @@ def test_real_radiographs_with_noise_over_their_black_bands_are_found():
         assert nd.similarity(fps[name][1], fps["COVID/COVID-1.png"][0]) < 0.5, name
 
 
+@pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
+def test_white_padding_then_rotation_is_compared_reframed(monkeypatch):
+    """COVID-1129 (realcxr) cropped, padded white at the bottom, rotated 1.8 degrees (the edge
+    repeated, so the band slants and no line of it is flat) and resized (holdout10's
+    combination): the copy keeps a band its original's strip had nothing to remove from, its
+    box is 59 px high at 64 (an 8% difference) and the plain alignment scores 0.66-0.74. Boxes
+    that differ by more than 5% are compared reframed too (``REFRAME_RATIO``), which finds it
+    (0.98); at the earlier 10% it was missed. A distinct radiograph stays far below."""
+    import near_duplicate_bench as bench
+    a = read_xray(REALCXR / "COVID" / "COVID-1129.png")
+    img, kind = bench.ALTERATIONS["combined-9"][1](a)
+    assert kind == "png16"
+    copy = np.round(np.clip(img, 0, 1) * 65535) / 65535  # as saved
+    fo, fc = nd.fingerprint(a), nd.fingerprint(copy.astype(np.float32))
+    other = nd.fingerprint(read_xray(REALCXR / "COVID" / "COVID-1.png"))
+    assert nd.REFRAME_RATIO == 1.05
+    assert nd.similarity(fo, fc) >= 0.95 and nd.similarity(fc, other) < 0.6
+    monkeypatch.setattr(nd, "REFRAME_RATIO", 1.1)
+    assert nd.similarity(fo, fc) < nd.THRESHOLD
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
 def test_a_framed_real_radiograph_rotated_is_found_only_through_the_second_search(monkeypatch):
