@@ -135,7 +135,9 @@ def test_training_stores_both_records_small(trained, demo_dir, demo_manifest):
     assert size < 2 * 2**20
     val = [read_xray(demo_dir / p) for p in demo_manifest[demo_manifest["split"] == "val"]["path"]]
     s_val = _scores(model, meta, val)
-    assert np.quantile(s_val, 0.5) == pytest.approx(0, abs=1e-6)  # 0 = the median val image
+    # 0 = the median val image (the features recomputed here differ from training's in the
+    # last float32 bits: 2.4e-6 was seen on one box)
+    assert np.quantile(s_val, 0.5) == pytest.approx(0, abs=1e-4)
     assert (s_val > 1).mean() <= 0.1                                 # 1 = its 95% quantile
     test = [read_xray(demo_dir / p) for p in demo_manifest[demo_manifest["split"] == "test"]["path"]]
     s_test = _scores(model, meta, test)
