@@ -90,36 +90,30 @@ MODEL_PARAMS := -p profile $(PROFILE) -p models_dir $(MODELS) $(ARCH_PARAMS)
 run: split notebooks
 	@echo "done: executed notebooks in $(OUT)/notebooks/, metrics in $(OUT)/metrics.json, the report in $(OUT)/report.html; 'make results' updates README.md"
 
-# --no-compile: pip byte-compiles every installed file one at a time (torch alone has
-# thousands); instead the venv is compiled once afterwards on every core (COMPILE: 27 s on 2
-# cores). Without compiled files a machine that sets PYTHONDONTWRITEBYTECODE recompiles torch
-# at every import, 1.2 s more for each Python process (every test worker, notebook kernel,
-# torchrun process and CLI call): make test-quick took 92 s instead of 59 s (docs/speed.md).
-# Files that only a newer Python can compile (torch's py312 test helpers) are skipped quietly.
-# A venv made for the tests gets all three requirement files in one pip call and one compile
-# (a second pass of compileall re-reads ~15,000 files: 8 s each; three pip calls resolve three
-# times): 126-129 s instead of 132-145 s from nothing on 2 cores, the same packages
-# (docs/speed.md).
+# Byte-compiling: pip's own (every installed file, one at a time: torch alone has thousands)
+# is off; instead each module is compiled the first time a process run by make imports it, and
+# kept. This machine's kind sets PYTHONDONTWRITEBYTECODE, which would make every Python process
+# compile torch, pandas and the rest from source again (1.2 s more per process: make test-quick
+# 92 s instead of 59 s), so make's recipes run without it. Only what the project imports is
+# compiled (~3,000 of the venv's ~15,000 files): a fresh clone's venv no longer spends 27 s
+# compiling everything on 2 cores (docs/speed.md). A venv made for the tests gets all three
+# requirement files in one pip call (three calls resolve three times).
+unexport PYTHONDONTWRITEBYTECODE
 PIP := $(PY) -m pip install -q --no-compile
-COMPILE := $(PY) -m compileall -qq -j 0 \
-	"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" || true
 NEW_VENV := test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 	test -f $(VENV)/.pip-upgraded || ($(PIP) --upgrade pip && touch $(VENV)/.pip-upgraded)
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(NEW_VENV)
 	$(PIP) -r requirements.txt
-	$(COMPILE)
 	touch $@
 $(VENV)/.installed-app: $(VENV)/.installed requirements-app.txt
 	$(PIP) -r requirements-app.txt
-	$(COMPILE)
 	touch $@
 # A fresh clone installs all three at once; after a change to any of them pip adds what changed.
 $(VENV)/.installed-test: requirements.txt requirements-app.txt requirements-test.txt
 	$(NEW_VENV)
 	$(PIP) -r requirements.txt -r requirements-app.txt -r requirements-test.txt
-	$(COMPILE)
 	touch $(VENV)/.installed $(VENV)/.installed-app $@
 
 data: venv
