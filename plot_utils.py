@@ -14,7 +14,6 @@ import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 
@@ -84,6 +83,7 @@ def confusion_matrix_figure(cm: np.ndarray, class_names: Sequence[str], normaliz
     cm = np.asarray(cm, float)
     fig, ax = _fig_ax(ax, (5.2, 4.4))
     data = cm / np.maximum(cm.sum(1, keepdims=True), 1) if normalize else cm
+    import seaborn as sns  # here: its import (scipy.stats) costs every process that plots none 0.7 s
     sns.heatmap(data, annot=True, fmt=".2f" if normalize else ".0f", cmap="Blues", cbar=False,
                 xticklabels=class_names, yticklabels=class_names, ax=ax,
                 vmin=0, vmax=1 if normalize else None, square=True)
@@ -267,6 +267,7 @@ def box_by_class(df: pd.DataFrame, value: str, by: str = "label", title: str = "
                  ) -> Figure:
     """Box plot of one per-image statistic per class."""
     fig, ax = _fig_ax(ax, (5, 3.4))
+    import seaborn as sns
     sns.boxplot(data=df, x=by, y=value, ax=ax)
     ax.set_title(title or value)
     ax.set_xlabel("")

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import config
 import networks
-import plot_utils
 import runtime
 import training
 import utils
@@ -107,6 +106,7 @@ def main(argv=None) -> int:
             resume=a.resume, progress=not a.quiet)
         rows.append(row)
         if rank == 0:
+            import plot_utils  # here: only the first process plots (matplotlib's import: 0.4 s)
             fig = plot_utils.training_curves(
                 history, row["best_epoch"], title=f"{arch} ({row['weights']}, {row['image_size']} px)")
             plot_utils.save_figure(fig, Path(a.out) / "summary_plots" / f"{arch}.png")

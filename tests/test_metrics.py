@@ -61,6 +61,8 @@ def test_asymmetric_case_rows_are_true_labels():
 
 
 def test_wilson_known_values():
+    from scipy.stats import norm
+    assert metrics.Z95 == float(norm.ppf(0.975))  # the written constant, to the last bit
     lo, hi = metrics.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)
     lo, hi = metrics.wilson_interval(0, 10)
