@@ -50,6 +50,7 @@ from PIL import Image
 
 import near_duplicates as nd
 import split_dataset
+import files
 from files import write_json_atomic
 from xray_io import read_xray
 
@@ -538,6 +539,58 @@ def measure(src: Path, which: str = "holdout5", per: int = 12, seed: int = 0) ->
         "split_seconds": round(seconds, 1)}
 
 
+def _copy_scores(job: tuple[str, str]) -> list[tuple[str, float]]:
+    """Every alteration of set ``job[1]`` applied to radiograph ``job[0]``, saved as the set
+    saves it and read back: ``(alteration, similarity to the original)`` each (0 when either
+    cannot be fingerprinted)."""
+    path, which = job
+    a = read_xray(path)
+    try:
+        fa = nd.fingerprint(a)
+    except nd.NotFingerprintable:
+        fa = None
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (group, fn) in ALTERATIONS.items():
+            if which != "all" and group != which:
+                continue
+            img, kind = fn(a)
+            dst = _save(img, kind, Path(tmp) / "copy")
+            try:
+                score = 0.0 if fa is None else nd.similarity(fa, nd.fingerprint(read_xray(dst)))
+            except nd.NotFingerprintable:
+                score = 0.0
+            dst.unlink()
+            out.append((name, float(score)))
+    return out
+
+
+def per_image(src: Path, which: str = "holdout12", workers: int | None = None) -> dict:
+    """Each alteration of ``which`` on every radiograph under ``src``, each copy compared with
+    its original directly (``near_duplicates.similarity``, no search): per alteration how many
+    copies reach ``THRESHOLD``, and every copy that does not (file, alteration, score). What the
+    split's recall would be if the candidate search never missed and no background stood in the
+    way; `measure` gives the whole pipeline on a sample."""
+    images = originals(src)
+    workers = max(1, min(workers or 2, len(images)))
+    jobs = [(str(f), which) for f in images]
+    if workers == 1:
+        results = [_copy_scores(j) for j in jobs]
+    else:
+        with files.process_pool(workers) as pool:
+            results = pool.map(_copy_scores, jobs, chunksize=4)
+    rows = [{"file": str(f.relative_to(src)), "alteration": n, "score": round(v, 4)}
+            for f, res in zip(images, results) for n, v in res]
+    df = pd.DataFrame(rows)
+    df["found"] = df["score"] >= nd.THRESHOLD
+    per_alt = (df.groupby("alteration", sort=False)
+               .agg(copies=("found", "size"), found=("found", "sum"), lowest=("score", "min"))
+               .reset_index())
+    return {"set": which, "images": len(images), "copies": int(len(df)),
+            "found": int(df["found"].sum()), "per_alteration": per_alt.to_dict(orient="records"),
+            "missed": df[~df["found"]].drop(columns="found").to_dict(orient="records")}
+
+
 def _fingerprints(root: Path, paths: list[str]):
     fps, ok, _ = nd.fingerprint_files([root / p for p in paths])
     return paths, list(fps)
@@ -642,12 +695,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true")
+    p.add_argument("--per-image", action="store_true",
+                   help="every alteration of --set on every radiograph of DIR, each copy "
+                        "compared with its original directly (no search, no split)")
     p.add_argument("--images", type=int, default=21165)
     p.add_argument("--fingerprints", type=int, default=112120)
     p.add_argument("--json", default=None, help="JSON report file (default: print only)")
     a = p.parse_args(argv)
     if a.speed:
         res = speed(a.images, a.fingerprints, a.seed, Path(a.src) if a.src else None)
+    elif a.per_image and a.src and Path(a.src).is_dir():
+        res = per_image(Path(a.src), a.set)
+        print(pd.DataFrame(res["per_alteration"]).to_string(index=False))
+        print(pd.DataFrame(res["missed"]).to_string(index=False))
     elif a.src and Path(a.src).is_dir():
         res = measure(Path(a.src), a.set, a.per_alteration, a.seed)
         print(pd.DataFrame(res["per_alteration"]).to_string(index=False))
