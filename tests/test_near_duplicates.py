@@ -313,10 +313,33 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     assert speed["start_rss_mib"] < 300
 
 
+def test_per_image_compares_every_copy_with_its_original_and_lists_the_misses(tmp_path,
+                                                                              monkeypatch):
+    """The bench's per-image form: each alteration of the set on every image, the copy saved,
+    read back and scored against its own original; a copy of another picture is a miss."""
+    import near_duplicate_bench as bench
+    src = tmp_path / "src"
+    for k in range(3):
+        _write(src / "c" / f"{k}.png", _field(300 + k))
+    _write(src / "masks" / "m.png", _field(999))   # masks are left out
+    monkeypatch.setattr(bench, "ALTERATIONS", {
+        "jpeg-60": ("t", lambda a: (_jpeg(a, 60), "jpg")),
+        "another-picture": ("t", lambda a: (_field(400), "png")),
+        "elsewhere": ("u", lambda a: (a, "png"))})
+    res = bench.per_image(src, "t", workers=1)
+    assert res["images"] == 3 and res["copies"] == 6 and res["found"] == 3
+    per = {r["alteration"]: r for r in res["per_alteration"]}
+    assert per["jpeg-60"]["found"] == 3 and per["jpeg-60"]["lowest"] >= nd.THRESHOLD
+    assert per["another-picture"]["found"] == 0 and "elsewhere" not in per
+    assert sorted(m["file"] for m in res["missed"]) == [f"c/{k}.png" for k in range(3)]
+    assert all(m["alteration"] == "another-picture" and m["score"] < nd.THRESHOLD
+               for m in res["missed"])
+
+
 def test_the_latest_hold_out_alterations_do_what_their_names_say():
     """The later hold-outs' helpers: the squeeze narrows only the width, the black-corner
     rotation leaves black corners where the default one repeats the edge, the noise is seeded;
-    every alteration of holdout5-10 returns a finite image that the finder still matches to its
+    every alteration of holdout5-12 returns a finite image that the finder still matches to its
     original."""
     import near_duplicate_bench as bench
     a = _field(3)
@@ -325,8 +348,8 @@ def test_the_latest_hold_out_alterations_do_what_their_names_say():
     assert black[0, 0] == 0 and black[-1, -1] == 0 and edge[0, 0] > 0
     mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items()
             if which in ("holdout5", "holdout6", "holdout7", "holdout8", "holdout9",
-                         "holdout10")}
-    assert len(mine) == 15 + 16 + 15 + 15 + 16 + 16
+                         "holdout10", "holdout11", "holdout12")}
+    assert len(mine) == 15 + 16 + 15 + 15 + 16 + 16 + 16 + 16
     noisy = bench._noisy(a, 0.01)  # seeded by the image: the same copy every run
     assert np.array_equal(noisy, bench._noisy(a, 0.01)) and 0.005 < np.std(noisy - a) < 0.015
     fa = nd.fingerprint(a)
