@@ -26,6 +26,10 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    the other way round. A pair still short of ``THRESHOLD`` whose ``content_box`` sizes differ in
    scale by more than ``REFRAME_RATIO`` is compared again after ``reframe`` (each cropped to its
    box): noise over one image's padding keeps a band there that its original's strip removed.
+   A pair still short whose ``flat_box`` sizes differ that much is compared once more, each
+   cropped to that box: padding added before a rotation is slanted by it (black corners beside
+   it), so no line of it is flat and neither strip removes it, but most of each of its lines
+   sits at one flat gray level.
 4. **Decision** (``decide``): a score of at least ``THRESHOLD`` that stands ``MARGIN`` above the
    image's background (its median score with its other candidates, copies of ``CERTAIN`` and
    more left out).
@@ -55,7 +59,7 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd5-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd6-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
@@ -72,6 +76,8 @@ COARSE_ITERATIONS = 30   # ECC steps at half size in all
 QUICK_FLOOR = 0.70       # half-size score that ends a comparison (design copies: 0.73 and up)
 RETRY_FLOOR = 0.75       # a plausible score from here to THRESHOLD is tried the other way round
 REFRAME_RATIO = 1.05     # content boxes whose sides differ more than this are compared reframed too
+FLAT_LEVEL = 0.02        # a gray level on over this share of a fingerprint is flat (``flat_box``)
+FLAT_LINE = 0.5          # ... and a border line at least this much flat is frame
 CERTAIN = 0.97           # a score no two distinct images reached: not part of a background
 _BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
 
@@ -257,20 +263,43 @@ def content_box(a: np.ndarray) -> tuple[int, int, int, int]:
 
 def _box(a: np.ndarray) -> tuple[int, int, int, int]:
     """``content_box`` of a fingerprint already blurred by ``_frame_blur``."""
-    n = a.shape[0]
+    return _stripped_box(a.shape[0], lambda w, axis: w.std(axis=axis) < FRAME_FLAT, a)
+
+
+def _stripped_box(n: int, frame, a: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of an ``n`` x ``n`` array ``a`` after stripping border
+    lines that ``frame(window, axis)`` calls frame (a boolean per line of ``window`` along
+    ``axis``), rows and columns in turn until nothing changes, never below half the side."""
     t, b, l, r = 0, n, 0, n
     while True:
         before = (t, b, l, r)
-        rows = a[t:b, l:r].std(axis=1) < FRAME_FLAT
+        rows = frame(a[t:b, l:r], 1)
         room = (b - t) - n // 2
         dt = _strippable(rows, room)
         t, b = t + dt, b - _strippable(rows[::-1], room - dt)
-        cols = a[t:b, l:r].std(axis=0) < FRAME_FLAT
+        cols = frame(a[t:b, l:r], 0)
         room = (r - l) - n // 2
         dl = _strippable(cols, room)
         l, r = l + dl, r - _strippable(cols[::-1], room - dl)
         if (t, b, l, r) == before:
             return t, b, l, r
+
+
+def flat_box(fp: np.ndarray) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of a fingerprint (uint8) inside border lines at least
+    ``FLAT_LINE`` of whose pixels sit at a flat gray level (one on over ``FLAT_LEVEL`` of the
+    fingerprint: after rank equalisation only a clipped area or padding has one), across up to
+    ``FRAME_SKIP`` lines that are not, never below half the side. Padding added *before* a
+    rotation is slanted by it, with black corners beside it: no line of it is flat, so neither
+    the full-size strip nor ``content_box`` removes it, but most of each of its lines sits at
+    the padding's or the corners' level. What the verification's third look crops to
+    (``_similarity``)."""
+    fp = np.asarray(fp)
+    levels, counts = np.unique(fp, return_counts=True)
+    flat = np.isin(fp, levels[counts > FLAT_LEVEL * fp.size])
+    if not flat.any():
+        return _FULL_BOX
+    return _stripped_box(fp.shape[0], lambda w, axis: w.mean(axis=axis) >= FLAT_LINE, flat)
 
 
 def _frame_blur(a: np.ndarray) -> np.ndarray:
@@ -486,6 +515,8 @@ class _Prepared:
         self._full: _Level | None = None
         self._frame: tuple[int, int, int, int] | None = None  # its content_box
         self._reframed: _Prepared | None = None
+        self._flat_frame: tuple[int, int, int, int] | None = None  # its flat_box
+        self._flat_reframed: _Prepared | None = None
 
     @property
     def full(self) -> _Level:
@@ -510,6 +541,19 @@ class _Prepared:
             r = _reframed(self._sources[0], self.frame)
             self._reframed = self if r is None else _Prepared(r)
         return self._reframed
+
+    @property
+    def flat_frame(self) -> tuple[int, int, int, int]:
+        if self._flat_frame is None:
+            self._flat_frame = flat_box(self.fp)
+        return self._flat_frame
+
+    @property
+    def flat_reframed(self) -> _Prepared:
+        if self._flat_reframed is None:
+            r = _reframed(self._sources[0], self.flat_frame)
+            self._flat_reframed = self if r is None else _Prepared(r)
+        return self._flat_reframed
 
 
 def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
@@ -567,16 +611,24 @@ def _two_way(a: _Prepared, b: _Prepared) -> float:
     return best
 
 
+def _sizes_differ(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes differ in scale by more than ``REFRAME_RATIO`` in height or width."""
+    return any(max(x, y) > REFRAME_RATIO * min(x, y)
+               for x, y in ((a[1] - a[0], b[1] - b[0]), (a[3] - a[2], b[3] - b[2])))
+
+
 def _reframe_differs(a: _Prepared, b: _Prepared) -> bool:
     """Whether two fingerprints' content boxes differ in scale by more than ``REFRAME_RATIO``
     (one shows a frame the other's full-size strip removed)."""
-    return any(max(x, y) > REFRAME_RATIO * min(x, y) for x, y in zip(a.box, b.box))
+    return _sizes_differ(a.frame, b.frame)
 
 
 def _similarity(a: _Prepared, b: _Prepared) -> float:
     best = _two_way(a, b)
     if best < THRESHOLD and _reframe_differs(a, b):
         best = max(best, _two_way(a.reframed, b.reframed))
+    if best < THRESHOLD and _sizes_differ(a.flat_frame, b.flat_frame):
+        best = max(best, _two_way(a.flat_reframed, b.flat_reframed))
     return best
 
 
@@ -588,7 +640,8 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     and the better plausible score counts; 0 when neither fit is plausible. A pair still short
     of ``THRESHOLD`` whose content boxes differ in scale by more than ``REFRAME_RATIO`` (noise
     over one's padding kept a band its original's strip removed) is compared again the same
-    way after ``reframe``, and the better score counts."""
+    way after ``reframe``, and the better score counts; then, still short, once more each
+    cropped to its ``flat_box`` when those differ that much (padding slanted by a rotation)."""
     return _similarity(_Prepared(a), _Prepared(b))
 
 

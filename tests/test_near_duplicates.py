@@ -516,7 +516,8 @@ def test_white_padding_then_rotation_is_compared_reframed(monkeypatch):
     combination): the copy keeps a band its original's strip had nothing to remove from, its
     box is 59 px high at 64 (an 8% difference) and the plain alignment scores 0.66-0.74. Boxes
     that differ by more than 5% are compared reframed too (``REFRAME_RATIO``), which finds it
-    (0.98); at the earlier 10% it was missed. A distinct radiograph stays far below."""
+    (0.98); at the earlier 10% it was missed (unless the third look, ``flat_box``, is on: it
+    finds the copy too). A distinct radiograph stays far below."""
     import near_duplicate_bench as bench
     a = read_xray(REALCXR / "COVID" / "COVID-1129.png")
     img, kind = bench.ALTERATIONS["combined-9"][1](a)
@@ -527,7 +528,48 @@ def test_white_padding_then_rotation_is_compared_reframed(monkeypatch):
     assert nd.REFRAME_RATIO == 1.05
     assert nd.similarity(fo, fc) >= 0.95 and nd.similarity(fc, other) < 0.6
     monkeypatch.setattr(nd, "REFRAME_RATIO", 1.1)
+    assert nd.similarity(fo, fc) >= nd.THRESHOLD       # the flat frame's look
+    monkeypatch.setattr(nd, "FLAT_LINE", 1.01)
     assert nd.similarity(fo, fc) < nd.THRESHOLD
+
+
+def test_padding_added_before_a_rotation_is_found_by_its_flat_frame(monkeypatch):
+    """An original with black bands of its own (its strip removes them), padded white at the
+    bottom and rotated 2.5 degrees with black corners (holdout12's miss): the band slants, so
+    neither the full-size strip nor ``content_box`` removes it, and the plain and reframed
+    looks score 0.69. Most of each of the copy's bottom lines sits at the padding's or the
+    corners' flat level: ``flat_box`` strips them and the third look finds the copy (0.98).
+    Without it (``FLAT_LINE`` out of reach) the copy is missed; an image without flat levels
+    keeps its whole frame, and so does one whose only flat area is inside it."""
+    import near_duplicate_bench as bench
+    a = _field(5)
+    original = cv2.copyMakeBorder(a, 18, 18, 0, 0, cv2.BORDER_CONSTANT, value=0)
+    copy = bench._rotate(bench._pad(original, .04, 1.0, "b"), 2.5, black=True)
+    fo, fc = nd.fingerprint(original), nd.fingerprint(copy.astype(np.float32))
+    assert nd.content_box(fc / 255.0) == (0, 64, 0, 64)
+    t, b, l, r = nd.flat_box(fc)
+    assert b <= 59 and (t, l, r) == (1, 0, 64) and nd.flat_box(fo) == (0, 64, 0, 64)
+    blob = a.copy()
+    blob[100:160, 90:170] = 1.0   # a clipped area inside the picture: flat, but not a frame
+    assert nd.flat_box(nd.fingerprint(blob)) == (0, 64, 0, 64)
+    assert nd.similarity(fo, fc) >= 0.95
+    assert nd.similarity(fc, nd.fingerprint(_field(6))) < 0.6
+    monkeypatch.setattr(nd, "FLAT_LINE", 1.01)
+    assert nd.similarity(fo, fc) < nd.THRESHOLD
+
+
+@pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
+def test_real_radiographs_padded_then_rotated_are_found():
+    """Four of realcxr's radiographs that holdout12's white padding (4% at the bottom) then a
+    2.5 degree rotation with black corners left below the threshold (0.36-0.72 with nd5-64)."""
+    import near_duplicate_bench as bench
+    fn = bench.ALTERATIONS["pad-white-4%-bottom-rotate-2.5-black-corners"][1]
+    for name in ("COVID/COVID-1129.png", "COVID/COVID-2358.png", "Normal/Normal-10040.png",
+                 "Normal/Normal-9498.png"):
+        a = read_xray(REALCXR / name)
+        copy = np.round(np.clip(fn(a)[0], 0, 1) * 255) / 255  # saved as 8-bit PNG
+        assert nd.similarity(nd.fingerprint(a), nd.fingerprint(copy.astype(np.float32))) \
+            >= nd.THRESHOLD, name
 
 
 @pytest.mark.slow
