@@ -47,6 +47,7 @@ decides what a group means for a split.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -501,8 +502,8 @@ class _Level:
 class _Prepared:
     """One fingerprint ready to compare, each part made when first needed: its ``half``-size
     ``_Level`` (every comparison's quick look), its ``full``-size one (only pairs that pass the
-    quick look), its ``content_box`` size (``box``) and the ``_Prepared`` of its ``reframe``
-    (itself when it has no frame)."""
+    quick look), its ``content_box`` (``frame``) and ``flat_box`` (``flat_frame``), and the
+    ``_Prepared`` of the fingerprint cropped to each (itself when the box is the whole)."""
 
     def __init__(self, fp: np.ndarray):
         self.fp = fp
@@ -512,48 +513,30 @@ class _Prepared:
         half = SIDE // 2, SIDE // 2
         self.half = _Level(cv2.resize(full, half, interpolation=cv2.INTER_AREA),
                            cv2.resize(smooth, half, interpolation=cv2.INTER_AREA))
-        self._full: _Level | None = None
-        self._frame: tuple[int, int, int, int] | None = None  # its content_box
-        self._reframed: _Prepared | None = None
-        self._flat_frame: tuple[int, int, int, int] | None = None  # its flat_box
-        self._flat_reframed: _Prepared | None = None
 
-    @property
+    @functools.cached_property
     def full(self) -> _Level:
-        if self._full is None:
-            self._full = _Level(*self._sources)
-        return self._full
+        return _Level(*self._sources)
 
-    @property
+    @functools.cached_property
     def frame(self) -> tuple[int, int, int, int]:
-        if self._frame is None:
-            self._frame = content_box(self._sources[0])
-        return self._frame
+        return content_box(self._sources[0])
 
-    @property
-    def box(self) -> tuple[int, int]:
-        t, b, l, r = self.frame
-        return b - t, r - l
-
-    @property
-    def reframed(self) -> _Prepared:
-        if self._reframed is None:
-            r = _reframed(self._sources[0], self.frame)
-            self._reframed = self if r is None else _Prepared(r)
-        return self._reframed
-
-    @property
+    @functools.cached_property
     def flat_frame(self) -> tuple[int, int, int, int]:
-        if self._flat_frame is None:
-            self._flat_frame = flat_box(self.fp)
-        return self._flat_frame
+        return flat_box(self.fp)
 
-    @property
+    @functools.cached_property
+    def reframed(self) -> _Prepared:
+        return self._cropped_to(self.frame)
+
+    @functools.cached_property
     def flat_reframed(self) -> _Prepared:
-        if self._flat_reframed is None:
-            r = _reframed(self._sources[0], self.flat_frame)
-            self._flat_reframed = self if r is None else _Prepared(r)
-        return self._flat_reframed
+        return self._cropped_to(self.flat_frame)
+
+    def _cropped_to(self, box: tuple[int, int, int, int]) -> _Prepared:
+        r = _reframed(self._sources[0], box)
+        return self if r is None else _Prepared(r)
 
 
 def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
