@@ -95,7 +95,7 @@ run: split notebooks
 # kept. This machine's kind sets PYTHONDONTWRITEBYTECODE, which would make every Python process
 # compile torch, pandas and the rest from source again (1.2 s more per process: make test-quick
 # 92 s instead of 59 s), so make's recipes run without it. Only what the project imports is
-# compiled (~3,000 of the venv's ~15,000 files): a fresh clone's venv no longer spends 27 s
+# compiled (~5,600 of the venv's ~14,800 files): a fresh clone's venv no longer spends 27 s
 # compiling everything on 2 cores (docs/speed.md). A venv made for the tests gets all three
 # requirement files in one pip call (three calls resolve three times).
 unexport PYTHONDONTWRITEBYTECODE
