@@ -775,9 +775,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
     p.add_argument("--set", default="holdout15",
-                   choices=("holdout15", "holdout14", "holdout13", "holdout12", "holdout11", "holdout10", "holdout9", "holdout8", "holdout7",
-                            "holdout6", "holdout5", "holdout4", "holdout3", "holdout2", "holdout",
-                            "design", "all"))
+                   choices=sorted({which for which, _ in ALTERATIONS.values()}) + ["all"])
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speed", action="store_true")

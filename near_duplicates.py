@@ -600,15 +600,9 @@ def _sizes_differ(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) ->
                for x, y in ((a[1] - a[0], b[1] - b[0]), (a[3] - a[2], b[3] - b[2])))
 
 
-def _reframe_differs(a: _Prepared, b: _Prepared) -> bool:
-    """Whether two fingerprints' content boxes differ in scale by more than ``REFRAME_RATIO``
-    (one shows a frame the other's full-size strip removed)."""
-    return _sizes_differ(a.frame, b.frame)
-
-
 def _similarity(a: _Prepared, b: _Prepared) -> float:
     best = _two_way(a, b)
-    if best < THRESHOLD and _reframe_differs(a, b):
+    if best < THRESHOLD and _sizes_differ(a.frame, b.frame):  # a frame one's strip removed
         best = max(best, _two_way(a.reframed, b.reframed))
     if best < THRESHOLD and _sizes_differ(a.flat_frame, b.flat_frame):
         best = max(best, _two_way(a.flat_reframed, b.flat_reframed))
