@@ -60,7 +60,7 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd6-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd7-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
@@ -75,7 +75,6 @@ MARGIN = 0.15            # ... and stands this far above the image's background 
 QUICK_ITERATIONS = 3     # ECC steps at half size before the quick look (``_directed``)
 COARSE_ITERATIONS = 30   # ECC steps at half size in all
 QUICK_FLOOR = 0.70       # half-size score that ends a comparison (design copies: 0.73 and up)
-RETRY_FLOOR = 0.75       # a plausible score from here to THRESHOLD is tried the other way round
 REFRAME_RATIO = 1.05     # content boxes whose sides differ more than this are compared reframed too
 FLAT_LEVEL = 0.02        # a gray level on over this share of a fingerprint is flat (``flat_box``)
 FLAT_LINE = 0.5          # ... and a border line at least this much flat is frame
@@ -561,35 +560,38 @@ def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
         for x, y in zip(a.bands, b.bands)]))
 
 
-def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool]:
-    """``b`` aligned onto ``a`` and compared: ``(score, plausible)``. Coarse to fine: an affine
-    ECC fit at half size, ``QUICK_ITERATIONS`` steps first; a fit that is then implausible ends
-    here (``(0, False)``), and so does a pair that scores under ``QUICK_FLOOR`` at half size
-    (most distinct pairs: they cost a fraction of a full comparison); the others get the rest of
-    the fit, a fit at full size and the full-size score."""
+def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
+    """``b`` aligned onto ``a`` and compared: ``(score, plausible, full)``. Coarse to fine: an
+    affine ECC fit at half size, ``QUICK_ITERATIONS`` steps first; a fit that is then
+    implausible ends here (``(0, False, False)``), and so does a pair that scores under
+    ``QUICK_FLOOR`` at half size (most distinct pairs: they cost a fraction of a full
+    comparison; ``full`` False); the others get the rest of the fit, a fit at full size and the
+    full-size score (``full`` True)."""
     a2, b2 = a.half, b.half
     warp = _ecc(a2.smooth, b2.smooth, np.eye(2, 3, dtype=np.float32), QUICK_ITERATIONS)
     if not _plausible(warp, a2.side):
-        return 0.0, False
+        return 0.0, False, False
     quick = _compare(a2, b2, warp)
     if quick < QUICK_FLOOR:
-        return quick, True
+        return quick, True, False
     warp = _ecc(a2.smooth, b2.smooth, warp, COARSE_ITERATIONS - QUICK_ITERATIONS)
     warp[:, 2] *= 2  # the shift doubles on the way up
     a1, b1 = a.full, b.full
     warp = _ecc(a1.smooth, b1.smooth, warp, 10)
     if not _plausible(warp):
-        return 0.0, False
-    return _compare(a1, b1, warp), True
+        return 0.0, False, True
+    return _compare(a1, b1, warp), True, True
 
 
 def _two_way(a: _Prepared, b: _Prepared) -> float:
+    """The better plausible score of ``b`` onto ``a`` and ``a`` onto ``b``; the second way is
+    tried unless the first reached ``THRESHOLD`` or ended at the quick look."""
     best = 0.0
     for x, y in ((a, b), (b, a)):
-        score, ok = _directed(x, y)
+        score, ok, full = _directed(x, y)
         if ok:
             best = max(best, score)
-            if score >= THRESHOLD or score < RETRY_FLOOR:
+            if score >= THRESHOLD or not full:
                 break
     return best
 
@@ -612,9 +614,10 @@ def _similarity(a: _Prepared, b: _Prepared) -> float:
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """How surely fingerprints ``a`` and ``b`` show one radiograph: a score in [-1, 1] (1 =
     identical after alignment); ``decide`` judges it. ``b`` is aligned onto ``a`` (affine ECC);
-    when that fit is implausible or the score falls just short of ``THRESHOLD`` (from
-    ``RETRY_FLOOR``), ``a`` onto ``b`` too (an alignment can fail one way and not the other),
-    and the better plausible score counts; 0 when neither fit is plausible. A pair still short
+    when that fit is implausible, or the pair passed the quick look and still fell short of
+    ``THRESHOLD``, ``a`` onto ``b`` too (an alignment can fail one way and not the other: a
+    copy padded on two sides, then rotated, scored 0.64-0.74 one way and 0.85-0.94 the
+    other), and the better plausible score counts; 0 when neither fit is plausible. A pair still short
     of ``THRESHOLD`` whose content boxes differ in scale by more than ``REFRAME_RATIO`` (noise
     over one's padding kept a band its original's strip removed) is compared again the same
     way after ``reframe``, and the better score counts; then, still short, once more each

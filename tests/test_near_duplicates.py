@@ -375,11 +375,12 @@ def test_a_radiograph_published_many_times_is_one_group():
 
 
 @pytest.mark.parametrize("first, second, expected, calls", [
-    ((0.0, False), (0.9, True), 0.9, 2),    # implausible one way: the other way counts
-    ((0.5, True), (0.9, True), 0.5, 1),     # clearly distinct: no second look
-    ((0.8, True), (0.82, True), 0.82, 2),   # just short of THRESHOLD: the better way counts
-    ((0.95, True), (0.5, True), 0.95, 1),   # a copy: no second look
-    ((0.0, False), (0.0, False), 0.0, 2),   # neither way plausible
+    ((0.0, False, False), (0.9, True, True), 0.9, 2),  # implausible one way: the other way counts
+    ((0.5, True, False), (0.9, True, True), 0.5, 1),   # ended at the quick look: no second look
+    ((0.8, True, True), (0.82, True, True), 0.82, 2),  # short of THRESHOLD: the better way counts
+    ((0.64, True, True), (0.9, True, True), 0.9, 2),   # passed the quick look, far short: both ways
+    ((0.95, True, True), (0.5, True, False), 0.95, 1),  # a copy: no second look
+    ((0.0, False, True), (0.0, False, False), 0.0, 2),  # neither way plausible
 ])
 def test_similarity_tries_the_other_way_round(monkeypatch, first, second, expected, calls):
     seen = []
@@ -389,7 +390,7 @@ def test_similarity_tries_the_other_way_round(monkeypatch, first, second, expect
         return first if len(seen) == 1 else second
 
     monkeypatch.setattr(nd, "_directed", fake)
-    assert nd.RETRY_FLOOR <= 0.8 < nd.THRESHOLD <= 0.9
+    assert nd.QUICK_FLOOR < nd.THRESHOLD
     a, b = nd.fingerprint(_field(1)), nd.fingerprint(_field(2))
     assert nd.similarity(a, b) == pytest.approx(expected)
     assert len(seen) == calls
