@@ -616,12 +616,13 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     identical after alignment); ``decide`` judges it. ``b`` is aligned onto ``a`` (affine ECC);
     when that fit is implausible, or the pair passed the quick look and still fell short of
     ``THRESHOLD``, ``a`` onto ``b`` too (an alignment can fail one way and not the other: a
-    copy padded on two sides, then rotated, scored 0.64-0.74 one way and 0.85-0.94 the
-    other), and the better plausible score counts; 0 when neither fit is plausible. A pair still short
-    of ``THRESHOLD`` whose content boxes differ in scale by more than ``REFRAME_RATIO`` (noise
-    over one's padding kept a band its original's strip removed) is compared again the same
-    way after ``reframe``, and the better score counts; then, still short, once more each
-    cropped to its ``flat_box`` when those differ that much (padding slanted by a rotation)."""
+    copy cropped, padded on two sides, then rotated, scored 0.64-0.74 one way and 0.85-0.94
+    the other), and the better plausible score counts; 0 when neither fit is plausible. A pair
+    still short of ``THRESHOLD`` whose content boxes differ in scale by more than
+    ``REFRAME_RATIO`` (noise over one's padding kept a band its original's strip removed) is
+    compared again the same way after ``reframe``, and the better score counts; then, still
+    short, once more each cropped to its ``flat_box`` when those differ that much (padding
+    slanted by a rotation)."""
     return _similarity(_Prepared(a), _Prepared(b))
 
 
