@@ -578,24 +578,28 @@ def originals(root: Path) -> list[Path]:
                   and p.suffix.lower() in (".png", ".jpg", ".jpeg", ".dcm", ".tif", ".tiff"))
 
 
+def alterations(which: str) -> dict:
+    """The alterations of set ``which`` (every set's for "all"): name -> function."""
+    return {name: fn for name, (group, fn) in ALTERATIONS.items()
+            if which == "all" or group == which}
+
+
 def build_set(src: Path, work: Path, which: str, per: int, seed: int) -> pd.DataFrame:
     """Originals (linked, under ``work/originals``) and altered copies (``work/copies``); one
     row per copy: ``copy``, ``original`` (paths relative to ``work``), ``alteration``."""
-    files = originals(src)
+    images = originals(src)
     rng = np.random.default_rng(seed)
     (work / "originals").mkdir(parents=True)
     (work / "copies").mkdir()
-    for k, f in enumerate(files):
+    for k, f in enumerate(images):
         (work / "originals" / f"{k:05d}{f.suffix.lower()}").symlink_to(f.resolve())
     rows = []
-    for name, (group, fn) in ALTERATIONS.items():
-        if which != "all" and group != which:
-            continue
-        for k in rng.choice(len(files), min(per, len(files)), replace=False):
-            img, kind = fn(read_xray(files[k]))
+    for name, fn in alterations(which).items():
+        for k in rng.choice(len(images), min(per, len(images)), replace=False):
+            img, kind = fn(read_xray(images[k]))
             dst = _save(img, kind, work / "copies" / f"{name}-{k:05d}".replace(".", "p"))
             rows.append({"copy": f"copies/{dst.name}",
-                         "original": f"originals/{k:05d}{files[k].suffix.lower()}",
+                         "original": f"originals/{k:05d}{images[k].suffix.lower()}",
                          "alteration": name})
     return pd.DataFrame(rows)
 
@@ -668,9 +672,7 @@ def _copy_scores(job: tuple[str, str]) -> list[tuple[str, float]]:
         fa = None
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (group, fn) in ALTERATIONS.items():
-            if which != "all" and group != which:
-                continue
+        for name, fn in alterations(which).items():
             img, kind = fn(a)
             dst = _save(img, kind, Path(tmp) / "copy")
             try:

@@ -22,14 +22,14 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    the normalised cross-correlation of two band-passed versions (coarse and fine structure) in
    the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]. Most
    distinct pairs are settled at half size after ``QUICK_ITERATIONS`` ECC steps
-   (``QUICK_FLOOR``); a fit that fails one way, or a score just short of ``THRESHOLD``, is tried
-   the other way round. A pair still short of ``THRESHOLD`` whose ``content_box`` sizes differ in
-   scale by more than ``REFRAME_RATIO`` is compared again after ``reframe`` (each cropped to its
-   box): noise over one image's padding keeps a band there that its original's strip removed.
-   A pair still short whose ``flat_box`` sizes differ that much is compared once more, each
-   cropped to that box: padding added before a rotation is slanted by it (black corners beside
-   it), so no line of it is flat and neither strip removes it, but most of each of its lines
-   sits at one flat gray level.
+   (``QUICK_FLOOR``); a fit that fails one way, or a pair past that quick look still short of
+   ``THRESHOLD``, is tried the other way round. A pair still short of ``THRESHOLD`` whose
+   ``content_box`` sizes differ in scale by more than ``REFRAME_RATIO`` is compared again after
+   ``reframe`` (each cropped to its box): noise over one image's padding keeps a band there
+   that its original's strip removed. A pair still short whose ``flat_box`` sizes differ that
+   much is compared once more, each cropped to that box: padding added before a rotation is
+   slanted by it (black corners beside it), so no line of it is flat and neither strip removes
+   it, but most of each of its lines sits at one flat gray level.
 4. **Decision** (``decide``): a score of at least ``THRESHOLD`` that stands ``MARGIN`` above the
    image's background (its median score with its other candidates, copies of ``CERTAIN`` and
    more left out).
@@ -329,7 +329,8 @@ def _cropped(a: np.ndarray, box: tuple[int, int, int, int], interpolation: int) 
 
 
 def _reframed(a: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray | None:
-    """``reframe`` of a fingerprint as float in [0, 1] whose ``content_box`` is ``box``."""
+    """A fingerprint (float in [0, 1]) cropped to ``box`` (its ``content_box`` or ``flat_box``),
+    resized back to ``SIDE`` and equalised again, as ``reframe`` does; None for the whole."""
     if box == _FULL_BOX:
         return None
     c = _cropped(a, box, cv2.INTER_LINEAR)
