@@ -126,16 +126,18 @@ def cpu_state(model: nn.Module) -> dict:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, **meta) -> None:
-    """Write ``{"model_state", "meta"}`` atomically. ``meta`` (see ``META``) needs ``arch`` and
-    ``class_names``; ImageNet ``mean``/``std`` and library ``versions`` are added. Values must
-    be plain Python types or tensors, so the file loads with ``weights_only=True``."""
+def save_checkpoint(path: str | os.PathLike, model: nn.Module | dict, **meta) -> None:
+    """Write ``{"model_state", "meta"}`` atomically; ``model`` is the model or a ``cpu_state``
+    of it. ``meta`` (see ``META``) needs ``arch`` and ``class_names``; ImageNet ``mean``/``std``
+    and library ``versions`` are added. Values must be plain Python types or tensors, so the
+    file loads with ``weights_only=True``."""
     for key in ("arch", "class_names"):
         if key not in meta:
             raise ValueError(f"save_checkpoint needs meta[{key!r}]; got keys {sorted(meta)}")
     meta = {"mean": list(utils.IMAGENET_MEAN), "std": list(utils.IMAGENET_STD), **meta,
             "versions": library_versions()}
-    save_state({"model_state": cpu_state(model), "meta": meta}, path)
+    state = model if isinstance(model, dict) else cpu_state(model)
+    save_state({"model_state": state, "meta": meta}, path)
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"

@@ -103,6 +103,10 @@ class TrainConfig:
     freeze_bn: bool = setting(False, "batch norm in eval mode while training (frozen running "
                                      "statistics)")
     sync_bn: bool = setting(False, "SyncBatchNorm across processes under torchrun on CUDA")
+    checkpoint_every: float = setting(
+        120.0, "seconds of training between writes of the best weights and the resumable state "
+               "(a kill loses at most about this much; 0: after every epoch); the last epoch "
+               "always writes both, and the history gets its row after every epoch")
 
     def resolved_lr(self, arch: str) -> float:
         """``lr``, or the default for ``arch`` with or without pretrained ``weights``."""

@@ -116,7 +116,7 @@ def _config_key(cfg: dict) -> dict:
     """The config entries that must match for a checkpoint to be resumed. ``epochs`` may change
     only with a constant learning rate: the cosine schedule's length is ``epochs``, so a
     resumed run with another ``epochs`` would splice two schedules."""
-    free = ("num_workers", "patience", "compile")
+    free = ("num_workers", "patience", "compile", "checkpoint_every")
     if cfg.get("schedule") == "constant":
         free += ("epochs",)
     return {k: v for k, v in cfg.items() if k not in free}
@@ -249,17 +249,36 @@ def try_resume(last_path: Path, model: nn.Module, step: _Step, stopper: EarlySto
         say(f"{arch}: resuming after epoch {stopper.epoch}")
 
 
-def save_epoch(row: dict, improved: bool, model: nn.Module, step: _Step, stopper: EarlyStopping,
-               meta: dict, paths: dict[str, Path]) -> None:
-    """Write what an epoch leaves behind, in an order that survives a kill in between: the
-    history row first (a resume drops rows past the resumable state and replays them), then the
-    best weights when the epoch improved, then the resumable state."""
-    _append_history(row, paths["history"])
-    if improved:
-        checkpoints.save_checkpoint(paths["best"], model, **meta, epoch=row["epoch"],
-                                    val_loss=row["val_loss"], val_acc=row["val_acc"])
-    checkpoints.save_resume_state(paths["last"], model, step.opt, step.sched, step.scaler,
-                                  stopper.state_dict(), meta, world_size=world()[1])
+class _Writer:
+    """What epochs leave behind, in an order that survives a kill in between: each epoch's
+    history row at once (a resume drops rows past the resumable state and replays them), then,
+    once ``config.checkpoint_every`` seconds have passed since the last write and after the last
+    epoch, the best weights (a copy kept in memory since their epoch) and the resumable state.
+    VGG-16's pair is 2.1 GB: written after every epoch it cost 4-6 s an epoch on a 2-core box."""
+
+    def __init__(self, every: float, meta: dict, paths: dict[str, Path]):
+        self.every, self.meta, self.paths = every, meta, paths
+        self.pending = None         # (cpu_state, row) of an improved epoch not yet written
+        self.best_state = None      # the weights of the last best checkpoint this run wrote
+        self.written = time.perf_counter()
+
+    def epoch_done(self, row: dict, improved: bool, model: nn.Module, step: _Step,
+                   stopper: EarlyStopping) -> None:
+        _append_history(row, self.paths["history"])
+        if improved:
+            self.pending = (checkpoints.cpu_state(model), row)
+        if not (stopper.finished or time.perf_counter() - self.written >= self.every):
+            return
+        if self.pending is not None:
+            state, best = self.pending
+            checkpoints.save_checkpoint(self.paths["best"], state, **self.meta,
+                                        epoch=best["epoch"], val_loss=best["val_loss"],
+                                        val_acc=best["val_acc"])
+            self.pending, self.best_state = None, state
+        checkpoints.save_resume_state(self.paths["last"], model, step.opt, step.sched,
+                                      step.scaler, stopper.state_dict(), self.meta,
+                                      world_size=world()[1])
+        self.written = time.perf_counter()
 
 
 def _wrap(model: nn.Module, config: TrainConfig, device: torch.device) -> nn.Module:
@@ -279,19 +298,21 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     """Train ``model`` on ``loaders["train"]`` with early stopping on ``loaders["val"]`` loss.
 
     Adam (``config.resolved_lr(arch)``), cross-entropy, cosine LR decay over ``config.epochs`` down
-    to lr/100 (or a constant LR with ``schedule="constant"``). After every epoch: a row appended
+    to lr/100 (or a constant LR with ``schedule="constant"``). After every epoch a row is appended
     to ``history_dir/<arch>.csv`` (``HISTORY_COLUMNS``; losses and accuracies averaged over the
-    samples actually seen), ``models_dir/<arch>.pt`` (``checkpoints.save_checkpoint``) when the
-    validation loss improved by more than ``min_delta`` (that row's ``best`` is 1: the one
-    definition of the best epoch), and the resumable ``models_dir/<arch>_last.pt`` (model,
-    optimizer, scheduler, scaler, epoch, early-stopping state), in that order, so a kill at any
-    point loses no row. Training stops after ``patience`` epochs without improvement and the
-    best weights are restored into ``model``.
+    samples actually seen); an epoch whose validation loss improved by more than ``min_delta``
+    (that row's ``best`` is 1: the one definition of the best epoch) is kept in memory; once
+    ``config.checkpoint_every`` seconds have passed since the last write, and after the last
+    epoch, the best epoch's ``models_dir/<arch>.pt`` (``checkpoints.save_checkpoint``) and then
+    the resumable ``models_dir/<arch>_last.pt`` (model, optimizer, scheduler, scaler, epoch,
+    early-stopping state) are written, in that order (``_Writer``), so a kill at any point loses
+    no row and at most ``checkpoint_every`` seconds of training. Training stops after
+    ``patience`` epochs without improvement and the best weights are restored into ``model``.
 
     With ``resume=True`` a matching ``<arch>_last.pt`` (same config, class names and
     ``extra_meta``, e.g. a ``image_cache.split_fingerprint``) continues where it stopped (a finished run is
     not retrained); otherwise training starts afresh and says why. A NaN/inf training loss
-    raises FloatingPointError; the checkpoints of the last good epoch stay. A validation split
+    raises FloatingPointError; the checkpoints last written (good epochs) stay. A validation split
     with no readable image raises ValueError. Returns the history DataFrame.
 
     Under ``torchrun`` (``init_distributed`` called, loaders built with ``num_replicas``/``rank``)
@@ -317,6 +338,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     if main:
         _write_history(history, paths["history"])
     rows = history.to_dict("records")
+    writer = _Writer(config.checkpoint_every, meta, paths) if main else None
     step_model = _wrap(model, config, device)
     for epoch in range(stopper.epoch + 1, config.epochs + 1):
         if stopper.finished:
@@ -326,7 +348,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
         tr = train_epoch(step_model, loaders["train"], step.opt, step.scaler, device, step.amp,
                          step.channels_last, desc=f"{arch} epoch {epoch}/{config.epochs}",
                          progress=progress and main,
-                         nan_hint=f"{arch} epoch {epoch}: the last good checkpoints are "
+                         nan_hint=f"{arch} epoch {epoch}: the last checkpoints written are "
                                   f"{paths['last']} and {paths['best']}",
                          augment=config.augment, freeze_bn=config.freeze_bn)
         val = validation_pass(model, loaders["val"], device, step.amp, step.channels_last)
@@ -340,7 +362,7 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
                "train_seen": tr["seen"], "best": int(improved)}
         step.sched.step()
         if main:
-            save_epoch(row, improved, model, step, stopper, meta, paths)
+            writer.epoch_done(row, improved, model, step, stopper)
         barrier()
         rows.append(row)
         if progress:
@@ -351,7 +373,9 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
             say(f"{arch}: early stop at epoch {epoch}; best epoch {stopper.best_epoch} "
                 f"(val loss {stopper.best_loss:.4f})")
     check_replicas_agree(model, device)
-    if paths["best"].is_file():
+    if writer is not None and writer.best_state is not None:
+        model.load_state_dict(writer.best_state)
+    elif paths["best"].is_file():
         best, _ = checkpoints.load_checkpoint(paths["best"])
         model.load_state_dict(best.state_dict())
     return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))

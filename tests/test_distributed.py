@@ -79,7 +79,7 @@ def _args(demo_dir, manifest, out: Path, epochs: int) -> list[str]:
             "--weights", "none", "--image-size", "32", "--batch-size", "8",
             "--epochs", str(epochs), "--patience", "1", "--lr", "3e-5", "--schedule", "constant",
             "--seed", "3", "--num-workers", "0", "--cache-dir", str(out.parent / "cache"),
-            "--no-augment", "--freeze-bn", "--no-amp", "--quiet",
+            "--no-augment", "--freeze-bn", "--no-amp", "--quiet", "--checkpoint-every", "0",
             "--out", str(out / "outputs"), "--models-dir", str(out / "models")]
 
 

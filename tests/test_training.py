@@ -23,7 +23,7 @@ def tiny(demo_dir, demo_manifest):
 def _fit(tmp_path, tiny, epochs, tag="run", resume=True, **cfg):
     loaders, names = tiny
     cfg = {"epochs": epochs, "batch_size": 8, "image_size": 32, "num_workers": 0, "seed": 0,
-           "patience": 10, "lr": 1e-3, **cfg}
+           "patience": 10, "lr": 1e-3, "checkpoint_every": 0, **cfg}
     torch.manual_seed(0)
     model = networks.build_model("resnet18", len(names), weights=None)
     h = training.fit(model, loaders, "resnet18", names, training.TrainConfig(**cfg), torch.device("cpu"),
@@ -199,6 +199,74 @@ def test_resume_equals_uninterrupted_and_seeded_runs_equal(tmp_path, tiny, monke
     # a finished run is not retrained
     _, h3 = _fit(tmp_path, tiny, 3, tag="resumed")
     assert len(h3) == 3
+
+
+@pytest.mark.slow
+def test_checkpoints_wait_for_the_interval_and_results_do_not_change(tmp_path, tiny, monkeypatch):
+    """With ``checkpoint_every`` longer than the run, the best weights and the resumable state
+    are written once, after the last epoch, and equal those of a run that wrote every epoch;
+    a kill before then loses the epochs since the last write, and the rerun reaches the same
+    weights."""
+    writes = []
+    real_best, real_last = checkpoints.save_checkpoint, checkpoints.save_resume_state
+    monkeypatch.setattr(checkpoints, "save_checkpoint",
+                        lambda p, m, **meta: (writes.append(("best", meta["epoch"])),
+                                              real_best(p, m, **meta)))
+    monkeypatch.setattr(checkpoints, "save_resume_state",
+                        lambda p, m, o, sc, g, state, *a, **k: (
+                            writes.append(("last", state["epoch"])),
+                            real_last(p, m, o, sc, g, state, *a, **k)))
+    every, h_every = _fit(tmp_path, tiny, 3, tag="every")
+    assert [e for kind, e in writes if kind == "last"] == [1, 2, 3]   # 0: after every epoch
+    assert [e for kind, e in writes if kind == "best"] == h_every.loc[h_every["best"] == 1,
+                                                                      "epoch"].tolist()
+    writes.clear()
+    once, h_once = _fit(tmp_path, tiny, 3, tag="once", checkpoint_every=1e9)
+    best = training.best_epoch(h_once)
+    assert writes == [("best", best), ("last", 3)]
+    pd.testing.assert_frame_equal(h_every.drop(columns="seconds"),
+                                  h_once.drop(columns="seconds"))
+    for tag in ("every", "once"):
+        m, meta = checkpoints.load_checkpoint(tmp_path / tag / "models" / "resnet18.pt")
+        assert meta["epoch"] == best
+        for k, v in m.state_dict().items():   # the best weights, also restored into the model
+            assert torch.equal(v, every.state_dict()[k]) and torch.equal(v, once.state_dict()[k])
+    # killed in epoch 3 before anything was written: the rows are there, no checkpoint yet
+    _killed_at_call(monkeypatch, "validation_pass", 3)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(tmp_path, tiny, 3, tag="killed", checkpoint_every=1e9)
+    monkeypatch.undo()
+    assert not (tmp_path / "killed" / "models").exists()
+    assert len(pd.read_csv(tmp_path / "killed" / "csv" / "resnet18.csv")) == 2
+    again, h_again = _fit(tmp_path, tiny, 3, tag="killed", checkpoint_every=1e9)
+    assert h_again["epoch"].tolist() == [1, 2, 3]
+    for k, v in again.state_dict().items():
+        assert torch.equal(v, once.state_dict()[k]), k
+
+
+def test_writer_waits_checkpoint_every_seconds(tmp_path, monkeypatch):
+    """``_Writer`` on a scripted clock: every epoch's row at once; the checkpoints when the
+    interval has passed since the last write, and after the last epoch."""
+    clock = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: clock[0])
+    writes = []
+    monkeypatch.setattr(checkpoints, "save_checkpoint",
+                        lambda p, state, **meta: writes.append(("best", meta["epoch"])))
+    monkeypatch.setattr(checkpoints, "save_resume_state",
+                        lambda p, m, o, sc, g, state, *a, **k: writes.append(("last", state["epoch"])))
+    paths = {"history": tmp_path / "h.csv", "best": tmp_path / "b.pt", "last": tmp_path / "l.pt"}
+    w = training._Writer(100.0, {"arch": "resnet18"}, paths)
+    stopper = training.EarlyStopping(patience=10, min_delta=0.0)
+    model = networks.build_model("resnet18", 4, weights=None)
+    step = training._Step(None, None, None, False, False)
+    for epoch, loss in enumerate([1.0, 0.9, 0.95, 0.8, 0.85, 0.7], start=1):
+        clock[0] += 40.0
+        improved = stopper.update(epoch, loss, last_epoch=6)
+        w.epoch_done({c: epoch for c in training.HISTORY_COLUMNS} | {"val_loss": loss},
+                     improved, model, step, stopper)
+    # written after epoch 3 (120 s; best epoch 2), epoch 6 (the last; 120 s again, best 6)
+    assert writes == [("best", 2), ("last", 3), ("best", 6), ("last", 6)]
+    assert len(pd.read_csv(paths["history"], header=None)) == 6
 
 
 def test_nan_loss_stops_with_clear_error(tmp_path, tiny, monkeypatch):
