@@ -56,6 +56,9 @@ META = {
     "val_acc": "validation accuracy at that epoch",
     "seed": "the training seed",
     "config": "training.TrainConfig as a dict",
+    "numeric_path": "what training computed in: bf16, fp16 or fp32 (training.training_path)",
+    "numeric_path_reason": "why, in words (on a CPU: whether it has native bf16 and the timed "
+                           "probe's speed-up)",
     "dataset": "utils.dataset_info of the training data (name, synthetic, shortcut)",
     "data": "image_cache.split_fingerprint of the manifest (what a resume must match)",
     "trained_on": "trained_on_record: content digests and near-duplicate fingerprints of the "

@@ -79,8 +79,8 @@ class TrainConfig:
     seed: int = setting(42, "model initialisation, sampling and augmentation (the split has its "
                             "own, in split_dataset.py)")
     amp: bool = setting(True, "mixed precision: bf16 autocast on CUDA (fp16 + GradScaler where "
-                              "bf16 is missing) and on CPUs with native bf16 (AVX512-BF16/AMX); "
-                              "else fp32")
+                              "bf16 is missing) and on CPUs with native bf16 (AVX512-BF16/AMX) "
+                              "where a timed probe of the model finds it faster; else fp32")
     channels_last: bool = setting(True, "channels-last tensors on CUDA and CPU (faster "
                                         "oneDNN/cuDNN convolutions)")
     deterministic: bool = setting(False, "deterministic kernels (slower on GPU)")

@@ -69,6 +69,7 @@ def model_settings(meta: dict) -> dict:
             **{k: cfg.get(k) for k in ("weights", "image_size", "batch_size", "epochs",
                                        "patience", "lr", "seed", "max_per_class")},
             "lr_used": lr, "numeric_path": meta.get("numeric_path"),
+            "numeric_path_reason": meta.get("numeric_path_reason"),
             "trained_with": meta.get("versions", {})}
 
 

@@ -278,40 +278,55 @@ def accuracy_by_group(y_true, y_pred, groups) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------- calibration
-def reliability_bins(y_true, y_prob, n_bins: int = 15) -> pd.DataFrame:
-    """Top-label reliability table: the predicted class's probability (``confidence``) cut
-    into ``n_bins`` equal-width bins over (0, 1]; per bin ``lo``, ``hi``, ``count``, mean
-    ``confidence`` and ``accuracy`` (NaN for an empty bin)."""
-    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
-    conf, correct = y_prob.max(1), (y_prob.argmax(1) == y_true).astype(float)
+def _bins(conf: np.ndarray, correct: np.ndarray, n_bins: int):
+    """Equal-width bins over (0, 1] of top-label confidences: ``(edges, count, mean confidence,
+    accuracy)`` per bin (NaN for an empty bin)."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     which = np.clip(np.searchsorted(edges, conf, side="left") - 1, 0, n_bins - 1)
     count = np.bincount(which, minlength=n_bins)
     with np.errstate(invalid="ignore"):
         mean_conf = np.bincount(which, conf, n_bins) / count
         acc = np.bincount(which, correct, n_bins) / count
+    return edges, count, mean_conf, acc
+
+
+def _top_label(y_true, y_prob) -> tuple[np.ndarray, np.ndarray]:
+    """The predicted class's probability and whether it was right (1.0 / 0.0)."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
+    return y_prob.max(1), (y_prob.argmax(1) == y_true).astype(float)
+
+
+def reliability_bins(y_true, y_prob, n_bins: int = 15) -> pd.DataFrame:
+    """Top-label reliability table: the predicted class's probability (``confidence``) cut
+    into ``n_bins`` equal-width bins over (0, 1]; per bin ``lo``, ``hi``, ``count``, mean
+    ``confidence`` and ``accuracy`` (NaN for an empty bin)."""
+    edges, count, mean_conf, acc = _bins(*_top_label(y_true, y_prob), n_bins)
     return pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "count": count,
                          "confidence": mean_conf, "accuracy": acc})
+
+
+def _ece(conf: np.ndarray, correct: np.ndarray, n_bins: int) -> float:
+    _, count, mean_conf, acc = _bins(conf, correct, n_bins)
+    full = count > 0
+    return float((count[full] / count.sum() * np.abs(acc[full] - mean_conf[full])).sum())
 
 
 def expected_calibration_error(y_true, y_prob, n_bins: int = 15) -> float:
     """ECE (Guo et al., 2017): sum over ``reliability_bins`` of (count / N) x |accuracy -
     confidence|; 0 for perfectly calibrated top-label probabilities."""
-    b = reliability_bins(y_true, y_prob, n_bins)
-    full = b["count"] > 0
-    return float((b.loc[full, "count"] / b["count"].sum()
-                  * (b.loc[full, "accuracy"] - b.loc[full, "confidence"]).abs()).sum())
+    return _ece(*_top_label(y_true, y_prob), n_bins)
 
 
 def ece_with_interval(y_true, y_prob, n_bins: int = 15, n_boot: int = 1000, seed: int = 0
                       ) -> tuple[float, list[float]]:
-    """``expected_calibration_error`` and its 95% percentile-bootstrap interval over images."""
-    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob, float)
-    ece = expected_calibration_error(y_true, y_prob, n_bins)
+    """``expected_calibration_error`` and its 95% percentile-bootstrap interval over images
+    (the top labels are found once; each resample re-bins them)."""
+    conf, correct = _top_label(y_true, y_prob)
+    ece = _ece(conf, correct, n_bins)
     if not n_boot:
         return ece, [float("nan"), float("nan")]
-    idx = bootstrap_indices(len(y_true), n_boot, seed)
-    boots = [expected_calibration_error(y_true[i], y_prob[i], n_bins) for i in idx]
+    idx = bootstrap_indices(len(conf), n_boot, seed)
+    boots = [_ece(conf[i], correct[i], n_bins) for i in idx]
     return ece, [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
 
 

@@ -21,7 +21,6 @@ machine are kept). Each seed's data, manifest, models and metrics stay under ``<
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -41,16 +40,10 @@ def machine() -> str:
     import torch  # noqa: PLC0415
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os  # noqa: PLC0415
-    return f"{name} ({os.cpu_count()} cores)"
+
+    import runtime  # noqa: PLC0415
+    return f"{runtime.cpu_name()} ({os.cpu_count()} cores)"
 
 
 def run_seed(seed: int, out: Path, amp: bool | None = None, archs: list[str] | None = None,

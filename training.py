@@ -33,7 +33,7 @@ import utils
 from config import TrainConfig  # declared with every other setting, in config.py
 from inference import validation_pass  # fit calls it through this name (tests replace it)
 from runtime import (all_reduce_sums, amp_dtype, autocast, barrier, check_replicas_agree,
-                     main_process_first, numeric_path, seed_everything, world)
+                     cpu_bf16_speedup, main_process_first, numeric_path, seed_everything, world)
 from files import file_stamp, write_csv_atomic
 
 LR_PRETRAINED = networks.PRETRAINED_LR  # the study's Adam learning rate for ImageNet weights
@@ -191,10 +191,23 @@ class _Step:
     channels_last: bool
 
 
+def training_path(model: nn.Module, config: TrainConfig, arch: str, device: torch.device
+                  ) -> tuple[str, str]:
+    """``runtime.numeric_path`` for training ``model``: on a CPU with native bf16 decided by a
+    timed probe of this model at ``config``'s image size and batch (``cpu_bf16_speedup``,
+    cached per CPU; under torchrun the processes' mean, so every process decides alike)."""
+    def speedup() -> float:
+        s = cpu_bf16_speedup(model, arch, config.image_size, config.batch_size)
+        n = world()[1]
+        return all_reduce_sums(s, device=device)[0] / n if n > 1 else s
+    return numeric_path(device, config.amp, speedup)
+
+
 def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.device
              ) -> tuple[nn.Module, _Step]:
     """Seed, move the model (channels-last, SyncBatchNorm under DDP on CUDA) and build the
-    optimizer, schedule and precision for ``config``."""
+    optimizer, schedule and precision (``training_path``) for ``config``."""
+    path = training_path(model, config, arch, device)[0]
     seed_everything(config.seed, config.deterministic)
     cl = config.channels_last and device.type in ("cuda", "cpu")
     if config.sync_bn and world()[1] > 1 and device.type == "cuda":
@@ -206,7 +219,7 @@ def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.dev
     # parameters) ~6x cheaper than the per-tensor loop.
     opt = torch.optim.Adam(model.parameters(), lr=config.resolved_lr(arch),
                            weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
-    precision = amp_dtype(device, config.amp, cpu=True)
+    precision = amp_dtype(device, config.amp and path != "fp32", cpu=True)
     return model, _Step(opt, make_schedule(opt, config),
                         torch.amp.GradScaler("cuda", enabled=precision == torch.float16),
                         precision is not None, cl)
@@ -330,7 +343,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     model, step = _prepare(model, config, arch, device)
     meta = {"arch": arch, "class_names": list(class_names), "image_size": config.image_size,
             "seed": config.seed, "config": dataclasses.asdict(config),
-            "numeric_path": numeric_path(device, config.amp)[0], **(extra_meta or {})}
+            **dict(zip(("numeric_path", "numeric_path_reason"),
+                       training_path(model, config, arch, device))), **(extra_meta or {})}
     stopper = EarlyStopping(config.patience, config.min_delta)
     if resume and paths["last"].is_file():
         try_resume(paths["last"], model, step, stopper, meta, extra_meta, config, say)
@@ -460,7 +474,7 @@ def train_architecture(arch: str, manifest: pd.DataFrame, data_dir: str | os.Pat
         seed_everything(config.seed)  # the initial weights depend on the seed alone
         model = networks.build_model(arch, len(class_names), weights=w,
                                      image_size=config.image_size, dropout=config.dropout)
-    path, why = numeric_path(device, config.amp)
+    path, why = training_path(model, config, arch, device)
     if progress and rank == 0:
         print(f"== {arch}: {config.image_size} px, weights = {w or 'random init'}; "
               f"train {len(loaders['train'].dataset)} / val {len(manifest[manifest['split'] == 'val'])}"

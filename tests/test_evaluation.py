@@ -118,9 +118,12 @@ def test_evaluate_py_with_a_manifest_writes_what_the_module_computes(trained, de
     want = json.loads((tmp_path / "module.json").read_text())
     for k in ("archs", "models", "class_names", "dataset", "convention"):
         assert m[k] == want[k], k
-    # the numeric path the model trained with, from its checkpoint (the fixture keeps amp on:
-    # bf16 on a CPU with native bf16, else fp32)
-    assert m["models"]["resnet18"]["numeric_path"] == runtime.numeric_path(CPU)[0]
+    # the numeric path the model trained with and why, from its checkpoint (the fixture keeps
+    # amp on: bf16 where this CPU has native bf16 and the probe found it faster, else fp32)
+    meta = checkpoints.read_meta(trained)
+    assert m["models"]["resnet18"]["numeric_path"] == meta["numeric_path"] in ("bf16", "fp32")
+    assert m["models"]["resnet18"]["numeric_path_reason"] == meta["numeric_path_reason"]
+    assert ("timed step" in meta["numeric_path_reason"]) == runtime.cpu_bf16_supported()
     for f in ("confusion_matrices/resnet18_test.png", "roc/resnet18.png", "report.html",
               "calibration/resnet18.png", "grad_cam/comparison.png", "grad_cam/outside_lungs.png"):
         assert (tmp_path / "out" / f).is_file(), f

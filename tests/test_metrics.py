@@ -146,6 +146,27 @@ def test_ece_against_a_hand_computation():
     assert ece == pytest.approx(expected) and 0 <= lo <= hi <= 1
 
 
+def test_ece_interval_is_the_percentile_of_the_resampled_tables():
+    """The bootstrap re-bins the top labels found once; each resample's ECE must be, to the
+    bit, the one computed from that resample's reliability table (the definition)."""
+    rng = np.random.default_rng(3)
+    for n, c, n_bins in [(7, 2, 3), (120, 4, 15), (333, 5, 10)]:
+        z = rng.normal(0, 3, (n, c))
+        p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        y = rng.integers(0, c, n)
+
+        def by_table(i):
+            b = metrics.reliability_bins(y[i], p[i], n_bins)
+            full = b["count"] > 0
+            return float((b.loc[full, "count"] / b["count"].sum()
+                          * (b.loc[full, "accuracy"] - b.loc[full, "confidence"]).abs()).sum())
+
+        boots = [by_table(i) for i in metrics.bootstrap_indices(n, 300, 11)]
+        ece, ci = metrics.ece_with_interval(y, p, n_bins, n_boot=300, seed=11)
+        assert ece == by_table(np.arange(n))
+        assert ci == [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))]
+
+
 def test_temperature_scaling_fixes_an_overconfident_model():
     rng = np.random.default_rng(0)
     n, c = 2000, 4

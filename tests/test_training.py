@@ -1,4 +1,9 @@
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -10,6 +15,8 @@ import networks
 import runtime
 import training
 import utils
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -319,16 +326,74 @@ def test_resume_refuses_other_data(tmp_path, tiny, capsys):
 def test_numeric_path_follows_the_cpu_and_is_recorded(tmp_path, tiny, monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: False)
-    path, why = runtime.numeric_path(cpu)
+    path, why = runtime.numeric_path(cpu, speedup=lambda: pytest.fail("probed without bf16"))
     assert path == "fp32" and "no native bf16" in why
     assert runtime.numeric_path(cpu, enabled=False)[0] == "fp32"
     assert "off" in runtime.numeric_path(cpu, enabled=False)[1]
-    # a CPU with native bf16 (pretended: emulated here, one tiny epoch) trains with autocast and
-    # records it; forced off, fp32 (an fp32 CPU's record: test_evaluation's trained fixture)
+    # a CPU with native bf16 (pretended: emulated here, one tiny epoch): the timed probe
+    # decides, and the checkpoint records the path and why; forced off, fp32 unprobed
     monkeypatch.setattr(runtime, "cpu_bf16_supported", lambda: True)
     assert runtime.numeric_path(cpu) == ("bf16", "autocast, native bf16 on this CPU")
-    assert runtime.numeric_path(cpu, enabled=False)[0] == "fp32"
-    _fit(tmp_path, tiny, 1, tag="bf16")
-    assert checkpoints.read_meta(tmp_path / "bf16" / "models" / "resnet18.pt")["numeric_path"] == "bf16"
+    assert runtime.numeric_path(cpu, speedup=lambda: 1.5) == (
+        "bf16", "autocast, native bf16 on this CPU, a timed step 1.50x as fast as fp32")
+    path, why = runtime.numeric_path(cpu, speedup=lambda: 0.42)
+    assert path == "fp32" and "0.42x as fast as fp32 (bf16 needs 1.1x)" in why
+    probed = []
+    for speedup, tag in ((1.5, "bf16"), (0.42, "slow")):
+        monkeypatch.setattr(training, "cpu_bf16_speedup",
+                            lambda m, arch, size, batch, s=speedup: probed.append(
+                                (arch, size, batch)) or s)
+        _fit(tmp_path, tiny, 1, tag=tag)
+    meta = checkpoints.read_meta(tmp_path / "bf16" / "models" / "resnet18.pt")
+    assert meta["numeric_path"] == "bf16" and "1.50x" in meta["numeric_path_reason"]
+    meta = checkpoints.read_meta(tmp_path / "slow" / "models" / "resnet18.pt")
+    assert meta["numeric_path"] == "fp32" and "0.42x" in meta["numeric_path_reason"]
+    assert set(probed) == {("resnet18", 32, 8)}
+    probed.clear()
     _fit(tmp_path, tiny, 1, tag="forced", amp=False)
-    assert checkpoints.read_meta(tmp_path / "forced" / "models" / "resnet18.pt")["numeric_path"] == "fp32"
+    meta = checkpoints.read_meta(tmp_path / "forced" / "models" / "resnet18.pt")
+    assert meta["numeric_path"] == "fp32" and "off" in meta["numeric_path_reason"] and not probed
+
+
+def test_the_bf16_probe_leaves_the_model_alone_and_is_kept_per_cpu(tmp_path, monkeypatch):
+    """The real probe on a small model with batch norm and dropout: a positive speed-up, kept
+    in the cache file under this CPU, torch, ISA cap, threads, architecture, size and batch;
+    the model's weights, batch-norm statistics and the random stream untouched; a kept value
+    is used without measuring."""
+    monkeypatch.setattr(runtime, "_SPEEDUPS", {})
+    cache = tmp_path / "numeric_path.json"
+    torch.manual_seed(5)
+    model = networks.build_model("mobilenet_v3_small", 4, weights=None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(6)
+    s = runtime.cpu_bf16_speedup(model, "mobilenet_v3_small", 48, 4, cache)
+    after_probe = torch.rand(3)
+    torch.manual_seed(6)
+    assert torch.equal(after_probe, torch.rand(3))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    key = runtime._probe_key("mobilenet_v3_small", 48, 4)
+    assert s > 0 and json.loads(cache.read_text()) == {key: s}
+    assert runtime.cpu_name() in key and "48 px" in key and "batch 4" in key
+    # kept: another process (an empty memo) reads the file instead of measuring
+    monkeypatch.setattr(runtime, "_SPEEDUPS", {})
+    cache.write_text(json.dumps({key: 7.25}))
+    monkeypatch.setattr(runtime.time, "perf_counter", lambda: pytest.fail("measured again"))
+    assert runtime.cpu_bf16_speedup(model, "mobilenet_v3_small", 48, 4, cache) == 7.25
+
+
+@pytest.mark.skipif(not runtime.cpu_bf16_supported(), reason="the CPU has no native bf16")
+def test_the_probe_sees_bf16_that_the_cpu_flag_promises_but_onednn_cannot_run():
+    """oneDNN held to AVX512 without BF16 (ONEDNN_MAX_CPU_ISA): the CPU flag still says bf16,
+    but emulated bf16 runs at about 0.4-0.6x fp32's speed; the probe finds that and training
+    takes fp32."""
+    code = ("import torch, runtime, networks; "
+            "m = networks.build_model('resnet18', 4, weights=None); "
+            "print(runtime.cpu_bf16_supported(), runtime.numeric_path(torch.device('cpu'), True, "
+            "lambda: runtime.cpu_bf16_speedup(m, 'resnet18', 128, 8, None)))")
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("True ('fp32', 'native bf16 on this CPU, but a timed step"), \
+        out.stdout
