@@ -390,7 +390,7 @@ def test_the_probe_sees_bf16_that_the_cpu_flag_promises_but_onednn_cannot_run():
     code = ("import torch, runtime, networks; "
             "m = networks.build_model('resnet18', 4, weights=None); "
             "print(runtime.cpu_bf16_supported(), runtime.numeric_path(torch.device('cpu'), True, "
-            "lambda: runtime.cpu_bf16_speedup(m, 'resnet18', 128, 8, None)))")
+            "lambda: runtime.cpu_bf16_speedup(m, 'resnet18', 96, 8, None)))")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
