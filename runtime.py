@@ -93,11 +93,11 @@ def amp_dtype(device: torch.device, enabled: bool = True, cpu: bool = False) -> 
     return None
 
 
-# bf16 autocast (less precise) trains a model on a CPU only when its timed step is at least this
-# much faster than fp32's. Measured on a 2-core AMD EPYC with AVX512-BF16 (2026-12-04, batch 16, the demo
-# sizes): 1.45x (VGG-16), 1.52x (ResNet-18), 1.50x (DenseNet-121); the same CPU with oneDNN held
-# to AVX512 without BF16 (ONEDNN_MAX_CPU_ISA=AVX512_CORE, where the CPU flag still says bf16):
-# 0.41x, 0.38x, 0.54x; held to AVX2: 0.07x-0.11x.
+# bf16 autocast (less precise) trains a model on a CPU only when its timed step is at least
+# this much faster than fp32's. Measured on a 2-core AMD EPYC with AVX512-BF16 (2026-12-04,
+# batch 16, the demo sizes): 1.45x (VGG-16), 1.52x (ResNet-18), 1.50x (DenseNet-121); the same
+# CPU with oneDNN held to AVX512 without BF16 (ONEDNN_MAX_CPU_ISA=AVX512_CORE, where the CPU
+# flag still says bf16): 0.41x, 0.38x, 0.54x; held to AVX2: 0.07x-0.11x.
 CPU_BF16_MIN_SPEEDUP = 1.1
 NUMERIC_CACHE = Path(".cache") / "numeric_path.json"
 _SPEEDUPS: dict[str, float] = {}
@@ -110,52 +110,58 @@ def _probe_key(arch: str, image_size: int, batch: int) -> str:
                        f"batch {batch}"])
 
 
+def _kept(cache_file) -> dict:
+    """The probe results kept in ``cache_file`` ({} when it is absent or unreadable)."""
+    try:
+        return json.loads(Path(cache_file).read_text()) if cache_file is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _time_paths(model: nn.Module, image_size: int, batch: int) -> float:
+    """fp32's step time over bf16 autocast's for a copy of ``model`` (see cpu_bf16_speedup)."""
+    times = {"fp32": [], "bf16": []}
+    with torch.random.fork_rng(devices=[]):
+        probe = copy.deepcopy(model).to("cpu", memory_format=torch.channels_last).train()
+        x = torch.randn(batch, 3, image_size, image_size,
+                        generator=torch.Generator().manual_seed(0))
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = torch.zeros(batch, dtype=torch.long)
+        for rep in range(3):
+            for mode in times:
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+                    loss = nn.functional.cross_entropy(probe(x).float(), y)
+                loss.backward()
+                probe.zero_grad(set_to_none=True)
+                if rep:
+                    times[mode].append(time.perf_counter() - t0)
+    return round(min(times["fp32"]) / min(times["bf16"]), 3)
+
+
 def cpu_bf16_speedup(model: nn.Module, arch: str, image_size: int, batch_size: int,
                      cache_file: str | os.PathLike | None = NUMERIC_CACHE) -> float:
     """How much faster a training step (forward and backward) of ``model`` runs under bf16
     autocast than in fp32 on this CPU: fp32's time over bf16's, best of two timed steps each
     after one untimed, alternated, on a copy of the model (its weights, batch-norm statistics
     and the random streams are left as they were) with a batch of ``batch_size`` (at most 64)
-    random ``image_size`` images, channels-last as training runs (about six training steps). Kept per CPU model name,
-    torch version, oneDNN ISA cap, thread count, architecture, size and batch in this process
-    and in ``cache_file`` (a JSON map; the first measurement of a key stays)."""
+    random ``image_size`` images, channels-last as training runs (about six training steps).
+    Kept per CPU model name, torch version, oneDNN ISA cap, thread count, architecture, size
+    and batch in this process and in ``cache_file`` (a JSON map; the first measurement of a
+    key stays, so processes sharing the file decide alike; an unwritable file is only read)."""
     batch = max(1, min(batch_size, 64))
     key = _probe_key(arch, image_size, batch)
-    if key in _SPEEDUPS:
-        return _SPEEDUPS[key]
-    stored = {}
-    if cache_file is not None and Path(cache_file).is_file():
-        try:
-            stored = json.loads(Path(cache_file).read_text())
-        except (OSError, ValueError):
-            stored = {}
-    if key not in stored:
-        times = {"fp32": [], "bf16": []}
-        with torch.random.fork_rng(devices=[]):
-            probe = copy.deepcopy(model).to("cpu", memory_format=torch.channels_last).train()
-            x = torch.randn(batch, 3, image_size, image_size,
-                            generator=torch.Generator().manual_seed(0))
-            x = x.contiguous(memory_format=torch.channels_last)
-            y = torch.zeros(batch, dtype=torch.long)
-            for rep in range(3):
-                for mode in times:
-                    t0 = time.perf_counter()
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
-                        loss = nn.functional.cross_entropy(probe(x).float(), y)
-                    loss.backward()
-                    probe.zero_grad(set_to_none=True)
-                    if rep:
-                        times[mode].append(time.perf_counter() - t0)
-            del probe
-        stored[key] = round(min(times["fp32"]) / min(times["bf16"]), 3)
-        if cache_file is not None:
-            try:
-                current = json.loads(Path(cache_file).read_text()) if Path(cache_file).is_file() else {}
-            except (OSError, ValueError):
-                current = {}
-            stored = {**stored, **current}          # another process's measurement stays
-            write_json_atomic(stored, cache_file)
-    _SPEEDUPS[key] = float(stored[key])
+    if key not in _SPEEDUPS:
+        kept = _kept(cache_file)
+        if key not in kept:
+            measured = _time_paths(model, image_size, batch)
+            kept = {key: measured, **_kept(cache_file)}   # another process's value stays
+            if cache_file is not None:
+                try:
+                    write_json_atomic(kept, cache_file)
+                except OSError:
+                    pass
+        _SPEEDUPS[key] = float(kept[key])
     return _SPEEDUPS[key]
 
 
@@ -165,7 +171,8 @@ def numeric_path(device: torch.device, enabled: bool = True,
     ``("fp16", ...)`` or ``("fp32", ...)`` with the reason in words, for the run's log and the
     checkpoint (metrics.json's ``models``). On a CPU with native bf16, ``speedup`` (a model's
     ``cpu_bf16_speedup``) decides: bf16 autocast only when it is at least
-    ``CPU_BF16_MIN_SPEEDUP`` times as fast as fp32 (without ``speedup``: whenever the CPU has it)."""
+    ``CPU_BF16_MIN_SPEEDUP`` times as fast as fp32 (without ``speedup``: whenever the CPU has
+    it)."""
     dtype = amp_dtype(device, enabled, cpu=True)
     if dtype is not None:
         path = "bf16" if dtype == torch.bfloat16 else "fp16"
@@ -181,7 +188,8 @@ def numeric_path(device: torch.device, enabled: bool = True,
     if not enabled:
         return "fp32", "mixed precision off (--no-amp or the profile's amp: false)"
     if device.type == "cpu":
-        return "fp32", "this CPU has no native bf16 (emulated bf16 is about 9-15x slower than fp32)"
+        return "fp32", ("this CPU has no native bf16 (emulated bf16 is about 9-15x slower than "
+                        "fp32)")
     return "fp32", f"no mixed precision on {device.type}"
 
 

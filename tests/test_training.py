@@ -260,7 +260,8 @@ def test_writer_waits_checkpoint_every_seconds(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoints, "save_checkpoint",
                         lambda p, state, **meta: writes.append(("best", meta["epoch"])))
     monkeypatch.setattr(checkpoints, "save_resume_state",
-                        lambda p, m, o, sc, g, state, *a, **k: writes.append(("last", state["epoch"])))
+                        lambda p, m, o, sc, g, state, *a, **k:
+                        writes.append(("last", state["epoch"])))
     paths = {"history": tmp_path / "h.csv", "best": tmp_path / "b.pt", "last": tmp_path / "l.pt"}
     w = training._Writer(100.0, {"arch": "resnet18"}, paths)
     stopper = training.EarlyStopping(patience=10, min_delta=0.0)
@@ -380,6 +381,11 @@ def test_the_bf16_probe_leaves_the_model_alone_and_is_kept_per_cpu(tmp_path, mon
     cache.write_text(json.dumps({key: 7.25}))
     monkeypatch.setattr(runtime.time, "perf_counter", lambda: pytest.fail("measured again"))
     assert runtime.cpu_bf16_speedup(model, "mobilenet_v3_small", 48, 4, cache) == 7.25
+    # a cache that cannot be written (its folder is a file) is only read: training goes on
+    monkeypatch.undo()
+    (tmp_path / "a_file").write_text("")
+    assert runtime.cpu_bf16_speedup(model, "mobilenet_v3_small", 40, 4,
+                                    tmp_path / "a_file" / "numeric_path.json") > 0
 
 
 @pytest.mark.skipif(not runtime.cpu_bf16_supported(), reason="the CPU has no native bf16")
