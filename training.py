@@ -203,11 +203,10 @@ def training_path(model: nn.Module, config: TrainConfig, arch: str, device: torc
     return numeric_path(device, config.amp, speedup)
 
 
-def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.device
-             ) -> tuple[nn.Module, _Step]:
+def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.device,
+             path: str) -> tuple[nn.Module, _Step]:
     """Seed, move the model (channels-last, SyncBatchNorm under DDP on CUDA) and build the
-    optimizer, schedule and precision (``training_path``) for ``config``."""
-    path = training_path(model, config, arch, device)[0]
+    optimizer, schedule and precision (``path``: ``training_path``'s) for ``config``."""
     seed_everything(config.seed, config.deterministic)
     cl = config.channels_last and device.type in ("cuda", "cpu")
     if config.sync_bn and world()[1] > 1 and device.type == "cuda":
@@ -219,7 +218,7 @@ def _prepare(model: nn.Module, config: TrainConfig, arch: str, device: torch.dev
     # parameters) ~6x cheaper than the per-tensor loop.
     opt = torch.optim.Adam(model.parameters(), lr=config.resolved_lr(arch),
                            weight_decay=config.weight_decay, fused=device.type in ("cpu", "cuda"))
-    precision = amp_dtype(device, config.amp and path != "fp32", cpu=True)
+    precision = amp_dtype(device, path != "fp32", cpu=True)
     return model, _Step(opt, make_schedule(opt, config),
                         torch.amp.GradScaler("cuda", enabled=precision == torch.float16),
                         precision is not None, cl)
@@ -278,8 +277,8 @@ class _Writer:
     def epoch_done(self, row: dict, improved: bool, model: nn.Module, step: _Step,
                    stopper: EarlyStopping) -> None:
         _append_history(row, self.paths["history"])
-        if improved:
-            self.pending = (checkpoints.cpu_state(model), row)
+        if improved:   # the weights written before are no longer the best
+            self.pending, self.best_state = (checkpoints.cpu_state(model), row), None
         if not (stopper.finished or time.perf_counter() - self.written >= self.every):
             return
         if self.pending is not None:
@@ -340,11 +339,11 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     paths = {"best": checkpoints.best_path(models_dir, arch),
              "last": checkpoints.resume_path(models_dir, arch),
              "history": Path(history_dir) / f"{arch}.csv"}
-    model, step = _prepare(model, config, arch, device)
+    path, why = training_path(model, config, arch, device)
+    model, step = _prepare(model, config, arch, device, path)
     meta = {"arch": arch, "class_names": list(class_names), "image_size": config.image_size,
-            "seed": config.seed, "config": dataclasses.asdict(config),
-            **dict(zip(("numeric_path", "numeric_path_reason"),
-                       training_path(model, config, arch, device))), **(extra_meta or {})}
+            "seed": config.seed, "config": dataclasses.asdict(config), "numeric_path": path,
+            "numeric_path_reason": why, **(extra_meta or {})}
     stopper = EarlyStopping(config.patience, config.min_delta)
     if resume and paths["last"].is_file():
         try_resume(paths["last"], model, step, stopper, meta, extra_meta, config, say)
