@@ -41,14 +41,53 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def choose_device(prefer: str | None = None) -> torch.device:
-    """``prefer`` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda > mps > cpu."""
+    """``prefer`` if given ("cpu", "cuda", "cuda:1", "mps"), else cuda > mps > cpu. A CPU device
+    also makes the process keep freed memory for reuse (``keep_freed_memory``)."""
     if prefer:
-        return torch.device(prefer)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        device = torch.device(prefer)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda")
+    elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        device = torch.device("mps")
+    else:
+        device = torch.device("cpu")
+    if device.type == "cpu":
+        keep_freed_memory()
+    return device
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+_MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+_memory_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep freed memory for reuse (``mallopt``: no block served by its own
+    ``mmap``, no trimming of the heap), for the rest of the process. By default glibc hands
+    every block over 32 MB straight back to the OS when it is freed, and the next allocation
+    of that size faults it in again page by page, zeroed by the kernel: on the CPU that is
+    VGG-16's 411 MB gradient of its first fully connected layer at every training step, and the
+    activations of every larger batch. Measured on 2 cores (docs/speed.md): a VGG-16 training
+    step at 96 px 0.67 -> 0.42 s, forward passes of batches of 32 1.3-1.4x faster, the numbers
+    identical to the bit; the price is that the process's memory no longer shrinks after its
+    peak. Returns whether it applied: False off glibc (macOS, Windows, musl) and when the
+    environment sets glibc's own malloc variables (``MALLOC_MMAP_MAX_``, ...; e.g.
+    ``MALLOC_MMAP_MAX_=65536`` keeps glibc's default). Idempotent."""
+    global _memory_kept
+    if _memory_kept:
+        return True
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    if any(k in os.environ for k in _MALLOC_ENV) or "glibc.malloc" in os.environ.get(
+            "GLIBC_TUNABLES", ""):
+        return False
+    import ctypes  # noqa: PLC0415
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    _memory_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _memory_kept
 
 
 def cpu_name() -> str:
@@ -219,7 +258,8 @@ def init_distributed(prefer_device: str | None = None) -> torch.device:
     """Join the process group ``torchrun`` describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT`` in the environment) and return this process's device: NCCL
     and ``cuda:LOCAL_RANK`` when CUDA is there (and ``prefer_device`` is not "cpu"), else gloo
-    on the CPU. Without ``WORLD_SIZE`` > 1 it only returns ``choose_device(prefer_device)``."""
+    on the CPU (``keep_freed_memory`` there). Without ``WORLD_SIZE`` > 1 it only returns
+    ``choose_device(prefer_device)``."""
     if requested_world_size() <= 1:
         return choose_device(prefer_device)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -229,6 +269,7 @@ def init_distributed(prefer_device: str | None = None) -> torch.device:
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+        keep_freed_memory()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo")
     return device

@@ -403,3 +403,38 @@ def test_the_probe_sees_bf16_that_the_cpu_flag_promises_but_onednn_cannot_run():
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("True ('fp32', 'native bf16 on this CPU, but a timed step"), \
         out.stdout
+
+
+_FAULTS = """
+import json, resource, torch, runtime
+def faults():
+    out = []
+    for _ in range(4):   # a 64 MB block allocated, touched and freed: minor page faults each time
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        x = torch.ones(16 * 2**20)
+        del x
+        out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return out
+before = faults()
+device = runtime.choose_device("cpu")
+print(json.dumps([runtime.keep_freed_memory(), before, faults()]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.confstr("CS_GNU_LIBC_VERSION") is None,
+                    reason="glibc's malloc only")
+@pytest.mark.parametrize("env", [{}, {"MALLOC_MMAP_MAX_": "65536"}], ids=["default", "opted-out"])
+def test_a_cpu_device_keeps_freed_memory_instead_of_faulting_it_in_again(env):
+    """By default glibc returns a freed 64 MB block to the OS and the next one faults in again
+    page by page (16,384 faults of 4 KiB pages); once ``choose_device`` picked the CPU, freed memory is
+    reused: no faults after the first. glibc's own variable in the environment is left alone."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    applied, before, after = json.loads(out.stdout)
+    assert min(before[1:]) >= 32, before  # 16,384 pages of 4 KiB (32 of 2 MiB with huge pages)
+    if env.get("MALLOC_MMAP_MAX_"):
+        assert not applied and min(after[1:]) >= min(before[1:]) // 2, after
+    else:
+        assert applied and max(after[1:]) <= min(before[1:]) // 4, after
