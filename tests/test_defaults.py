@@ -56,7 +56,7 @@ def test_the_study_is_the_default_on_real_data(tmp_path):
 def test_the_demo_profile_is_the_default_on_the_demo(demo_dir):
     settings, prof = config.train_settings(None, demo_dir)
     assert prof["name"] == "demo-cpu"
-    want = {"vgg16": (96, 11, 11, "constant", 2, True), "resnet18": (160, 8, 3, "cosine", 0, False),
+    want = {"vgg16": (96, 16, 16, "cosine", 2, True), "resnet18": (160, 8, 3, "cosine", 0, False),
             "densenet121": (128, 6, 3, "cosine", 0, True)}
     for arch, (cfg, weights) in settings.items():
         assert weights == "auto" and cfg.batch_size == 16 and cfg.max_per_class == 150
