@@ -58,7 +58,7 @@ PM := $(PY) -m papermill --cwd . --log-output -k python3
 
 ifeq ($(strip $(DATA)),)
 DATA_DIR := $(DEMO_DIR)
-# The demo profile (profiles/demo-cpu.yaml): about 10 minutes of training on 2 CPU cores with
+# The demo profile (profiles/demo-cpu.yaml): `make run` in about 9 minutes on 2 CPU cores with
 # native bf16 (2-4x that in fp32: docs/speed.md), from random initialisation, chosen by
 # measurement (docs/demo-data.md). The notebooks, train.py and evaluate.py read the same file;
 # PARAMS adds papermill overrides, e.g. PARAMS='-p epochs 2'.
