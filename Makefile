@@ -105,10 +105,10 @@ NEW_VENV := test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 # The requirements go in with uv where it can be had (pip installs it into the venv, ~3 s): it
 # puts torch's ~3 GB of wheels in place in 18 s where pip took 48 s for the test venv, the same
 # versions (docs/speed.md). uv does not read pip's configuration, so a constraint file pip is
-# configured with is passed on. Where uv cannot be installed or cannot resolve (an index only
+# configured with (PIP_CONSTRAINT, or pip config's global.constraint) is passed on. Where uv cannot be installed or cannot resolve (an index only
 # pip is configured for), pip installs everything as before. NO_UV=1 uses pip alone.
 NO_UV ?=
-PIP_CONSTRAINT_FILE = $$($(PY) -m pip config get global.constraint 2>/dev/null)
+PIP_CONSTRAINT_FILE = $${PIP_CONSTRAINT:-$$($(PY) -m pip config get global.constraint 2>/dev/null)}
 UV_INSTALL = c=$(PIP_CONSTRAINT_FILE); \
 	$(PIP) uv && $(VENV)/bin/uv pip install -q --python $(PY) $${c:+--constraint "$$c"}
 INSTALL = $(if $(strip $(NO_UV)),$(PIP) $(1),($(UV_INSTALL) $(1)) || $(PIP) $(1))
