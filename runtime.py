@@ -58,7 +58,7 @@ def choose_device(prefer: str | None = None) -> torch.device:
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 _MALLOC_ENV = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
-_memory_kept = False
+_memory_kept: bool | None = None   # keep_freed_memory's answer, once asked
 
 
 def keep_freed_memory() -> bool:
@@ -72,13 +72,19 @@ def keep_freed_memory() -> bool:
     identical to the bit; the price is that the process's memory no longer shrinks after its
     peak. Returns whether it applied: False off glibc (macOS, Windows, musl) and when the
     environment sets glibc's own malloc variables (``MALLOC_MMAP_MAX_``, ...; e.g.
-    ``MALLOC_MMAP_MAX_=65536`` keeps glibc's default). Idempotent."""
+    ``MALLOC_MMAP_MAX_=65536`` keeps glibc's default). Decided once per process."""
     global _memory_kept
-    if _memory_kept:
-        return True
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    if any(k in os.environ for k in _MALLOC_ENV) or "glibc.malloc" in os.environ.get(
+    if _memory_kept is None:
+        _memory_kept = _apply_mallopt()
+    return _memory_kept
+
+
+def _apply_mallopt() -> bool:
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION") is not None   # no file read, unlike libc_ver
+    except (AttributeError, ValueError, OSError):
+        glibc = False
+    if not glibc or any(k in os.environ for k in _MALLOC_ENV) or "glibc.malloc" in os.environ.get(
             "GLIBC_TUNABLES", ""):
         return False
     import ctypes  # noqa: PLC0415
@@ -86,8 +92,7 @@ def keep_freed_memory() -> bool:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
-    _memory_kept = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
-    return _memory_kept
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def cpu_name() -> str:
