@@ -407,17 +407,18 @@ def test_the_probe_sees_bf16_that_the_cpu_flag_promises_but_onednn_cannot_run():
 
 _FAULTS = """
 import json, resource, torch, runtime
-def faults():
+def faults(rounds):
     out = []
-    for _ in range(4):   # a 64 MB block allocated, touched and freed: minor page faults each time
+    for _ in range(rounds):   # a 64 MB block allocated, touched and freed: minor page faults each
+
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         x = torch.ones(16 * 2**20)
         del x
         out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     return out
-before = faults()
+before = faults(4)
 device = runtime.choose_device("cpu")
-print(json.dumps([runtime.keep_freed_memory(), before, faults()]))
+print(json.dumps([runtime.keep_freed_memory(), before, faults(10)]))
 """
 
 
@@ -427,7 +428,11 @@ print(json.dumps([runtime.keep_freed_memory(), before, faults()]))
 def test_a_cpu_device_keeps_freed_memory_instead_of_faulting_it_in_again(env):
     """By default glibc returns a freed 64 MB block to the OS and the next one faults in again
     page by page (16,384 faults of 4 KiB pages); once ``choose_device`` picked the CPU, freed memory is
-    reused: no faults after the first. glibc's own variable in the environment is left alone."""
+    reused. Torch asks for 64-byte aligned blocks, and a freed one that did not merge into the
+    heap's top is a little too small for the next such request, so the heap grows by a block or
+    two before the free ones coalesce: measured in 40 processes, the faulting rounds were among
+    the first five (2 to 4 of them), none later. glibc's own variable in the environment is
+    left alone."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", **env}
     out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=120)
@@ -437,4 +442,4 @@ def test_a_cpu_device_keeps_freed_memory_instead_of_faulting_it_in_again(env):
     if env.get("MALLOC_MMAP_MAX_"):
         assert not applied and min(after[1:]) >= min(before[1:]) // 2, after
     else:
-        assert applied and max(after[1:]) <= min(before[1:]) // 4, after
+        assert applied and max(after[-4:]) <= min(before[1:]) // 4, after
