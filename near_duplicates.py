@@ -294,9 +294,8 @@ def flat_box(fp: np.ndarray) -> tuple[int, int, int, int]:
     the full-size strip nor ``content_box`` removes it, but most of each of its lines sits at
     the padding's or the corners' level. What the verification's third look crops to
     (``_similarity``)."""
-    fp = np.asarray(fp)
-    levels, counts = np.unique(fp, return_counts=True)
-    flat = np.isin(fp, levels[counts > FLAT_LEVEL * fp.size])
+    fp = np.asarray(fp, np.uint8)
+    flat = (np.bincount(fp.ravel(), minlength=256) > FLAT_LEVEL * fp.size)[fp]
     if not flat.any():
         return _FULL_BOX
     return _stripped_box(fp.shape[0], lambda w, axis: w.mean(axis=axis) >= FLAT_LINE, flat)
@@ -649,26 +648,51 @@ def _verify_chunk(job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return np.array([_similarity(pa[x], pb[y]) for x, y in zip(i, j)], np.float32)
 
 
+def local_order(i: np.ndarray, j: np.ndarray, within: bool) -> np.ndarray:
+    """An order of the pairs ``(i, j)`` in which pairs that share images come close together:
+    the images renumbered by reverse Cuthill-McKee over the graph of pairs (``within``: ``i``
+    and ``j`` index one set; else two), the pairs sorted by their images' new numbers. A chunk
+    of pairs in this order holds few distinct images, so ``verify`` prepares each image a few
+    times instead of once for nearly every pair (in ``(i, j)`` order the ``j`` of a chunk are
+    scattered over the whole set)."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415  (only large verifications need it)
+    from scipy.sparse.csgraph import reverse_cuthill_mckee  # noqa: PLC0415
+    a = np.asarray(i, np.int64)
+    b = np.asarray(j, np.int64) + (0 if within else (int(a.max()) + 1 if len(a) else 0))
+    n = int(max(a.max(), b.max())) + 1 if len(a) else 0
+    g = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n)).tocsr()
+    g = (g + g.T).tocsr()
+    rank = np.empty(n, np.int64)
+    rank[reverse_cuthill_mckee(g, symmetric_mode=True)] = np.arange(n)
+    ra, rb = rank[a], rank[b]
+    return np.lexsort((np.maximum(ra, rb), np.minimum(ra, rb)))
+
+
 def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
            workers: int | None = None) -> np.ndarray:
     """``similarity(fa[i[n]], fb[j[n]])`` for every n, float32 ``(len(i),)``; in ``workers``
     processes when there are many pairs. Jobs are chunks of indices (the fingerprints reach
-    each worker once), each image prepared once per chunk."""
+    each worker once), each image prepared once per chunk; many pairs are chunked in
+    ``local_order`` (the scores do not depend on the order)."""
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     if len(i) == 0:
         return np.zeros(0, np.float32)
     workers = max(1, workers or os.cpu_count() or 1)
     size = int(np.clip(len(i) // (4 * workers) + 1, 1, 2048))  # a few chunks per worker
-    jobs = [(i[s:s + size], j[s:s + size]) for s in range(0, len(i), size)]
+    order = local_order(i, j, fa is fb) if len(i) > POOL_MIN_PAIRS else np.arange(len(i))
+    jobs = [(i[order[s:s + size]], j[order[s:s + size]]) for s in range(0, len(i), size)]
     workers = min(workers, len(jobs))
+    scores = np.empty(len(i), np.float32)
     if workers == 1 or len(i) <= POOL_MIN_PAIRS:
         _set_pairs(fa, fb)
         try:
-            return np.concatenate([_verify_chunk(job) for job in jobs])
+            scores[order] = np.concatenate([_verify_chunk(job) for job in jobs])
         finally:
             _set_pairs(None, None)
+        return scores
     with files.process_pool(workers, initializer=_set_pairs, initargs=(fa, fb)) as pool:
-        return np.concatenate(pool.map(_verify_chunk, jobs, chunksize=1))
+        scores[order] = np.concatenate(pool.map(_verify_chunk, jobs, chunksize=1))
+    return scores
 
 
 # --------------------------------------------------------------------------- decisions
@@ -679,22 +703,40 @@ def _background(i: np.ndarray, j: np.ndarray, scores: np.ndarray, n: int, symmet
     to radiographs it is not a copy of. Scores of at least ``CERTAIN`` are copies, not
     background, and are left out (a radiograph published five times has mostly its own copies
     among its candidates); 0 when no other candidate is left."""
+    scores = np.asarray(scores, np.float32)
     ends = [i, j] if symmetric else [i]
-    per: list[list[float]] = [[] for _ in range(n)]
-    for a in ends:
-        for x, v in zip(a, scores):
-            if v < CERTAIN:
-                per[x].append(float(v))
-    total = np.zeros(len(i))
-    for a in ends:
-        bg = np.zeros(len(i))
-        for k, (x, v) in enumerate(zip(a, scores)):
-            others = list(per[x])
-            if v < CERTAIN:
-                others.remove(float(v))
-            bg[k] = float(np.median(others)) if others else 0.0
-        total = np.maximum(total, bg)
-    return total
+    per_end = _median_of_others(np.concatenate(ends).astype(np.int64),
+                                np.tile(scores, len(ends)), n)
+    return per_end.reshape(len(ends), len(scores)).max(axis=0)
+
+
+def _median_of_others(a: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
+    """For each entry k (image ``a[k]`` in a pair scored ``scores[k]``), ``np.median`` of the
+    scores under ``CERTAIN`` of that image's other entries (0 when there are none), without a
+    loop: each image's scores sorted once, the median read at the middle positions, stepping
+    over the entry's own score."""
+    v = scores.astype(np.float64)
+    below = scores < CERTAIN
+    rows = np.flatnonzero(below)
+    order = rows[np.lexsort((v[rows], a[rows]))]      # pairs by image, then by score
+    values = v[order]
+    count = np.bincount(a[rows], minlength=n)
+    own = np.full(len(v), -1)                          # each pair's place in ``values``
+    own[order] = np.arange(len(order))
+    others = count[a] - below
+    k = np.flatnonzero(others > 0)
+    first = (np.cumsum(count) - count)[a[k]]
+
+    def nth(rank: np.ndarray) -> np.ndarray:          # the rank-th other score of each pair k
+        p = first + rank
+        return values[np.where(below[k] & (p >= own[k]), p + 1, p)]
+
+    out = np.zeros(len(v))
+    m = others[k]
+    mid = nth((m - 1) // 2)
+    upper = nth(np.minimum(m // 2, m - 1))
+    out[k] = np.where(m % 2 == 0, (mid + upper) / 2, mid)
+    return out
 
 
 def decide(scores: np.ndarray, background: np.ndarray) -> np.ndarray:

@@ -406,6 +406,43 @@ def test_verify_in_worker_processes_equals_one_by_one(monkeypatch):
     pooled = nd.verify(fps, fps, i, j, workers=2)
     np.testing.assert_allclose(pooled, one, atol=1e-6)
     assert pooled[(i == 2) & (j == 6)][0] >= nd.THRESHOLD
+    # two sets (``match``): the pairs in local order, the scores back in the pairs' order
+    qi, rj = np.meshgrid(np.arange(3), np.arange(len(fps)), indexing="ij")
+    qi, rj = qi.ravel(), rj.ravel()
+    cross = nd.verify(fps[[6, 0, 4]], fps, qi, rj, workers=2)
+    np.testing.assert_allclose(
+        cross, [nd.similarity(fps[[6, 0, 4]][x], fps[y]) for x, y in zip(qi, rj)], atol=1e-6)
+    assert cross[(qi == 0) & (rj == 2)][0] >= nd.THRESHOLD
+
+
+@pytest.mark.parametrize("within", [True, False])
+def test_local_order_puts_pairs_that_share_images_in_the_same_chunks(within):
+    """Candidate pairs link each image to a few similar ones, but in (i, j) order the ``j`` of a
+    chunk are scattered over the whole set: nearly every pair brings an image of its own to
+    prepare. The local order is a permutation of the pairs whose chunks hold far fewer."""
+    rng = np.random.default_rng(0)
+    n, chunk = 4000, 512
+    label = rng.permutation(n)  # neighbours along a hidden line, labelled at random
+    a = np.repeat(np.arange(n), 4)
+    b = np.minimum(a + np.tile([1, 2, 3, 5], n), n - 1)
+    i, j = label[a], label[b]
+    keep = i != j
+    i, j = i[keep], j[keep]
+    if within:
+        i, j = np.minimum(i, j), np.maximum(i, j)
+    order = np.lexsort((j, i))
+    i, j = i[order], j[order]
+    local = nd.local_order(i, j, within)
+    assert sorted(local.tolist()) == list(range(len(i)))
+
+    def images_per_chunk(o):
+        return np.mean([len(np.unique(np.concatenate([i[o[s:s + chunk]], j[o[s:s + chunk]]])))
+                        if within else len(np.unique(i[o[s:s + chunk]]))
+                        + len(np.unique(j[o[s:s + chunk]]))
+                        for s in range(0, len(o), chunk)])
+
+    plain, ordered = images_per_chunk(np.arange(len(i))), images_per_chunk(local)
+    assert plain > 500 and ordered < plain / 2, (plain, ordered)
 
 
 def _framed(seed: int) -> np.ndarray:
@@ -605,3 +642,39 @@ def test_a_framed_real_radiograph_rotated_is_found_only_through_the_second_searc
     monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 0)
     pairs = nd.find_pairs(fps)
     assert (k, len(fps) - 1) not in set(zip(pairs["i"].tolist(), pairs["j"].tolist()))
+
+
+def _background_by_loop(i, j, scores, n, symmetric):
+    """The background as its definition reads, one list per image and ``np.median``."""
+    ends = [i, j] if symmetric else [i]
+    per = [[] for _ in range(n)]
+    for a in ends:
+        for x, v in zip(a, scores):
+            if v < nd.CERTAIN:
+                per[x].append(float(v))
+    total = np.zeros(len(i))
+    for a in ends:
+        for k, (x, v) in enumerate(zip(a, scores)):
+            others = list(per[x])
+            if v < nd.CERTAIN:
+                others.remove(float(v))
+            total[k] = max(total[k], float(np.median(others)) if others else 0.0)
+    return total
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_background_is_the_median_of_each_images_other_scores(symmetric):
+    """Ties, copies (``CERTAIN`` and above: left out), images with no, one or two other
+    scores (even counts: the mean of the middle two), equal to the loop over lists."""
+    rng = np.random.default_rng(3)
+    levels = np.array([0.1, 0.5, 0.5, 0.2, np.nextafter(np.float32(nd.CERTAIN), 0),
+                       nd.CERTAIN, 0.99], np.float32)
+    for _ in range(150):
+        n, m = int(rng.integers(2, 25)), int(rng.integers(1, 60))
+        i, j = rng.integers(0, n, m), rng.integers(0, n, m)
+        scores = np.where(rng.random(m) < 0.5, rng.choice(levels, m),
+                          rng.random(m).astype(np.float32)).astype(np.float32)
+        np.testing.assert_array_equal(nd._background(i, j, scores, n, symmetric),
+                                      _background_by_loop(i, j, scores, n, symmetric))
+    assert nd._background(np.array([0, 0]), np.array([1, 2]), np.float32([0.4, 0.6]), 3,
+                          symmetric)[0] == np.float32(0.6)  # image 0's other score
