@@ -718,16 +718,16 @@ def _median_of_others(a: np.ndarray, scores: np.ndarray, n: int) -> np.ndarray:
     v = scores.astype(np.float64)
     below = scores < CERTAIN
     rows = np.flatnonzero(below)
-    order = rows[np.lexsort((v[rows], a[rows]))]      # pairs by image, then by score
+    order = rows[np.lexsort((v[rows], a[rows]))]      # entries by image, then by score
     values = v[order]
     count = np.bincount(a[rows], minlength=n)
-    own = np.full(len(v), -1)                          # each pair's place in ``values``
+    own = np.full(len(v), -1)                          # each entry's place in ``values``
     own[order] = np.arange(len(order))
     others = count[a] - below
     k = np.flatnonzero(others > 0)
     first = (np.cumsum(count) - count)[a[k]]
 
-    def nth(rank: np.ndarray) -> np.ndarray:          # the rank-th other score of each pair k
+    def nth(rank: np.ndarray) -> np.ndarray:          # the rank-th other score of each k
         p = first + rank
         return values[np.where(below[k] & (p >= own[k]), p + 1, p)]
 
