@@ -409,8 +409,7 @@ _FAULTS = """
 import json, resource, torch, runtime
 def faults(rounds):
     out = []
-    for _ in range(rounds):   # a 64 MB block allocated, touched and freed: minor page faults each
-
+    for _ in range(rounds):  # a 64 MB block allocated, touched and freed: minor page faults
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         x = torch.ones(16 * 2**20)
         del x
