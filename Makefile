@@ -105,8 +105,9 @@ NEW_VENV := test -x $(PY) || $(PYTHON) -m venv $(VENV); \
 # The requirements go in with uv where it can be had (pip installs it into the venv, ~3 s): it
 # puts torch's ~3 GB of wheels in place in 18 s where pip took 48 s for the test venv, the same
 # versions (docs/speed.md). uv does not read pip's configuration, so a constraint file pip is
-# configured with (PIP_CONSTRAINT, or pip config's global.constraint) is passed on. Where uv cannot be installed or cannot resolve (an index only
-# pip is configured for), pip installs everything as before. NO_UV=1 uses pip alone.
+# configured with (PIP_CONSTRAINT, or pip config's global.constraint) is passed on. Where uv
+# cannot be installed or cannot resolve (an index only pip is configured for), pip installs
+# everything as before. NO_UV=1 uses pip alone.
 NO_UV ?=
 PIP_CONSTRAINT_FILE = $${PIP_CONSTRAINT:-$$($(PY) -m pip config get global.constraint 2>/dev/null)}
 UV_INSTALL = c=$(PIP_CONSTRAINT_FILE); \

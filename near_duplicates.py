@@ -682,16 +682,17 @@ def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
     order = local_order(i, j, fa is fb) if len(i) > POOL_MIN_PAIRS else np.arange(len(i))
     jobs = [(i[order[s:s + size]], j[order[s:s + size]]) for s in range(0, len(i), size)]
     workers = min(workers, len(jobs))
-    scores = np.empty(len(i), np.float32)
     if workers == 1 or len(i) <= POOL_MIN_PAIRS:
         _set_pairs(fa, fb)
         try:
-            scores[order] = np.concatenate([_verify_chunk(job) for job in jobs])
+            found = [_verify_chunk(job) for job in jobs]
         finally:
             _set_pairs(None, None)
-        return scores
-    with files.process_pool(workers, initializer=_set_pairs, initargs=(fa, fb)) as pool:
-        scores[order] = np.concatenate(pool.map(_verify_chunk, jobs, chunksize=1))
+    else:
+        with files.process_pool(workers, initializer=_set_pairs, initargs=(fa, fb)) as pool:
+            found = pool.map(_verify_chunk, jobs, chunksize=1)
+    scores = np.empty(len(i), np.float32)
+    scores[order] = np.concatenate(found)  # back in the pairs' order
     return scores
 
 
