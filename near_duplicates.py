@@ -60,7 +60,7 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd7-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd8-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
@@ -79,6 +79,7 @@ REFRAME_RATIO = 1.05     # content boxes whose sides differ more than this are c
 FLAT_LEVEL = 0.02        # a gray level on over this share of a fingerprint is flat (``flat_box``)
 FLAT_LINE = 0.5          # ... and a border line at least this much flat is frame
 CERTAIN = 0.97           # a score no two distinct images reached: not part of a background
+MIN_COMPARED = 0.10      # share of the image that must be left to compare (``_compare``)
 _BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
 
 
@@ -540,8 +541,9 @@ class _Prepared:
 
 def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
     """The mean band-pass NCC of ``a`` and ``b`` warped onto it (one size), in the overlap
-    without the outer tenth and without clipped areas; 0 when under a quarter of the image is
-    left to compare."""
+    without the outer tenth and without clipped areas; 0 when under ``MIN_COMPARED`` of the
+    image is left to compare (a window that clips the top tenth of a lung-masked derivative
+    leaves 13%: until nd8-64 the floor was a quarter)."""
     side = a.side
     flags = cv2.INTER_LINEAR + cv2.WARP_INVERSE_MAP
     inside = cv2.warpAffine(np.ones_like(b.image), warp, (side, side), flags=flags,
@@ -552,7 +554,7 @@ def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
     k = side // 10  # the outer tenth: where crops and padding differ
     m[k:side - k, k:side - k] = True
     m &= inside & ~clipped & ~a.flat
-    if m.mean() < 0.25:
+    if m.mean() < MIN_COMPARED:
         return 0.0
     return float(np.mean([
         _ncc(x[m], cv2.warpAffine(y, warp, (side, side), flags=flags,
