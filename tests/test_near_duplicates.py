@@ -571,7 +571,7 @@ def test_white_padding_then_rotation_is_compared_reframed(monkeypatch):
 
 
 def _masked_lungs(seed: int) -> np.ndarray:
-    """A lung-masked derivative: two elliptic lung fields of fine texture on flat black (56% of
+    """A lung-masked derivative: two elliptic lung fields of fine texture on flat black (57% of
     the image), as segmentation collections publish them."""
     yy, xx = np.mgrid[0:256, 0:256]
     lungs = ((((yy - 128) / 100) ** 2 + ((xx - 80) / 45) ** 2 < 1)
