@@ -90,6 +90,11 @@ class TrainConfig:
                                         'the study), "none" (random init), "auto" (ImageNet if '
                                         'cached) or a .pth file')
     max_per_class: int | None = setting(None, "cap on training images per class (quick runs)")
+    class_weight: str | None = setting(
+        None, '"balanced": each training image\'s loss weighted by n / (classes x its class\'s '
+              'count) over the training images drawn (after max_per_class), so a small class '
+              'counts as much as a large one; unset or "none": unweighted (the study)',
+        per_arch=True)
     schedule: str = setting("cosine", '"cosine" (to lr/100 over the epochs) or "constant"',
                             per_arch=True)
     warmup_epochs: int = setting(0, "epochs of linear learning-rate warm-up before the schedule",

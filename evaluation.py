@@ -67,7 +67,8 @@ def model_settings(meta: dict) -> dict:
     return {"epoch": meta.get("epoch"), "val_loss": meta.get("val_loss"),
             "val_acc": meta.get("val_acc"),
             **{k: cfg.get(k) for k in ("weights", "image_size", "batch_size", "epochs",
-                                       "patience", "lr", "seed", "max_per_class")},
+                                       "patience", "lr", "seed", "max_per_class",
+                                       "class_weight")},
             "lr_used": lr, "numeric_path": meta.get("numeric_path"),
             "numeric_path_reason": meta.get("numeric_path_reason"),
             "trained_with": meta.get("versions", {})}

@@ -46,12 +46,14 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
                 scaler: torch.amp.GradScaler, device: torch.device, amp: bool = True,
                 channels_last: bool = True, desc: str = "train", progress: bool = False,
                 nan_hint: str = "", check_every: int = 20, augment: bool = True,
-                freeze_bn: bool = False) -> dict:
+                freeze_bn: bool = False, class_weight: torch.Tensor | None = None) -> dict:
     """One pass over ``loader`` with on-device augmentation (``utils.prepare_batch``).
 
     ``augment=False`` feeds the images as they are; ``freeze_bn`` keeps batch-norm layers in eval
-    mode (running statistics frozen, their affine weights still trained). Under DDP the returned
-    values are summed over all processes (the global epoch).
+    mode (running statistics frozen, their affine weights still trained); ``class_weight`` (one
+    weight per class, ``class_weights``) weights the cross-entropy (a batch's loss is then the
+    weighted mean). Under DDP the returned values are summed over all processes (the global
+    epoch).
 
     Returns ``{"loss", "accuracy", "seen"}`` averaged over the samples actually seen. Loss and
     accuracy accumulate on the device; the host syncs every ``check_every`` steps to check the
@@ -74,7 +76,7 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
         y = batch[1].to(device, non_blocking=True)
         with autocast(device, amp, cpu=True):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = F.cross_entropy(logits.float(), y, weight=class_weight)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -93,6 +95,27 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
     loss_sum, correct, seen = all_reduce_sums(loss_sum.item(), correct.item(), seen, device=device)
     n = max(seen, 1)
     return {"loss": loss_sum / n, "accuracy": correct / n, "seen": int(seen)}
+
+
+def class_weights(labels: torch.Tensor | None, n_classes: int, how: str | None) -> torch.Tensor | None:
+    """The cross-entropy's class weights for training labels ``labels`` (class indices) under
+    ``TrainConfig.class_weight``: None (unweighted) for None or "none"; for "balanced",
+    ``n / (n_classes * count)`` per class (scikit-learn's "balanced"), 0 for a class with no
+    training image (it has no loss to weight)."""
+    if how is None or str(how).lower() == "none":
+        return None
+    if how != "balanced":
+        raise ValueError(f'class_weight: expected "balanced" or "none", got {how!r}')
+    if labels is None:
+        raise ValueError('class_weight "balanced" needs the training labels (a dataset with a '
+                         '"labels" attribute, as utils.XrayDataset has); none were given')
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=n_classes)
+    if len(counts) > n_classes:
+        raise ValueError(f"class_weights: a label is {len(counts) - 1}, but there are only "
+                         f"{n_classes} classes (0-{n_classes - 1})")
+    counts = counts.double()
+    w = torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), 0.0)
+    return w.float()
 
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
@@ -347,6 +370,12 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
     stopper = EarlyStopping(config.patience, config.min_delta)
     if resume and paths["last"].is_file():
         try_resume(paths["last"], model, step, stopper, meta, extra_meta, config, say)
+    weight = class_weights(getattr(loaders["train"].dataset, "labels", None), len(class_names),
+                           config.class_weight)
+    if weight is not None:
+        say(f"{arch}: class weights ({config.class_weight}) "
+            + ", ".join(f"{c} {w:.3f}" for c, w in zip(class_names, weight.tolist())))
+        weight = weight.to(device)
     history = _read_history(paths["history"], upto=stopper.epoch)
     if main:
         _write_history(history, paths["history"])
@@ -363,7 +392,8 @@ def fit(model: nn.Module, loaders: dict[str, DataLoader], arch: str, class_names
                          progress=progress and main,
                          nan_hint=f"{arch} epoch {epoch}: the last checkpoints written are "
                                   f"{paths['last']} and {paths['best']}",
-                         augment=config.augment, freeze_bn=config.freeze_bn)
+                         augment=config.augment, freeze_bn=config.freeze_bn,
+                         class_weight=weight)
         val = validation_pass(model, loaders["val"], device, step.amp, step.channels_last)
         if val["n"] == 0:
             raise ValueError(f"{arch}: no validation image could be read "

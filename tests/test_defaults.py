@@ -56,12 +56,13 @@ def test_the_study_is_the_default_on_real_data(tmp_path):
 def test_the_demo_profile_is_the_default_on_the_demo(demo_dir):
     settings, prof = config.train_settings(None, demo_dir)
     assert prof["name"] == "demo-cpu"
-    want = {"vgg16": (96, 16, 16, "cosine", 2, True), "resnet18": (160, 8, 3, "cosine", 0, False),
-            "densenet121": (128, 6, 3, "cosine", 0, True)}
+    want = {"vgg16": (96, 16, 16, "cosine", 2, True, "balanced"),
+            "resnet18": (160, 8, 3, "cosine", 0, False, None),
+            "densenet121": (128, 6, 3, "cosine", 0, True, None)}
     for arch, (cfg, weights) in settings.items():
         assert weights == "auto" and cfg.batch_size == 16 and cfg.max_per_class == 150
         assert (cfg.image_size, cfg.epochs, cfg.patience, cfg.schedule, cfg.warmup_epochs,
-                cfg.augment) == want[arch], arch
+                cfg.augment, cfg.class_weight) == want[arch], arch
     _, ecfg, _ = config.eval_settings(None, demo_dir)
     assert {a: ecfg.cam_layers[a] for a in settings} == {
         "vgg16": "features.22", "resnet18": "layer3", "densenet121": "features.denseblock3"}

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -442,3 +443,78 @@ def test_a_cpu_device_keeps_freed_memory_instead_of_faulting_it_in_again(env):
         assert not applied and min(after[1:]) >= min(before[1:]) // 2, after
     else:
         assert applied and max(after[-4:]) <= min(before[1:]) // 4, after
+
+
+def test_balanced_class_weights_match_scikit_learn():
+    from sklearn.utils.class_weight import compute_class_weight
+    labels = torch.tensor([0] * 150 + [1] * 150 + [2] * 150 + [3] * 74)  # the demo's VGG-16 draw
+    w = training.class_weights(labels, 4, "balanced")
+    expected = compute_class_weight("balanced", classes=np.arange(4), y=labels.numpy())
+    assert torch.allclose(w.double(), torch.tensor(expected), rtol=1e-6)
+    assert w[3] > 2 * w[0]  # the small class weighs twice as much
+    assert training.class_weights(labels, 4, None) is None
+    assert training.class_weights(labels, 4, "none") is None
+    # a class with no training image has no loss to weight; the others as if it were absent
+    w = training.class_weights(torch.tensor([0, 0, 1, 3]), 4, "balanced")
+    assert w.tolist() == pytest.approx([0.5, 1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match='expected "balanced" or "none", got .balancd'):
+        training.class_weights(labels, 4, "balancd")
+    with pytest.raises(ValueError, match="needs the training labels"):
+        training.class_weights(None, 4, "balanced")
+    with pytest.raises(ValueError, match="only 2 classes"):
+        training.class_weights(labels, 2, "balanced")
+
+
+def test_train_epoch_weights_the_loss_by_class():
+    """The returned loss of a one-batch epoch is the cross-entropy of the logits before the
+    step, weighted by ``class_weight`` (torch's weighted mean), and the weights change it."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (6, 1, 16, 16), dtype=torch.uint8)
+    y = torch.tensor([0, 0, 0, 0, 1, 2])
+    loader = torch.utils.data.DataLoader(list(zip(x, y)), batch_size=6)
+    w = torch.tensor([0.5, 2.0, 3.0])
+
+    def one_epoch(weight):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 3))
+        with torch.no_grad():
+            logits = model(utils.prepare_batch(x, torch.device("cpu"), augment=False,
+                                               channels_last=False))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        out = training.train_epoch(model, loader, opt, torch.amp.GradScaler("cuda", enabled=False),
+                                   torch.device("cpu"), amp=False, channels_last=False,
+                                   augment=False, class_weight=weight)
+        return out["loss"], float(torch.nn.functional.cross_entropy(logits, y, weight=weight))
+
+    weighted, expected = one_epoch(w)
+    plain, expected_plain = one_epoch(None)
+    assert weighted == pytest.approx(expected, rel=1e-5)
+    assert plain == pytest.approx(expected_plain, rel=1e-5)
+    assert abs(weighted - plain) > 1e-3
+
+
+def test_fit_passes_the_balanced_weights_of_the_training_images(tmp_path, demo_dir,
+                                                                demo_manifest, monkeypatch,
+                                                                capsys):
+    from sklearn.utils.class_weight import compute_class_weight
+    names = utils.class_names_from(demo_manifest)
+    train = demo_manifest[demo_manifest["split"] == "train"]
+    fewer = train[train["label"] == names[-1]].index[:4]  # the last class 2 images, not 6
+    loaders = utils.make_loaders(demo_manifest.drop(index=fewer), demo_dir, names, 32,
+                                 batch_size=8, num_workers=0, seed=0, splits=("train", "val"))
+    tiny = loaders, names
+    seen = []
+    real = training.train_epoch
+
+    def spy(*a, **k):
+        seen.append(k.get("class_weight"))
+        return real(*a, **k)
+    monkeypatch.setattr(training, "train_epoch", spy)
+    _fit(tmp_path, tiny, 1, tag="balanced", class_weight="balanced")
+    _fit(tmp_path, tiny, 1, tag="plain")
+    labels = loaders["train"].dataset.labels.numpy()
+    expected = compute_class_weight("balanced", classes=np.arange(len(names)), y=labels)
+    assert np.bincount(labels).tolist() == [6, 6, 6, 2]
+    assert seen[0].tolist() == pytest.approx(expected.tolist(), rel=1e-6)
+    assert seen[1] is None
+    assert f"class weights (balanced) {names[0]} {expected[0]:.3f}" in capsys.readouterr().out
