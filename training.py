@@ -97,7 +97,8 @@ def train_epoch(model: nn.Module, loader: DataLoader, opt: torch.optim.Optimizer
     return {"loss": loss_sum / n, "accuracy": correct / n, "seen": int(seen)}
 
 
-def class_weights(labels: torch.Tensor | None, n_classes: int, how: str | None) -> torch.Tensor | None:
+def class_weights(labels: torch.Tensor | None, n_classes: int, how: str | None
+                  ) -> torch.Tensor | None:
     """The cross-entropy's class weights for training labels ``labels`` (class indices) under
     ``TrainConfig.class_weight``: None (unweighted) for None or "none"; for "balanced",
     ``n / (n_classes * count)`` per class (scikit-learn's "balanced"), 0 for a class with no
