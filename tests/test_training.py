@@ -393,11 +393,16 @@ def test_the_bf16_probe_leaves_the_model_alone_and_is_kept_per_cpu(tmp_path, mon
 def test_the_probe_sees_bf16_that_the_cpu_flag_promises_but_onednn_cannot_run():
     """oneDNN held to AVX512 without BF16 (ONEDNN_MAX_CPU_ISA): the CPU flag still says bf16,
     but emulated bf16 runs at about 0.4-0.6x fp32's speed; the probe finds that and training
-    takes fp32."""
-    code = ("import torch, runtime, networks; "
-            "m = networks.build_model('resnet18', 4, weights=None); "
+    takes fp32. The pytest workers share the cores with the probe's subprocess: one probe
+    under that load once measured 1.11x (alone: 0.47-0.51x), so the median of three decides."""
+    code = ("import statistics, torch, runtime, networks\n"
+            "m = networks.build_model('resnet18', 4, weights=None)\n"
+            "s = []\n"
+            "for _ in range(3):\n"
+            "    runtime._SPEEDUPS.clear()\n"
+            "    s.append(runtime.cpu_bf16_speedup(m, 'resnet18', 96, 8, None))\n"
             "print(runtime.cpu_bf16_supported(), runtime.numeric_path(torch.device('cpu'), True, "
-            "lambda: runtime.cpu_bf16_speedup(m, 'resnet18', 96, 8, None)))")
+            "lambda: statistics.median(s)), s)")
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
