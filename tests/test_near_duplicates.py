@@ -339,7 +339,7 @@ def test_per_image_compares_every_copy_with_its_original_and_lists_the_misses(tm
 def test_the_latest_hold_out_alterations_do_what_their_names_say():
     """The later hold-outs' helpers: the squeeze narrows only the width, the black-corner
     rotation leaves black corners where the default one repeats the edge, the noise is seeded;
-    every alteration of holdout5-18 returns a finite image that the finder still matches to its
+    every alteration of holdout5-19 returns a finite image that the finder still matches to its
     original."""
     import near_duplicate_bench as bench
     a = _field(3)
@@ -347,8 +347,8 @@ def test_the_latest_hold_out_alterations_do_what_their_names_say():
     black, edge = bench._rotate(a, 3, black=True), bench._rotate(a, 3)
     assert black[0, 0] == 0 and black[-1, -1] == 0 and edge[0, 0] > 0
     mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items()
-            if which in [f"holdout{k}" for k in range(5, 19)]}
-    assert len(mine) == 15 + 16 + 15 + 15 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16
+            if which in [f"holdout{k}" for k in range(5, 20)]}
+    assert len(mine) == 15 + 16 + 15 + 15 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16 + 16
     noisy = bench._noisy(a, 0.01)  # seeded by the image: the same copy every run
     assert np.array_equal(noisy, bench._noisy(a, 0.01)) and 0.005 < np.std(noisy - a) < 0.015
     fa = nd.fingerprint(a)
@@ -358,6 +358,19 @@ def test_the_latest_hold_out_alterations_do_what_their_names_say():
                                                    "rgbjpg", "tint"), name
         assert nd.similarity(fa, nd.fingerprint(np.clip(img, 0, 1).astype(np.float32))) \
             >= nd.THRESHOLD, name
+
+
+def test_no_alteration_name_is_written_twice():
+    """ALTERATIONS is a dict literal: a name written twice keeps one entry, silently, and takes
+    the later set's function, so an earlier hold-out would change under its measured counts
+    (holdout19's first draft repeated holdout16's "gaussian-blur-1.5-16bit")."""
+    import ast
+    tree = ast.parse((Path(__file__).parents[1] / "near_duplicate_bench.py").read_text())
+    literal = next(node.value for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                   and [getattr(t, "id", None) for t in node.targets] == ["ALTERATIONS"])
+    names = [k.value for k in literal.keys]
+    assert len(names) > 250 and len(names) == len(set(names)), \
+        sorted({n for n in names if names.count(n) > 1})
 
 
 def test_a_radiograph_published_many_times_is_one_group():
