@@ -605,7 +605,7 @@ ALTERATIONS = {
     "combined-17": ("holdout18", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(_window(
         a, .04, .94), top=.02, left=.02, right=.03), .03, 0.0, "tr"), 1.5, black=True), 560),
         65), "jpg")),
-    # written 2026-12-05 05:25, a session after holdout18 was measured and nd8-64 kept, before
+    # written 2026-12-05 05:15, a session after holdout18 was measured and nd8-64 kept, before
     # any change was made or anything was measured on these; within the list
     "resize-333-jpeg-45": ("holdout19", lambda a: (_jpeg(_resize(a, 333), 45), "jpg")),
     "upscale-1100-12-bit": ("holdout19", lambda a: (_resize(a, 1100), "png12")),
