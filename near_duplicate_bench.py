@@ -633,7 +633,7 @@ ALTERATIONS = {
     "combined-18": ("holdout19", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(
         np.clip(a, 0, 1) ** 0.85, bottom=.03, left=.02), .03, 1.0, "lr"), -1.2), 480), 70),
         "jpg")),
-    # written 2026-12-05 06:25, a session after holdout19 was measured, before any change was
+    # written 2026-12-05 06:08, a session after holdout19 was measured, before any change was
     # made or anything was measured on these: twelve within the issue's list and, because the
     # session set out to study local contrast changes (holdout19's CLAHE misses), two CLAHE
     # settings never used before and two combinations
