@@ -642,9 +642,11 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """How surely fingerprints ``a`` and ``b`` show one radiograph: a score in [-1, 1] (1 =
     identical after alignment); ``decide`` judges it. ``b`` is aligned onto ``a`` (affine ECC);
     when that fit is implausible, the quick look ended it at ``OTHER_WAY_FLOOR`` or more, or the
-    pair passed the quick look and still fell short of ``THRESHOLD``, ``a`` onto ``b`` too (an alignment can fail one way and not the other: a
-    copy cropped, padded on two sides, then rotated, scored 0.64-0.74 one way and 0.85-0.94
-    the other), and the better plausible score counts; 0 when neither fit is plausible. A pair
+    pair passed the quick look and still fell short of ``THRESHOLD``, ``a`` onto ``b`` too (an
+    alignment can fail one way and not the other: a copy cropped, padded on two sides, then
+    rotated, scored 0.64-0.74 one way and 0.85-0.94 the other), and the better plausible score
+    counts; 0 when neither fit is plausible. Each way, the images as they lie are compared too
+    and the better score counts (``_directed``: a contrast change can pull the fit off). A pair
     still short of ``THRESHOLD`` whose content boxes differ in scale by more than
     ``REFRAME_RATIO`` (noise over one's padding kept a band its original's strip removed) is
     compared again the same way after ``reframe``, and the better score counts; then, still
