@@ -18,8 +18,8 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    frame the full-size strip handled differently). Sub-quadratic; no all-pairs loop.
 3. **Verification** (``similarity``): the two fingerprints aligned by an affine ECC fit
    (OpenCV; absorbs crops of a few percent, padding left over, rotation of a few degrees and
-   rescaling), refused when the fit needs a deformation no copy needs (``_plausible``), then
-   the normalised cross-correlation of two band-passed versions (coarse and fine structure) in
+   rescaling), not taken when it needs a deformation no copy needs (``_plausible``: then only
+   the images as they lie are compared), then the normalised cross-correlation of two band-passed versions (coarse and fine structure) in
    the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]; the
    images as they lie (unmoved) are compared too and the better counts, because a strong local
    contrast change (CLAHE) can pull the intensity-based fit off a copy that needs no moving.
@@ -63,7 +63,7 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd9-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd10-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
@@ -582,8 +582,10 @@ def _compare_unmoved(a: _Level, b: _Level) -> float:
 def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
     """``b`` aligned onto ``a`` and compared: ``(score, plausible, full)``. Coarse to fine: an
     affine ECC fit at half size, ``QUICK_ITERATIONS`` steps first; a fit that is then
-    implausible ends here (``(0, False, False)``), and so does a pair that scores under
-    ``QUICK_FLOOR`` at half size (most distinct pairs: they cost a fraction of a full
+    implausible is not taken (``_unmoved_only``: the images as they lie, ``plausible`` False;
+    until nd10-64 such a way scored 0, and CLAHE with small tiles drove the quick fit of some
+    copies to an aspect change of 20-50% both ways round), and a pair that scores under
+    ``QUICK_FLOOR`` at half size ends here (most distinct pairs: they cost a fraction of a full
     comparison; ``full`` False); the others get the rest of the fit, a fit at full size and the
     full-size score (``full`` True). Each score is the better of the fitted comparison and the
     unmoved one (``_compare_unmoved``, at the quick look only when the fitted one falls short):
@@ -594,7 +596,7 @@ def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
     a2, b2 = a.half, b.half
     warp = _ecc(a2.smooth, b2.smooth, np.eye(2, 3, dtype=np.float32), QUICK_ITERATIONS)
     if not _plausible(warp, a2.side):
-        return 0.0, False, False
+        return _unmoved_only(a, b)
     quick = _compare(a2, b2, warp)
     if quick < QUICK_FLOOR:  # the fit may be what fails (below): the images as they lie
         quick = max(quick, _compare_unmoved(a2, b2))
@@ -605,21 +607,29 @@ def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
     a1, b1 = a.full, b.full
     warp = _ecc(a1.smooth, b1.smooth, warp, 10)
     if not _plausible(warp):
-        return 0.0, False, True
+        return _compare_unmoved(a1, b1), False, True
     return max(_compare(a1, b1, warp), _compare_unmoved(a1, b1)), True, True
 
 
+def _unmoved_only(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
+    """``_directed``'s answer when its quick fit is implausible: the images as they lie, at half
+    size and, when that reaches ``QUICK_FLOOR``, at full size: ``(score, False, full)``."""
+    quick = _compare_unmoved(a.half, b.half)
+    if quick < QUICK_FLOOR:
+        return quick, False, False
+    return _compare_unmoved(a.full, b.full), False, True
+
+
 def _two_way(a: _Prepared, b: _Prepared) -> float:
-    """The better plausible score of ``b`` onto ``a`` and ``a`` onto ``b``; the second way is
-    tried unless the first reached ``THRESHOLD`` or ended at the quick look under
-    ``OTHER_WAY_FLOOR``."""
+    """The better score of ``b`` onto ``a`` and ``a`` onto ``b`` (a way whose fit is implausible
+    counts with its unmoved comparison); the second way is tried unless the first reached
+    ``THRESHOLD`` or, plausibly fitted, ended at the quick look under ``OTHER_WAY_FLOOR``."""
     best = 0.0
     for x, y in ((a, b), (b, a)):
         score, ok, full = _directed(x, y)
-        if ok:
-            best = max(best, score)
-            if score >= THRESHOLD or (not full and score < OTHER_WAY_FLOOR):
-                break
+        best = max(best, score)
+        if score >= THRESHOLD or (ok and not full and score < OTHER_WAY_FLOOR):
+            break
     return best
 
 
@@ -644,9 +654,10 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     when that fit is implausible, the quick look ended it at ``OTHER_WAY_FLOOR`` or more, or the
     pair passed the quick look and still fell short of ``THRESHOLD``, ``a`` onto ``b`` too (an
     alignment can fail one way and not the other: a copy cropped, padded on two sides, then
-    rotated, scored 0.64-0.74 one way and 0.85-0.94 the other), and the better plausible score
-    counts; 0 when neither fit is plausible. Each way, the images as they lie are compared too
-    and the better score counts (``_directed``: a contrast change can pull the fit off). A pair
+    rotated, scored 0.64-0.74 one way and 0.85-0.94 the other), and the better score counts.
+    Each way, the images as they lie are compared too and the better score counts, and a way
+    whose fit is implausible counts with them alone (``_directed``: a contrast change can pull
+    the fit off). A pair
     still short of ``THRESHOLD`` whose content boxes differ in scale by more than
     ``REFRAME_RATIO`` (noise over one's padding kept a band its original's strip removed) is
     compared again the same way after ``reframe``, and the better score counts; then, still
