@@ -19,14 +19,14 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
 3. **Verification** (``similarity``): the two fingerprints aligned by an affine ECC fit
    (OpenCV; absorbs crops of a few percent, padding left over, rotation of a few degrees and
    rescaling), not taken when it needs a deformation no copy needs (``_plausible``: then only
-   the images as they lie are compared), then the normalised cross-correlation of two band-passed versions (coarse and fine structure) in
-   the overlap, saturated (clipped) areas left out. The score is their mean, in [-1, 1]; the
+   the images as they lie are compared), then the normalised cross-correlation of two
+   band-passed versions (coarse and fine structure) in the overlap, saturated (clipped) areas
+   left out. The score is their mean, in [-1, 1]; the
    images as they lie (unmoved) are compared too and the better counts, because a strong local
    contrast change (CLAHE) can pull the intensity-based fit off a copy that needs no moving.
    Most distinct pairs are settled at half size after ``QUICK_ITERATIONS`` ECC steps
-   (``QUICK_FLOOR``); a fit that fails one way, a pair that ended that quick look within
-   ``OTHER_WAY_FLOOR``, or one past it still short of ``THRESHOLD``, is tried the other way
-   round. A pair still short of ``THRESHOLD`` whose
+   (``QUICK_FLOOR``); a fit that fails one way, a quick look that ended at ``OTHER_WAY_FLOOR``
+   or more, or a pair past it still short of ``THRESHOLD``, is tried the other way round. A pair still short of ``THRESHOLD`` whose
    ``content_box`` sizes differ in scale by more than ``REFRAME_RATIO`` is compared again after
    ``reframe`` (each cropped to its box): noise over one image's padding keeps a band there
    that its original's strip removed. A pair still short whose ``flat_box`` sizes differ that
@@ -590,7 +590,8 @@ def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
     full-size score (``full`` True). Each score is the better of the fitted comparison and the
     unmoved one (``_compare_unmoved``, at the quick look only when the fitted one falls short):
     CLAHE changes contrast tile by tile, which can pull ECC's fit a few pixels off a copy that
-    needs no moving (realcxr's COVID-1333 under CLAHE 2.0: 0.61 fitted, 0.95 unmoved), while
+    needs no moving (realcxr's COVID-1333 under CLAHE 2.0: 0.61 fitted at the quick look, 0.95
+    unmoved), while
     between distinct images the fit is nearly always the better alignment (the 110,215 pairs of
     realcxr's distinct originals: the highest score unchanged, docs/methods.md)."""
     a2, b2 = a.half, b.half
