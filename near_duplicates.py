@@ -26,7 +26,8 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    contrast change (CLAHE) can pull the intensity-based fit off a copy that needs no moving.
    Most distinct pairs are settled at half size after ``QUICK_ITERATIONS`` ECC steps
    (``QUICK_FLOOR``); a fit that fails one way, a quick look that ended at ``OTHER_WAY_FLOOR``
-   or more, or a pair past it still short of ``THRESHOLD``, is tried the other way round. A pair still short of ``THRESHOLD`` whose
+   or more, or a pair past it still short of ``THRESHOLD``, is tried the other way round (the
+   unmoved comparison made once for both ways). A pair still short of ``THRESHOLD`` whose
    ``content_box`` sizes differ in scale by more than ``REFRAME_RATIO`` is compared again after
    ``reframe`` (each cropped to its box): noise over one image's padding keeps a band there
    that its original's strip removed. A pair still short whose ``flat_box`` sizes differ that
@@ -543,6 +544,25 @@ class _Prepared:
         return self if r is None else _Prepared(r)
 
 
+@functools.lru_cache(maxsize=4)
+def _centre(side: int) -> np.ndarray:
+    """The comparison's area before clipped areas: the image without its outer tenth (where
+    crops and padding differ); read-only."""
+    m = np.zeros((side, side), bool)
+    k = side // 10
+    m[k:side - k, k:side - k] = True
+    m.flags.writeable = False
+    return m
+
+
+def _score(a: _Level, b_bands, m: np.ndarray) -> float:
+    """The mean NCC of ``a``'s bands and ``b_bands`` (an iterable, made only when used) within
+    ``m``; 0 when under ``MIN_COMPARED`` of the image is left to compare."""
+    if m.mean() < MIN_COMPARED:
+        return 0.0
+    return float(np.mean([_ncc(x[m], y[m]) for x, y in zip(a.bands, b_bands)]))
+
+
 def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
     """The mean band-pass NCC of ``a`` and ``b`` warped onto it (one size), in the overlap
     without the outer tenth and without clipped areas; 0 when under ``MIN_COMPARED`` of the
@@ -554,32 +574,35 @@ def _compare(a: _Level, b: _Level, warp: np.ndarray) -> float:
                             borderValue=0) > 0.99
     clipped = cv2.warpAffine(b.flat.astype(np.uint8), warp, (side, side),
                              flags=cv2.INTER_NEAREST + cv2.WARP_INVERSE_MAP) > 0
-    m = np.zeros((side, side), bool)
-    k = side // 10  # the outer tenth: where crops and padding differ
-    m[k:side - k, k:side - k] = True
-    m &= inside & ~clipped & ~a.flat
-    if m.mean() < MIN_COMPARED:
-        return 0.0
-    return float(np.mean([
-        _ncc(x[m], cv2.warpAffine(y, warp, (side, side), flags=flags,
-                                  borderMode=cv2.BORDER_REFLECT)[m])
-        for x, y in zip(a.bands, b.bands)]))
+    m = _centre(side) & inside & ~clipped & ~a.flat
+    return _score(a, (cv2.warpAffine(y, warp, (side, side), flags=flags,
+                                     borderMode=cv2.BORDER_REFLECT) for y in b.bands), m)
 
 
 def _compare_unmoved(a: _Level, b: _Level) -> float:
     """``_compare(a, b, identity)`` without the warps (the same value: tested): the images
     compared as they lie."""
-    side = a.side
-    m = np.zeros((side, side), bool)
-    k = side // 10
-    m[k:side - k, k:side - k] = True
-    m &= ~b.flat & ~a.flat
-    if m.mean() < MIN_COMPARED:
-        return 0.0
-    return float(np.mean([_ncc(x[m], y[m]) for x, y in zip(a.bands, b.bands)]))
+    return _score(a, b.bands, _centre(a.side) & ~b.flat & ~a.flat)
 
 
-def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
+class _Unmoved:
+    """The unmoved comparison of one pair at each size, made when first needed and once: it is
+    the same either way round (``_two_way`` shares it between the two ways)."""
+
+    def __init__(self, a: _Prepared, b: _Prepared):
+        self.a, self.b = a, b
+
+    @functools.cached_property
+    def half(self) -> float:
+        return _compare_unmoved(self.a.half, self.b.half)
+
+    @functools.cached_property
+    def full(self) -> float:
+        return _compare_unmoved(self.a.full, self.b.full)
+
+
+def _directed(a: _Prepared, b: _Prepared, unmoved: _Unmoved | None = None
+              ) -> tuple[float, bool, bool]:
     """``b`` aligned onto ``a`` and compared: ``(score, plausible, full)``. Coarse to fine: an
     affine ECC fit at half size, ``QUICK_ITERATIONS`` steps first; a fit that is then
     implausible is not taken (``_unmoved_only``: the images as they lie, ``plausible`` False;
@@ -594,13 +617,14 @@ def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
     unmoved), while
     between distinct images the fit is nearly always the better alignment (the 110,215 pairs of
     realcxr's distinct originals: the highest score unchanged, docs/methods.md)."""
+    unmoved = _Unmoved(a, b) if unmoved is None else unmoved
     a2, b2 = a.half, b.half
     warp = _ecc(a2.smooth, b2.smooth, np.eye(2, 3, dtype=np.float32), QUICK_ITERATIONS)
     if not _plausible(warp, a2.side):
-        return _unmoved_only(a, b)
+        return _unmoved_only(unmoved)
     quick = _compare(a2, b2, warp)
     if quick < QUICK_FLOOR:  # the fit may be what fails (below): the images as they lie
-        quick = max(quick, _compare_unmoved(a2, b2))
+        quick = max(quick, unmoved.half)
     if quick < QUICK_FLOOR:
         return quick, True, False
     warp = _ecc(a2.smooth, b2.smooth, warp, COARSE_ITERATIONS - QUICK_ITERATIONS)
@@ -608,26 +632,25 @@ def _directed(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
     a1, b1 = a.full, b.full
     warp = _ecc(a1.smooth, b1.smooth, warp, 10)
     if not _plausible(warp):
-        return _compare_unmoved(a1, b1), False, True
-    return max(_compare(a1, b1, warp), _compare_unmoved(a1, b1)), True, True
+        return unmoved.full, False, True
+    return max(_compare(a1, b1, warp), unmoved.full), True, True
 
 
-def _unmoved_only(a: _Prepared, b: _Prepared) -> tuple[float, bool, bool]:
+def _unmoved_only(unmoved: _Unmoved) -> tuple[float, bool, bool]:
     """``_directed``'s answer when its quick fit is implausible: the images as they lie, at half
     size and, when that reaches ``QUICK_FLOOR``, at full size: ``(score, False, full)``."""
-    quick = _compare_unmoved(a.half, b.half)
-    if quick < QUICK_FLOOR:
-        return quick, False, False
-    return _compare_unmoved(a.full, b.full), False, True
+    if unmoved.half < QUICK_FLOOR:
+        return unmoved.half, False, False
+    return unmoved.full, False, True
 
 
 def _two_way(a: _Prepared, b: _Prepared) -> float:
     """The better score of ``b`` onto ``a`` and ``a`` onto ``b`` (a way whose fit is implausible
     counts with its unmoved comparison); the second way is tried unless the first reached
     ``THRESHOLD`` or, plausibly fitted, ended at the quick look under ``OTHER_WAY_FLOOR``."""
-    best = 0.0
+    best, unmoved = 0.0, _Unmoved(a, b)
     for x, y in ((a, b), (b, a)):
-        score, ok, full = _directed(x, y)
+        score, ok, full = _directed(x, y, unmoved)
         best = max(best, score)
         if score >= THRESHOLD or (ok and not full and score < OTHER_WAY_FLOOR):
             break

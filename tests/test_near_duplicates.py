@@ -401,7 +401,7 @@ def test_a_radiograph_published_many_times_is_one_group():
 def test_similarity_tries_the_other_way_round(monkeypatch, first, second, expected, calls):
     seen = []
 
-    def fake(x, y):
+    def fake(x, y, unmoved=None):
         seen.append((x, y))
         return first if len(seen) == 1 else second
 
