@@ -432,6 +432,41 @@ def test_the_unmoved_comparison_equals_the_comparison_at_the_identity():
     assert len(seen) > 5  # different pairs, different scores: not a constant
 
 
+def test_the_fast_ncc_and_plausibility_give_the_reference_values_to_the_bit():
+    """``_ncc`` (``np.add.reduce`` instead of ``mean``/``sum``) and ``_plausible`` (singular
+    values in closed form, LAPACK near a bound) are speed-ups that must not move a score or a
+    decision: compared with the plain numpy forms on random vectors of the sizes the
+    verification compares, and on random warps plus warps placed on and next to each bound."""
+    def ncc_ref(x, y):
+        x, y = x - x.mean(), y - y.mean()
+        den = float(np.sqrt((x * x).sum() * (y * y).sum()))
+        return float((x * y).sum() / den) if den > 1e-12 else 0.0
+
+    def plausible_ref(w, side):
+        sv = np.linalg.svd(w[:, :2], compute_uv=False)
+        scale = float(np.sqrt(sv[0] * sv[1]))
+        return (0.75 <= scale <= 1.33 and sv[0] / max(sv[1], 1e-9) <= 1.2
+                and float(np.abs(w[:, 2]).max()) <= 0.15 * side)
+
+    rng = np.random.default_rng(0)
+    for n in (7, 100, 613, 1024, 2741, 4096):
+        for _ in range(20):
+            x = rng.normal(size=n).astype(np.float32) * rng.uniform(1e-3, 10)
+            y = (x * rng.uniform(-1, 1) + rng.normal(size=n)).astype(np.float32)
+            assert nd._ncc(x, y) == ncc_ref(x, y)
+    assert nd._ncc(np.ones(50, np.float32), np.arange(50, dtype=np.float32)) == 0.0
+    warps = [np.hstack([np.eye(2) * rng.normal(1, 0.15) + rng.normal(0, 0.06, (2, 2)),
+                        rng.normal(0, 4, (2, 1))]) for _ in range(3000)]
+    for s in (0.75, 1.33):  # a scaling on each scale bound and a hair either side
+        warps += [np.array([[s + e, 0, 1], [0, s + e, 1]]) for e in (-1e-6, 0, 1e-6)]
+    for e in (-1e-6, 0, 1e-6):  # an aspect change of 1.2, and shifts on their bound
+        warps += [np.array([[1.2 + e, 0, 0], [0, 1, 0]]), np.array([[1, 0, 9.6 + e], [0, 1, 0]])]
+    warps += [np.array([[0.9, 0.3, 0], [0.3, 0.1, 0]]), np.zeros((2, 3))]  # singular
+    decided = [nd._plausible(w.astype(np.float32), side) for w in warps for side in (32, 64)]
+    assert decided == [plausible_ref(w.astype(np.float32), side) for w in warps
+                       for side in (32, 64)]
+    assert 0.2 < np.mean(decided) < 0.8  # both answers are exercised
+
 def test_a_fit_pulled_off_by_a_contrast_change_does_not_hide_a_copy(monkeypatch):
     """A strong local contrast change (CLAHE) can pull the intensity-based ECC fit off the
     right alignment, so that the copy, which needs no moving at all, scores low where it was
