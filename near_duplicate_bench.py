@@ -1,6 +1,6 @@
 """How well the near-duplicate finder works, measured: recall per alteration, false pairs, speed.
 
-    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout22|holdout21|...|all]
+    python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout23|holdout22|...|all]
                                    [--seed 0] [--json outputs/near_duplicates.json]
     python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
 
@@ -30,8 +30,9 @@ after holdout16 was measured, the finder's results unchanged, and ``holdout18`` 
 holdout17 was measured, before any change, ``holdout19`` after nd8-64 was measured on
 holdout18, before any change, ``holdout20`` a session after holdout19 was measured, before
 any change aimed at local contrast (CLAHE) was made, and ``holdout21`` after nd9-64 was
-measured on holdout20, before its misses were studied, and ``holdout22`` a session after
-nd10-64 was measured on holdout21, the finder unchanged (docs/methods.md).
+measured on holdout20, before its misses were studied, ``holdout22`` a session after
+nd10-64 was measured on holdout21, the finder unchanged, and ``holdout23`` after holdout22 was
+measured, before padding added before a rotation was studied again (docs/methods.md).
 
 ``--speed`` times fingerprinting ``--images`` demo-shaped PNGs (299 px) cold (just written, so
 in the page cache: decoding and fingerprinting, not the disk) and warm (from the fingerprint cache)
@@ -729,6 +730,37 @@ ALTERATIONS = {
     "combined-21": ("holdout22", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(_window(
         a, .03, .96), bottom=.03, left=.02), .05, 0.0, "tr"), -2.0, black=True), 480), 70),
         "jpg")),
+    # written 2026-12-05 09:14, after holdout22 was measured and before padding added before a
+    # rotation (holdout15's combination) was studied again or anything was measured on these: all
+    # within the issue's list; two of them pad before a rotation with black corners, on purpose
+    "resize-200-jpeg-60-16bit": ("holdout23", lambda a: (_jpeg(_resize(a, 200), 60), "png16")),
+    "upscale-960-rgb": ("holdout23", lambda a: (_resize(a, 960), "rgb")),
+    "gamma-0.6-window-1-97%-jpeg-80": ("holdout23", lambda a: (
+        _jpeg(_window(np.clip(a, 0, 1) ** 0.6, .01, .97), 80), "jpg")),
+    "window-6-94%-rgb-jpeg": ("holdout23", lambda a: (_window(a, .06, .94), "rgbjpg")),
+    "crop-2.5%-all-16bit": ("holdout23", lambda a: (_crop(a, .025, .025, .025, .025), "png16")),
+    "crop-5%-top-resize-350-jpeg-75": ("holdout23", lambda a: (_jpeg(_resize(_crop(a, top=.05),
+                                                                             350), 75), "jpg")),
+    "pad-white-4%-all-rgb": ("holdout23", lambda a: (_pad(a, .04, 1.0), "rgb")),
+    "pad-black-8%-left-jpeg-70": ("holdout23", lambda a: (_jpeg(_pad(a, .08, 0.0, "l"), 70),
+                                                          "jpg")),
+    "pad-white-4%-right-bottom-rotate-2-black-corners-jpeg-85": ("holdout23", lambda a: (
+        _jpeg(_rotate(_pad(a, .04, 1.0, "rb"), 2.0, black=True), 85), "jpg")),
+    "rotate-minus-2.8-resize-500-16bit": ("holdout23", lambda a: (_resize(_rotate(a, -2.8), 500),
+                                                                  "png16")),
+    "rotate-1.3-black-corners-crop-3%-left": ("holdout23", lambda a: (
+        _crop(_rotate(a, 1.3, black=True), left=.03), "png")),
+    "unsharp-1.6-sigma-1.2-jpeg-75": ("holdout23", lambda a: (_jpeg(_sharpen(a, 1.6, 1.2), 75),
+                                                              "jpg")),
+    "gaussian-blur-1.3-resize-420-rgb": ("holdout23", lambda a: (
+        _resize(cv2.GaussianBlur(a, (0, 0), 1.3), 420), "rgb")),
+    "bilateral-7-resize-640-jpeg-80": ("holdout23", lambda a: (_jpeg(_resize(cv2.bilateralFilter(
+        a.astype(np.float32), 7, 0.06, 7), 640), 80), "jpg")),
+    "median-5-window-2-95%-16bit": ("holdout23", lambda a: (
+        _window(cv2.medianBlur(_u8(a), 5) / 255.0, .02, .95), "png16")),
+    "combined-22": ("holdout23", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(
+        np.clip(a, 0, 1) ** 0.9, top=.02, right=.03), .04, 1.0, "tr"), 1.9, black=True), 560), 80),
+        "jpg")),
 }
 
 
@@ -994,7 +1026,7 @@ def _group_timed(path: str, out: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("src", nargs="?", help="folder of real radiographs (e.g. ../shared/realcxr)")
-    p.add_argument("--set", default="holdout22",
+    p.add_argument("--set", default="holdout23",
                    choices=sorted({which for which, _ in ALTERATIONS.values()}) + ["all"])
     p.add_argument("--per-alteration", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
