@@ -19,11 +19,11 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
 3. **Verification** (``similarity``): the two fingerprints, their outer ``RIM`` lines replaced
    by the line inside them (``_without_rim``: edge remnants of padding and corners), aligned by
    an affine ECC fit (OpenCV; absorbs crops of a few percent, padding left over, rotation of a
-   few degrees and rescaling), not taken when it needs a deformation no copy needs (``_plausible``: then only
-   the images as they lie are compared), then the normalised cross-correlation of two
-   band-passed versions (coarse and fine structure) in the overlap, saturated (clipped) areas
-   left out. The score is their mean, in [-1, 1]; the
-   images as they lie (unmoved) are compared too and the better counts, because a strong local
+   few degrees and rescaling), not taken when it needs a deformation no copy needs
+   (``_plausible``: then only the images as they lie are compared), then the normalised
+   cross-correlation of two band-passed versions (coarse and fine structure) in the overlap,
+   saturated (clipped) areas left out. The score is their mean, in [-1, 1]; the images as
+   they lie (unmoved) are compared too and the better counts, because a strong local
    contrast change (CLAHE) can pull the intensity-based fit off a copy that needs no moving.
    Most distinct pairs are settled at half size after ``QUICK_ITERATIONS`` ECC steps
    (``QUICK_FLOOR``); a fit that fails one way, a quick look that ended at ``OTHER_WAY_FLOOR``
@@ -87,7 +87,7 @@ FLAT_LEVEL = 0.02        # a gray level on over this share of a fingerprint is f
 FLAT_LINE = 0.5          # ... and a border line at least this much flat is frame
 CERTAIN = 0.97           # a score no two distinct images reached: not part of a background
 MIN_COMPARED = 0.10      # share of the image that must be left to compare (``_compare``)
-RIM = 2                  # edge lines replaced by the line inside them before comparing (``_without_rim``)
+RIM = 2                  # edge lines replaced by the line inside them (``_without_rim``)
 _BANDS = ((1.0, 4.0), (0.6, 2.0))  # band-pass (sigma fine, sigma coarse) at SIDE = 64
 
 
