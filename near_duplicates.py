@@ -742,12 +742,12 @@ POOL_MIN_PAIRS = 2000  # fewer pairs are verified in this process (a pool costs 
 
 def _set_pairs(fa: np.ndarray | None, fb: np.ndarray | None) -> None:
     global _PAIRS, _BOXES
-    _PAIRS = None if fa is None else (fa, fb)
     if fa is None:
-        _BOXES = None
-    else:
-        ba = np.full((len(fa), 8), -1, np.int16)
-        _BOXES = (ba, ba if fa is fb else np.full((len(fb), 8), -1, np.int16))
+        _PAIRS = _BOXES = None
+        return
+    ba = np.full((len(fa), 8), -1, np.int16)
+    _PAIRS = (fa, fb)
+    _BOXES = (ba, ba if fa is fb else np.full((len(fb), 8), -1, np.int16))
 
 
 def _verify_chunk(job: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
