@@ -339,7 +339,7 @@ def test_per_image_compares_every_copy_with_its_original_and_lists_the_misses(tm
 def test_the_latest_hold_out_alterations_do_what_their_names_say():
     """The later hold-outs' helpers: the squeeze narrows only the width, the black-corner
     rotation leaves black corners where the default one repeats the edge, the noise is seeded;
-    every alteration of holdout5-24 returns a finite image that the finder still matches to its
+    every alteration of holdout5-25 returns a finite image that the finder still matches to its
     original."""
     import near_duplicate_bench as bench
     a = _field(3)
@@ -347,8 +347,8 @@ def test_the_latest_hold_out_alterations_do_what_their_names_say():
     black, edge = bench._rotate(a, 3, black=True), bench._rotate(a, 3)
     assert black[0, 0] == 0 and black[-1, -1] == 0 and edge[0, 0] > 0
     mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items()
-            if which in [f"holdout{k}" for k in range(5, 25)]}
-    assert len(mine) == 15 + 16 + 15 + 15 + 16 * 16  # holdout5-8, then 16 each
+            if which in [f"holdout{k}" for k in range(5, 26)]}
+    assert len(mine) == 15 + 16 + 15 + 15 + 16 * 17  # holdout5-8, then 16 each
     noisy = bench._noisy(a, 0.01)  # seeded by the image: the same copy every run
     assert np.array_equal(noisy, bench._noisy(a, 0.01)) and 0.005 < np.std(noisy - a) < 0.015
     fa = nd.fingerprint(a)
