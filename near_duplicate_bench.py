@@ -763,7 +763,7 @@ ALTERATIONS = {
     "combined-22": ("holdout23", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(
         np.clip(a, 0, 1) ** 0.9, top=.02, right=.03), .04, 1.0, "tr"), 1.9, black=True), 560), 80),
         "jpg")),
-    # written 2026-12-05 11:25, a session after nd11-64 was measured on holdout23, the finder
+    # written 2026-12-05 10:50, a session after nd11-64 was measured on holdout23, the finder
     # unchanged and nothing measured on these before they were committed: all within the issue's
     # list (sizes, re-encodings, bit depths, windows, crops to 5%, black or white padding,
     # rotations to 3 degrees, sharpening, denoising, and one combination of them)
@@ -797,7 +797,7 @@ ALTERATIONS = {
     "combined-23": ("holdout24", lambda a: (_jpeg(_resize(_rotate(_pad(_crop(
         np.clip(_window(a, .02, .97), 0, 1) ** 1.15, top=.03, left=.01), .03, 0.0, "lb"), -1.4,
         black=True), 380), 65), "jpg")),
-    # written 2026-12-05 11:40, after holdout24 was measured and its one split miss (a candidate
+    # written 2026-12-05 11:10, after holdout24 was measured and its one split miss (a candidate
     # search miss) was studied, before a change to the candidate search was made or anything was
     # measured on these: all within the list; three rotate after a crop or padding, on
     # purpose (the search's weak case)

@@ -66,11 +66,12 @@ import xray_io
 
 SIDE = 64                # fingerprint side, pixels
 FINGERPRINT_VERSION = f"nd1-{SIDE}"  # changes when fingerprints change: caches, checkpoints
-VERSION = f"nd11-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
+VERSION = f"nd12-{SIDE}"  # changes when fingerprints, candidates or scores change: split records
 DESCRIPTOR_SIDE = 8      # the candidate search's descriptor: 2 x 8 x 8 = 128 numbers
 DESCRIPTOR_MARGIN = 0.12  # ... its second half leaves out this much of each side
 NEIGHBOURS = 8           # candidates per image
 REFRAMED_NEIGHBOURS = 4  # ... and more by the reframed layout (``reframed_layouts``)
+FLAT_NEIGHBOURS = 2      # ... and more by the layout inside the flat frame (``flat_layouts``)
 FRAME_FLAT = 0.06        # a fingerprint line with less spread than this is frame (``content_box``)
 FRAME_BLUR = 1.0         # ... measured after a blur of this many pixels (noise in a band is flat)
 FRAME_SKIP = 4           # ... reached across up to this many lines that are not (a thin frame line)
@@ -368,6 +369,23 @@ def reframed_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.nda
     return out
 
 
+def flat_layouts(fps: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
+    """Each fingerprint's layout (``layouts``) after cropping it to its ``flat_box`` and
+    resizing back to ``SIDE``: the third candidate search's vectors, float32 ``(N, 64)``.
+    Padding added before a rotation is slanted, with black corners beside it: no line of it is
+    flat in spread, so ``reframed_layouts`` keeps it, and the copy's layout is the padding's as
+    much as the radiograph's; most of each of its lines sits at one gray level, which
+    ``flat_box`` strips. ``plain``: ``layouts(fps)`` when the caller has them (a fingerprint
+    without such a frame keeps its own layout)."""
+    fps = np.asarray(fps)
+    out = (layouts(fps) if plain is None else np.array(plain, np.float32, copy=True))
+    for i, f in enumerate(fps):
+        box = flat_box(f)
+        if box != _FULL_BOX:
+            out[i] = _layout(_cropped(f.astype(np.float32) / 255.0, box, cv2.INTER_AREA))
+    return out
+
+
 def descriptors(fps: np.ndarray, plain: np.ndarray | None = None) -> np.ndarray:
     """The first candidate search's vectors: the layout of the whole fingerprint beside the
     layout without its outer ``DESCRIPTOR_MARGIN`` (where a frame left over from padding, or a
@@ -423,26 +441,26 @@ def candidate_pairs(query: np.ndarray, reference: np.ndarray | None = None,
     return i[order], j[order], s[order]
 
 
-def search_keys(fps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """What the candidate searches compare (``candidates``): ``(descriptors, reframed_layouts)``
-    of each fingerprint. ``match`` takes a reference set's keys made once (a checkpoint's
+def search_keys(fps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the candidate searches compare (``candidates``): ``(descriptors, reframed_layouts,
+    flat_layouts)`` of each fingerprint. ``match`` takes a reference set's keys made once (a checkpoint's
     training images: ``checkpoints._reference``)."""
     plain = layouts(fps)
-    return descriptors(fps, plain), reframed_layouts(fps, plain)
+    return descriptors(fps, plain), reframed_layouts(fps, plain), flat_layouts(fps, plain)
 
 
-def candidates(query: tuple[np.ndarray, np.ndarray],
-               reference: tuple[np.ndarray, np.ndarray] | None = None
+def candidates(query: tuple[np.ndarray, ...], reference: tuple[np.ndarray, ...] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs worth verifying, from ``search_keys``: ``(i, j)`` sorted, each once, the union of
-    two searches: ``NEIGHBOURS`` nearest by ``descriptors`` and ``REFRAMED_NEIGHBOURS`` nearest
+    three searches: ``NEIGHBOURS`` nearest by ``descriptors``, ``REFRAMED_NEIGHBOURS`` nearest
     by ``reframed_layouts`` (the second finds copies whose leftover frame the first misses: 6
     of the 7 candidates the first search alone missed on the studied bench sets, for 12% more
-    pairs there, 18-19% more at 112,120 fingerprints: docs/speed.md). ``reference`` None: pairs
-    within ``query`` with ``i < j``."""
+    pairs there, 18-19% more at 112,120 fingerprints: docs/speed.md) and ``FLAT_NEIGHBOURS``
+    nearest by ``flat_layouts`` (copies padded before a rotation, or rotated and cropped:
+    docs/methods.md). ``reference`` None: pairs within ``query`` with ``i < j``."""
     parts = [candidate_pairs(q, None if reference is None else r, k)[:2]
-             for q, r, k in zip(query, reference or (None, None),
-                                (NEIGHBOURS, REFRAMED_NEIGHBOURS))]
+             for q, r, k in zip(query, reference or (None,) * len(query),
+                                (NEIGHBOURS, REFRAMED_NEIGHBOURS, FLAT_NEIGHBOURS))]
     i = np.concatenate([p[0] for p in parts])
     j = np.concatenate([p[1] for p in parts])
     if len(i) == 0:
@@ -883,7 +901,7 @@ def find_pairs(fps: np.ndarray, ok: np.ndarray | None = None, workers: int | Non
 
 def match(query: np.ndarray, reference: np.ndarray, query_ok: np.ndarray | None = None,
           workers: int | None = None,
-          reference_keys: tuple[np.ndarray, np.ndarray] | None = None) -> pd.DataFrame:
+          reference_keys: tuple[np.ndarray, ...] | None = None) -> pd.DataFrame:
     """Each query fingerprint's best twin among ``reference`` fingerprints (``decide``):
     columns ``query``, ``reference`` (row indices), ``score`` and ``background``, one row per
     query that has one. ``reference_keys``: ``search_keys(reference)`` when the caller keeps

@@ -677,8 +677,8 @@ def test_content_box_finds_a_frame_the_full_size_strip_keeps_in_a_rotated_copy()
 
 
 def test_the_second_candidate_search_feeds_verification(monkeypatch):
-    """``candidates`` is the union of both searches: with the first switched off the framed
-    copy is still found, through the reframed layouts; with both off, nothing is."""
+    """``candidates`` is the union of the searches: with the first switched off the framed
+    copy is still found, through the reframed layouts; with all three off, nothing is."""
     fields = [_field(s) for s in range(40, 52)]
     o = _framed(5)
     fps = np.stack([nd.fingerprint(a) for a in [*fields, o, _rotate(o, 2.0)]])
@@ -688,11 +688,46 @@ def test_the_second_candidate_search_feeds_verification(monkeypatch):
     i, j = nd.candidates(nd.search_keys(fps))
     assert len(i) == len(set(zip(i.tolist(), j.tolist()))) and (i < j).all()
     monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 0)
+    monkeypatch.setattr(nd, "FLAT_NEIGHBOURS", 0)
     assert nd.find_pairs(fps).empty and len(nd.candidates(nd.search_keys(fps))[0]) == 0
     # match: the same union against a reference set
     monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 4)
     m = nd.match(fps[13:], fps[:13])
     assert m[["query", "reference"]].values.tolist() == [[0, 12]]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REALCXR.is_dir(), reason="../shared/realcxr not present")
+def test_the_flat_frame_search_finds_copies_rotated_with_their_padding(monkeypatch, tmp_path):
+    """Three of realcxr's radiographs, padded white then rotated with black corners (holdout23's
+    and holdout24's alterations) or rotated then cropped, saved and read back, searched among
+    all 470 originals: neither the descriptors' 8 nearest nor the reframed layouts' 4 hold the
+    original (the slanted padding is the copy's layout as much as the radiograph), the flat
+    frame's 2 nearest do (``flat_layouts``), and ``match`` then names the original."""
+    import near_duplicate_bench as bench
+    originals = bench.originals(REALCXR)
+    fo, ok, _ = nd.fingerprint_files(originals, workers=2)
+    cases = [("COVID/COVID-2416.png", "pad-white-4%-right-bottom-rotate-2-black-corners-jpeg-85"),
+             ("COVID/COVID-2243.png", "pad-white-3%-top-rotate-minus-1.7-black-corners-resize-512"),
+             ("Viral Pneumonia/Viral Pneumonia-418.png", "rotate-minus-3-crop-4%-right-16bit")]
+    want = [originals.index(REALCXR / f) for f, _ in cases]
+    copies = []
+    for k, (f, name) in enumerate(cases):
+        img, kind = bench.ALTERATIONS[name][1](read_xray(REALCXR / f))
+        copies.append(nd.fingerprint(read_xray(bench._save(img, kind, tmp_path / str(k)))))
+    cf = np.stack(copies)
+    ref_keys = nd.search_keys(fo)
+
+    def candidate_of_own(n_flat: int) -> list[bool]:
+        monkeypatch.setattr(nd, "FLAT_NEIGHBOURS", n_flat)
+        i, j = nd.candidates(nd.search_keys(cf), ref_keys)
+        pairs = set(zip(i.tolist(), j.tolist()))
+        return [(q, o) in pairs for q, o in enumerate(want)]
+
+    assert ok.all() and candidate_of_own(0) == [False] * 3
+    assert candidate_of_own(2) == [True] * 3
+    m = nd.match(cf, fo, reference_keys=ref_keys)
+    assert m["query"].tolist() == [0, 1, 2] and m["reference"].tolist() == want
 
 
 def _letterboxed_and_noisy(seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -877,7 +912,8 @@ def test_real_radiographs_padded_then_rotated_are_found():
 def test_a_framed_real_radiograph_rotated_is_found_only_through_the_second_search(monkeypatch):
     """COVID-2243 has a gray line at its right edge with a black band inside it; rotated 3
     degrees and padded white (a holdout6 alteration), its copy left the first search's 8
-    neighbours among realcxr's radiographs (rank 48). The reframed search finds it."""
+    neighbours among realcxr's radiographs (rank 48). The reframed search finds it, and so does
+    the flat frame's (nd12-64) on its own; with both off it is lost."""
     import near_duplicate_bench as bench
     files = bench.originals(REALCXR)
     k = next(n for n, f in enumerate(files) if f.name == "COVID-2243.png")
@@ -888,6 +924,9 @@ def test_a_framed_real_radiograph_rotated_is_found_only_through_the_second_searc
     pairs = nd.find_pairs(fps)
     assert (k, len(fps) - 1) in set(zip(pairs["i"].tolist(), pairs["j"].tolist()))
     monkeypatch.setattr(nd, "REFRAMED_NEIGHBOURS", 0)
+    pairs = nd.find_pairs(fps)
+    assert (k, len(fps) - 1) in set(zip(pairs["i"].tolist(), pairs["j"].tolist()))
+    monkeypatch.setattr(nd, "FLAT_NEIGHBOURS", 0)
     pairs = nd.find_pairs(fps)
     assert (k, len(fps) - 1) not in set(zip(pairs["i"].tolist(), pairs["j"].tolist()))
 
