@@ -15,7 +15,9 @@ re-windowed, padded, exported at another bit depth or as RGB. This module finds 
    similarity; faiss, exact below ``EXACT_SEARCH_MAX`` fingerprints, an inverted-file index
    above), kept when at least ``CANDIDATE_FLOOR``, and its ``REFRAMED_NEIGHBOURS`` nearest by
    ``reframed_layouts`` (the layout inside any frame left over, ``content_box``: a copy whose
-   frame the full-size strip handled differently). Sub-quadratic; no all-pairs loop.
+   frame the full-size strip handled differently) and its ``FLAT_NEIGHBOURS`` nearest by
+   ``flat_layouts`` (the layout inside a frame mostly at one gray level, ``flat_box``: padding
+   slanted by a rotation). Sub-quadratic; no all-pairs loop.
 3. **Verification** (``similarity``): the two fingerprints, their outer ``RIM`` lines replaced
    by the line inside them (``_without_rim``: edge remnants of padding and corners), aligned by
    an affine ECC fit (OpenCV; absorbs crops of a few percent, padding left over, rotation of a
@@ -443,8 +445,8 @@ def candidate_pairs(query: np.ndarray, reference: np.ndarray | None = None,
 
 def search_keys(fps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """What the candidate searches compare (``candidates``): ``(descriptors, reframed_layouts,
-    flat_layouts)`` of each fingerprint. ``match`` takes a reference set's keys made once (a checkpoint's
-    training images: ``checkpoints._reference``)."""
+    flat_layouts)`` of each fingerprint. ``match`` takes a reference set's keys made once (a
+    checkpoint's training images: ``checkpoints._reference``)."""
     plain = layouts(fps)
     return descriptors(fps, plain), reframed_layouts(fps, plain), flat_layouts(fps, plain)
 
