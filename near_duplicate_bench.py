@@ -3,6 +3,7 @@
     python near_duplicate_bench.py DIR [--per-alteration 12] [--set holdout25|holdout24|...|all]
                                    [--seed 0] [--json outputs/near_duplicates.json]
     python near_duplicate_bench.py --speed [DIR] [--images 21165] [--fingerprints 112120]
+    python near_duplicate_bench.py DIR --scale 21165 [--set holdout25] [--seed 0]
 
 The first form takes the radiographs under DIR (e.g. ``../shared/realcxr``), writes altered
 copies of a seeded sample of them (``ALTERATIONS``) into a temporary class folder beside
@@ -41,6 +42,11 @@ in the page cache: decoding and fingerprinting, not the disk) and warm (from the
 and grouping ``--fingerprints`` fingerprints (``deformed`` from DIR's radiographs when given,
 else from the demo's phantoms: every phantom looks alike, the worst case for the verification),
 with peak memory of the process and of its worker processes.
+
+``--scale N`` measures the candidate search in a large collection (``search_at_scale``): copies
+of half of DIR's radiographs under every alteration of ``--set``, each searched among all the
+originals plus N fingerprints bent from the other half; how many copies lose their original
+from their candidates, with and without the N.
 """
 
 from __future__ import annotations
@@ -947,11 +953,10 @@ def measure(src: Path, which: str = "holdout5", per: int = 12, seed: int = 0) ->
         "split_seconds": round(seconds, 1)}
 
 
-def _copy_scores(job: tuple[str, str]) -> list[tuple[str, float]]:
-    """Every alteration of set ``job[1]`` applied to radiograph ``job[0]``, saved as the set
-    saves it and read back: ``(alteration, similarity to the original)`` each (0 when either
-    cannot be fingerprinted)."""
-    path, which = job
+def _copy_fingerprints(path: str, which: str):
+    """Radiograph ``path``'s fingerprint (None when it cannot be fingerprinted) and, for every
+    alteration of set ``which``, ``(alteration, fingerprint or None)`` of the copy saved as the
+    set saves it and read back."""
     a = read_xray(path)
     try:
         fa = nd.fingerprint(a)
@@ -963,12 +968,25 @@ def _copy_scores(job: tuple[str, str]) -> list[tuple[str, float]]:
             img, kind = fn(a)
             dst = _save(img, kind, Path(tmp) / "copy")
             try:
-                score = 0.0 if fa is None else nd.similarity(fa, nd.fingerprint(read_xray(dst)))
+                fc = nd.fingerprint(read_xray(dst))
             except nd.NotFingerprintable:
-                score = 0.0
+                fc = None
             dst.unlink()
-            out.append((name, float(score)))
-    return out
+            out.append((name, fc))
+    return fa, out
+
+
+def _copy_scores(job: tuple[str, str]) -> list[tuple[str, float]]:
+    """Every alteration of set ``job[1]`` applied to radiograph ``job[0]``, saved as the set
+    saves it and read back: ``(alteration, similarity to the original)`` each (0 when either
+    cannot be fingerprinted)."""
+    fa, copies = _copy_fingerprints(*job)
+    return [(name, 0.0 if fa is None or fc is None else float(nd.similarity(fa, fc)))
+            for name, fc in copies]
+
+
+def _copies_of(job: tuple[str, str]) -> list[tuple[str, np.ndarray | None]]:
+    return _copy_fingerprints(*job)[1]
 
 
 def per_image(src: Path, which: str = "holdout12", workers: int | None = None) -> dict:
@@ -1017,6 +1035,60 @@ def deformed(fps: np.ndarray, n: int, seed: int = 0, amplitude: float = 8.0) -> 
         d = [v / (np.abs(v).max() + 1e-9) * amplitude for v in d]
         out[k] = cv2.remap(fps[rng.integers(len(fps))], x + d[0], y + d[1], cv2.INTER_LINEAR,
                            borderMode=cv2.BORDER_REFLECT)
+    return out
+
+
+def search_at_scale(src: Path, which: str = "holdout25", distractors: int = 21165,
+                    seed: int = 0, amplitude: float = 8.0, workers: int | None = None) -> dict:
+    """Whether the candidate search still offers each copy's original when the reference set is
+    large. The radiographs under ``src`` are split in two halves (seeded); every alteration of
+    ``which`` is applied to each radiograph of the first half (saved and read back); the
+    reference is every original plus ``distractors`` fingerprints ``deformed`` (by up to
+    ``amplitude`` pixels at 64 px) from the second half: radiograph texture, none of it a copy of
+    a queried radiograph. Each copy is searched against the reference as ``evaluate.py`` searches
+    a checkpoint's training images (``candidates``); the split searches both ways (a pair is a
+    candidate when either image lists the other), so its search finds at least these. Reported
+    without distractors and with them: how many copies do not have their original among their
+    candidates, per alteration, and which."""
+    images = originals(src)
+    fps, ok, _ = nd.fingerprint_files(images)
+    usable = np.flatnonzero(ok)
+    if len(usable) < 2:
+        raise ValueError(f"expected at least 2 radiographs that can be fingerprinted under {src}; "
+                         f"found {len(usable)}")
+    order = np.random.default_rng(seed).permutation(usable)
+    queried, others = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
+    jobs = [(str(images[k]), which) for k in queried]
+    workers = max(1, min(workers or 2, len(jobs)))
+    if workers == 1:
+        made = [_copies_of(j) for j in jobs]
+    else:
+        with files.process_pool(workers) as pool:
+            made = pool.map(_copies_of, jobs, chunksize=4)
+    rows = [(k, name, fc) for k, copies in zip(queried, made) for name, fc in copies
+            if fc is not None]
+    query = np.stack([fc for _, _, fc in rows])
+    owner = np.array([k for k, _, _ in rows])
+    names = np.array([name for _, name, _ in rows])
+    query_keys = nd.search_keys(query)
+    out = {"set": which, "originals": len(images), "queried_originals": len(queried),
+           "copies": len(rows), "not_fingerprinted": len(jobs) * len(alterations(which)) - len(rows),
+           "amplitude": amplitude, "searches": []}
+    for n in sorted({0, distractors}):
+        reference = fps if n == 0 else np.concatenate(
+            [fps, deformed(fps[others], n, seed, amplitude)])
+        t = time.perf_counter()
+        i, j = nd.candidates(query_keys, nd.search_keys(reference))
+        seconds = time.perf_counter() - t
+        offered = np.zeros(len(rows), bool)
+        offered[i[j == owner[i]]] = True
+        missed = pd.DataFrame({"alteration": names[~offered],
+                               "file": [str(images[k].relative_to(src)) for k in owner[~offered]]})
+        out["searches"].append({
+            "distractors": n, "reference": len(reference), "candidate_pairs": int(len(i)),
+            "missed": int((~offered).sum()), "search_s": round(seconds, 1),
+            "missed_per_alteration": missed["alteration"].value_counts().sort_index().to_dict(),
+            "missed_copies": missed.to_dict(orient="records")})
     return out
 
 
@@ -1102,12 +1174,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-image", action="store_true",
                    help="every alteration of --set on every radiograph of DIR, each copy "
                         "compared with its original directly (no search, no split)")
+    p.add_argument("--scale", type=int, default=None, metavar="N",
+                   help="the candidate search among N distractors: copies of half of DIR's "
+                        "radiographs under every alteration of --set, searched among all of "
+                        "them plus N fingerprints bent from the other half (search_at_scale)")
     p.add_argument("--images", type=int, default=21165)
     p.add_argument("--fingerprints", type=int, default=112120)
     p.add_argument("--json", default=None, help="JSON report file (default: print only)")
     a = p.parse_args(argv)
     if a.speed:
         res = speed(a.images, a.fingerprints, a.seed, Path(a.src) if a.src else None)
+    elif a.scale is not None and a.src and Path(a.src).is_dir():
+        res = search_at_scale(Path(a.src), a.set, a.scale, a.seed)
+        for r in res["searches"]:
+            print(f"{r['distractors']:>7} distractors: {r['missed']} of {res['copies']} copies "
+                  f"without their original among their candidates", r["missed_per_alteration"])
     elif a.per_image and a.src and Path(a.src).is_dir():
         res = per_image(Path(a.src), a.set)
         print(pd.DataFrame(res["per_alteration"]).to_string(index=False))

@@ -336,6 +336,34 @@ def test_per_image_compares_every_copy_with_its_original_and_lists_the_misses(tm
                for m in res["missed"])
 
 
+def test_search_at_scale_counts_copies_whose_original_is_not_a_candidate(tmp_path,
+                                                                        monkeypatch):
+    """The bench's --scale form: copies of half the radiographs searched among all originals
+    plus bent distractors from the other half; a JPEG copy keeps its original among its
+    candidates, one picture given for every radiograph finds at most one of its originals when
+    each search keeps a single neighbour, and the misses are named."""
+    import near_duplicate_bench as bench
+    src = tmp_path / "src"
+    for k in range(8):
+        _write(src / "c" / f"{k}.png", _field(500 + k))
+    _write(src / "masks" / "m.png", _field(999))   # masks are left out
+    monkeypatch.setattr(bench, "ALTERATIONS", {
+        "jpeg-60": ("t", lambda a: (_jpeg(a, 60), "jpg")),
+        "one-picture": ("t", lambda a: (_field(400), "png"))})
+    for name in ("NEIGHBOURS", "REFRAMED_NEIGHBOURS", "FLAT_NEIGHBOURS"):
+        monkeypatch.setattr(nd, name, 1)
+    res = bench.search_at_scale(src, "t", distractors=40, seed=0, workers=1)
+    assert res["originals"] == 8 and res["queried_originals"] == 4 and res["copies"] == 8
+    assert [r["distractors"] for r in res["searches"]] == [0, 40]
+    assert [r["reference"] for r in res["searches"]] == [8, 48]
+    for r in res["searches"]:
+        per = r["missed_per_alteration"]
+        assert "jpeg-60" not in per and per["one-picture"] >= 3 and r["missed"] == per["one-picture"]
+        missed = r["missed_copies"]
+        assert len(missed) == r["missed"] and {m["alteration"] for m in missed} == {"one-picture"}
+        assert all(m["file"].startswith("c/") for m in missed)
+
+
 def test_the_latest_hold_out_alterations_do_what_their_names_say():
     """The later hold-outs' helpers: the squeeze narrows only the width, the black-corner
     rotation leaves black corners where the default one repeats the edge, the noise is seeded;
