@@ -1078,10 +1078,10 @@ def search_at_scale(src: Path, which: str = "holdout26", distractors: int = 2116
     reference is every original plus ``distractors`` fingerprints ``deformed`` (by up to
     ``amplitude`` pixels at 64 px) from the second half: radiograph texture, none of it a copy of
     a queried radiograph. Each copy is searched against the reference as ``evaluate.py`` searches
-    a checkpoint's training images (``candidates``); the split searches both ways (a pair is a
-    candidate when either image lists the other), so its search finds at least these. Reported
-    without distractors and with them: how many copies do not have their original among their
-    candidates, per alteration, and which."""
+    a checkpoint's training images (``candidates``; the split searches within one set, and a
+    pair is its candidate when either image lists the other). Reported without distractors and
+    with them: how many copies do not have their original among their candidates, per
+    alteration, and which."""
     images = originals(src)
     fps, ok, _ = nd.fingerprint_files(images)
     usable = np.flatnonzero(ok)

@@ -313,16 +313,23 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     assert speed["start_rss_mib"] < 300
 
 
+def _bench_source(tmp_path, monkeypatch, seeds, alterations: dict):
+    """A folder of ``_field`` radiographs (``c/0.png``, ... one per seed, and a lung mask the
+    bench must leave out) and the bench module with ``alterations`` as its ALTERATIONS."""
+    import near_duplicate_bench as bench
+    src = tmp_path / "src"
+    for k, seed in enumerate(seeds):
+        _write(src / "c" / f"{k}.png", _field(seed))
+    _write(src / "masks" / "m.png", _field(999))   # masks are left out
+    monkeypatch.setattr(bench, "ALTERATIONS", alterations)
+    return bench, src
+
+
 def test_per_image_compares_every_copy_with_its_original_and_lists_the_misses(tmp_path,
                                                                               monkeypatch):
     """The bench's per-image form: each alteration of the set on every image, the copy saved,
     read back and scored against its own original; a copy of another picture is a miss."""
-    import near_duplicate_bench as bench
-    src = tmp_path / "src"
-    for k in range(3):
-        _write(src / "c" / f"{k}.png", _field(300 + k))
-    _write(src / "masks" / "m.png", _field(999))   # masks are left out
-    monkeypatch.setattr(bench, "ALTERATIONS", {
+    bench, src = _bench_source(tmp_path, monkeypatch, range(300, 303), {
         "jpeg-60": ("t", lambda a: (_jpeg(a, 60), "jpg")),
         "another-picture": ("t", lambda a: (_field(400), "png")),
         "elsewhere": ("u", lambda a: (a, "png"))})
@@ -342,12 +349,7 @@ def test_search_at_scale_counts_copies_whose_original_is_not_a_candidate(tmp_pat
     plus bent distractors from the other half; a JPEG copy keeps its original among its
     candidates, one picture given for every radiograph finds at most one of its originals when
     each search keeps a single neighbour, and the misses are named."""
-    import near_duplicate_bench as bench
-    src = tmp_path / "src"
-    for k in range(8):
-        _write(src / "c" / f"{k}.png", _field(500 + k))
-    _write(src / "masks" / "m.png", _field(999))   # masks are left out
-    monkeypatch.setattr(bench, "ALTERATIONS", {
+    bench, src = _bench_source(tmp_path, monkeypatch, range(500, 508), {
         "jpeg-60": ("t", lambda a: (_jpeg(a, 60), "jpg")),
         "one-picture": ("t", lambda a: (_field(400), "png"))})
     for name in ("NEIGHBOURS", "REFRAMED_NEIGHBOURS", "FLAT_NEIGHBOURS"):
