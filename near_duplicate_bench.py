@@ -1021,6 +1021,16 @@ def _copies_of(job: tuple[str, str]) -> list[tuple[str, np.ndarray | None]]:
     return _copy_fingerprints(*job)[1]
 
 
+def _per_radiograph(fn, jobs: list, workers: int | None) -> list:
+    """``fn`` on each job (one radiograph's alterations: seconds each), in ``workers``
+    processes (2 by default)."""
+    workers = max(1, min(workers or 2, len(jobs)))
+    if workers == 1:
+        return [fn(j) for j in jobs]
+    with files.process_pool(workers) as pool:
+        return pool.map(fn, jobs, chunksize=4)
+
+
 def per_image(src: Path, which: str = "holdout12", workers: int | None = None) -> dict:
     """Each alteration of ``which`` on every radiograph under ``src``, each copy compared with
     its original directly (``near_duplicates.similarity``, no search): per alteration how many
@@ -1028,13 +1038,7 @@ def per_image(src: Path, which: str = "holdout12", workers: int | None = None) -
     split's recall would be if the candidate search never missed and no background stood in the
     way; `measure` gives the whole pipeline on a sample."""
     images = originals(src)
-    workers = max(1, min(workers or 2, len(images)))
-    jobs = [(str(f), which) for f in images]
-    if workers == 1:
-        results = [_copy_scores(j) for j in jobs]
-    else:
-        with files.process_pool(workers) as pool:
-            results = pool.map(_copy_scores, jobs, chunksize=4)
+    results = _per_radiograph(_copy_scores, [(str(f), which) for f in images], workers)
     rows = [{"file": str(f.relative_to(src)), "alteration": n, "score": round(v, 4)}
             for f, res in zip(images, results) for n, v in res]
     df = pd.DataFrame(rows)
@@ -1091,12 +1095,7 @@ def search_at_scale(src: Path, which: str = "holdout26", distractors: int = 2116
     order = np.random.default_rng(seed).permutation(usable)
     queried, others = np.sort(order[:len(order) // 2]), np.sort(order[len(order) // 2:])
     jobs = [(str(images[k]), which) for k in queried]
-    workers = max(1, min(workers or 2, len(jobs)))
-    if workers == 1:
-        made = [_copies_of(j) for j in jobs]
-    else:
-        with files.process_pool(workers) as pool:
-            made = pool.map(_copies_of, jobs, chunksize=4)
+    made = _per_radiograph(_copies_of, jobs, workers)
     rows = [(k, name, fc) for k, copies in zip(queried, made) for name, fc in copies
             if fc is not None]
     query = np.stack([fc for _, _, fc in rows])
