@@ -1144,6 +1144,7 @@ def speed(n_images: int, n_fps: int, seed: int = 0, like: Path | None = None) ->
     many = deformed(fps, n_fps, seed)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "many.npy", many)
+        np.save(Path(tmp) / "more.npy", deformed(fps, max(1, n_fps // 100), seed + 1))
         del many
         # In a new interpreter that imports only this module, as split_dataset.py would group
         # (~90 MB before any fingerprint), so that its peak memory is the grouping's. Not a
@@ -1151,10 +1152,10 @@ def speed(n_images: int, n_fps: int, seed: int = 0, like: Path | None = None) ->
         # brings torch); and the peak is read as VmHWM: ru_maxrss keeps the parent's size at the
         # fork across exec (benchmark.py reported 1,459 MiB for a grouping that peaks at 781).
         code = ("import sys, near_duplicate_bench as b; "
-                "b._group_timed(sys.argv[1], sys.argv[2])")
+                "b._group_timed(sys.argv[1], sys.argv[2], sys.argv[3])")
         run = subprocess.run([sys.executable, "-c", code, str(Path(tmp) / "many.npy"),
-                              str(Path(tmp) / "out.json")], cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True)
+                              str(Path(tmp) / "out.json"), str(Path(tmp) / "more.npy")],
+                             cwd=Path(__file__).resolve().parent, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"the grouping process failed (exit code {run.returncode}): "
                                f"{run.stderr[-2000:]}")
@@ -1177,20 +1178,35 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def _group_timed(path: str, out: str) -> None:
+def _group_timed(path: str, out: str, more: str | None = None) -> None:
     """``find_pairs`` on the fingerprints saved at ``path``, timed, with peak memory (this
-    process; its workers fork from it and share the fingerprints), written to ``out``."""
+    process; its workers fork from it and share the fingerprints), written to ``out``. With
+    ``more`` (fingerprints saved there), as ``split_dataset.py`` groups by default: with a score
+    store (``nd.ScoreStore``) in a new folder, then again (a re-split of the same images: the
+    same pairs, or this raises), then with ``more`` appended (a collection that grew)."""
     before = _peak_mib()  # the interpreter and its imports
     many = np.load(path)
     t = time.perf_counter()
     ci, _ = nd.candidates(nd.search_keys(many))
     search = time.perf_counter() - t
-    t = time.perf_counter()
-    pairs = nd.find_pairs(many)
     res = dict(fingerprints=len(many), candidate_search_s=round(search, 1),
-               candidate_pairs=int(len(ci)), grouping_s=round(time.perf_counter() - t, 1),
-               pairs_found=int(len(pairs)),
-               peak_rss_mib=round(_peak_mib()), start_rss_mib=round(before))
+               candidate_pairs=int(len(ci)))
+    with tempfile.TemporaryDirectory() as store:
+        t = time.perf_counter()
+        pairs = nd.find_pairs(many, cache_dir=None if more is None else store)
+        res.update(grouping_s=round(time.perf_counter() - t, 1), pairs_found=int(len(pairs)))
+        if more is not None:
+            grown = np.concatenate([many, np.load(more)])
+            for name, fps in (("again", many), ("grown", grown)):
+                t = time.perf_counter()
+                found = nd.find_pairs(fps, cache_dir=store)
+                res[f"grouping_{name}_s"] = round(time.perf_counter() - t, 1)
+                if name == "again" and not found.equals(pairs):
+                    raise RuntimeError("a second grouping with the score store differs")
+            res.update(grown_by=len(grown) - len(many), pairs_found_grown=int(len(found)),
+                       store_mib=round(sum(f.stat().st_size for f in Path(store).iterdir())
+                                       / 2**20, 1))
+    res.update(peak_rss_mib=round(_peak_mib()), start_rss_mib=round(before))
     write_json_atomic(res, out)
 
 

@@ -50,11 +50,18 @@ sets of alterations studied before, and measured on ones written afterwards (doc
 ``match`` finds, for each query image, its best verified twin among reference fingerprints (a
 checkpoint's training images). Nothing here reads or writes split files: ``split_dataset.py``
 decides what a group means for a split.
+
+Verification is what a large collection costs (about 0.5-1 ms a candidate pair on one core:
+minutes for 112,120 images; docs/speed.md). A score depends on the two fingerprints alone, so
+with a ``cache_dir`` the scores are kept (``ScoreStore``, keyed by ``fingerprint_ids``) and a
+later grouping of the same images (a re-split with another seed) verifies none of them again,
+and one with a few new images only the pairs that involve those.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -805,12 +812,27 @@ def local_order(i: np.ndarray, j: np.ndarray, within: bool) -> np.ndarray:
 
 
 def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
-           workers: int | None = None) -> np.ndarray:
+           workers: int | None = None, cache_dir: str | os.PathLike | None = None
+           ) -> np.ndarray:
     """``similarity(fa[i[n]], fb[j[n]])`` for every n, float32 ``(len(i),)``; in ``workers``
     processes when there are many pairs. Jobs are chunks of indices (the fingerprints reach
     each worker once), each image prepared once per chunk; many pairs are chunked in
-    ``local_order`` (the scores do not depend on the order)."""
+    ``local_order`` (the scores do not depend on the order). ``cache_dir``: pairs scored there
+    before (``ScoreStore``) are read, not verified again."""
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    if cache_dir is None or len(i) == 0:
+        return _verify(fa, fb, i, j, workers)
+    if fa is fb:  # each image hashed once
+        ids = fingerprint_ids(fa, np.concatenate([i, j]))
+        ids_a, ids_b = ids[:len(i)], ids[len(i):]
+    else:
+        ids_a, ids_b = fingerprint_ids(fa, i), fingerprint_ids(fb, j)
+    return ScoreStore(cache_dir).verified(fa, fb, i, j, ids_a, ids_b, workers)
+
+
+def _verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
+            workers: int | None = None) -> np.ndarray:
+    """``verify`` without a store."""
     if len(i) == 0:
         return np.zeros(0, np.float32)
     workers = max(1, workers or os.cpu_count() or 1)
@@ -830,6 +852,109 @@ def verify(fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
     scores = np.empty(len(i), np.float32)
     scores[order] = np.concatenate(found)  # back in the pairs' order
     return scores
+
+
+# --------------------------------------------------------------------------- the score store
+PAIR_STORE_MAX = 4_000_000  # pairs a store keeps (~80 MB): this run's first, then the newest
+
+
+def fingerprint_ids(fps: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """A 64-bit content id of each fingerprint (of ``fps[rows]`` when given; blake2b of its
+    bytes), uint64: what ``ScoreStore`` keys pairs by. Each distinct row is hashed once and
+    nothing is copied (``fps`` may be the 459 MB of a large collection)."""
+    rows = np.arange(len(fps)) if rows is None else np.asarray(rows, np.int64)
+    unique, back = np.unique(rows, return_inverse=True)
+    ids = np.fromiter((int.from_bytes(hashlib.blake2b(np.ascontiguousarray(fps[r]).tobytes(),
+                                                      digest_size=8).digest(), "little")
+                       for r in unique), np.uint64, len(unique))
+    return ids[back.ravel()]
+
+
+@functools.lru_cache(maxsize=1)
+def _store_tag() -> str:
+    """``VERSION`` and the libraries the scores and candidates come from (OpenCV's ECC, numpy,
+    faiss): a store written by another version of any of them is never read."""
+    import faiss  # noqa: PLC0415  (as in ``_index``)
+    libs = f"{VERSION} {cv2.__version__} {np.__version__} {faiss.__version__}"
+    return f"{VERSION}-{hashlib.blake2b(libs.encode(), digest_size=4).hexdigest()}"
+
+
+class ScoreStore:
+    """The verified scores of earlier runs, kept in a cache folder (``pair-scores-<VERSION>-
+    <libraries>.npz``) and keyed by both fingerprints' ``fingerprint_ids`` (in the order
+    compared: a score is ``b`` aligned onto ``a`` first), with the candidate pairs of the last
+    set grouped (``find_pairs``). A score is a function of the two fingerprints alone, so a
+    stored one equals what verification would give again, to the bit; a re-split of an
+    unchanged collection (another seed, other val/test counts) verifies nothing, and one with
+    new images verifies only the pairs that involve something new. An unreadable store counts
+    as empty; one that cannot be written only costs time next run."""
+
+    def __init__(self, cache_dir: str | os.PathLike):
+        self.path = Path(cache_dir) / f"pair-scores-{_store_tag()}.npz"
+        self.pairs = pd.DataFrame({"a": np.zeros(0, np.uint64), "b": np.zeros(0, np.uint64),
+                                   "score": np.zeros(0, np.float32)})
+        self.set_key, self.ci, self.cj = "", np.zeros(0, np.int64), np.zeros(0, np.int64)
+        try:
+            with np.load(self.path) as z:
+                self.pairs = pd.DataFrame({"a": z["a"].astype(np.uint64),
+                                           "b": z["b"].astype(np.uint64),
+                                           "score": z["score"].astype(np.float32)})
+                self.set_key = str(z["set_key"])
+                self.ci, self.cj = z["ci"].astype(np.int64), z["cj"].astype(np.int64)
+        except (OSError, ValueError, KeyError):
+            pass  # none yet, or damaged: rebuilt by the next save
+
+    @staticmethod
+    def key_of(ids: np.ndarray) -> str:
+        """The key of one set of fingerprints, in its order: the candidates are kept under it."""
+        return hashlib.blake2b(np.ascontiguousarray(ids, np.uint64).tobytes(),
+                               digest_size=16).hexdigest()
+
+    def candidates_of(self, set_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The candidate pairs stored for the set ``set_key``, or None."""
+        return (self.ci, self.cj) if set_key == self.set_key else None
+
+    def look_up(self, ids_a: np.ndarray, ids_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, known)``: the stored score of each pair of ids, and whether there is one."""
+        q = pd.DataFrame({"a": np.asarray(ids_a, np.uint64), "b": np.asarray(ids_b, np.uint64)})
+        hit = q.merge(self.pairs, on=["a", "b"], how="left")["score"].to_numpy(np.float64)
+        known = ~np.isnan(hit)
+        return np.where(known, hit, 0.0).astype(np.float32), known
+
+    def verified(self, fa: np.ndarray, fb: np.ndarray, i: np.ndarray, j: np.ndarray,
+                 ids_a: np.ndarray, ids_b: np.ndarray, workers: int | None = None,
+                 candidates: tuple[str, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``verify``'s scores: the stored ones read, the others verified and stored (with
+        ``candidates``, ``(set_key, ci, cj)``, as the set's candidate pairs)."""
+        scores, known = self.look_up(ids_a, ids_b)
+        todo = np.flatnonzero(~known)
+        if len(todo):
+            scores[todo] = _verify(fa, fb, i[todo], j[todo], workers)
+        if len(todo) or (candidates is not None and candidates[0] != self.set_key):
+            self.save(ids_a, ids_b, scores, candidates)
+        return scores
+
+    def save(self, ids_a: np.ndarray, ids_b: np.ndarray, scores: np.ndarray,
+             candidates: tuple[str, np.ndarray, np.ndarray] | None = None) -> None:
+        """This run's pairs first, then the stored ones it did not touch, up to
+        ``PAIR_STORE_MAX``; written atomically."""
+        now = pd.DataFrame({"a": np.asarray(ids_a, np.uint64), "b": np.asarray(ids_b, np.uint64),
+                            "score": np.asarray(scores, np.float32)}).drop_duplicates(["a", "b"])
+        old = self.pairs.merge(now[["a", "b"]], on=["a", "b"], how="left", indicator=True)
+        old = old[old["_merge"] == "left_only"].drop(columns="_merge")
+        self.pairs = pd.concat([now, old], ignore_index=True).iloc[:PAIR_STORE_MAX]
+        if candidates is not None:
+            self.set_key, self.ci, self.cj = candidates
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with files.atomic_write(self.path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, a=self.pairs["a"].to_numpy(np.uint64),
+                             b=self.pairs["b"].to_numpy(np.uint64),
+                             score=self.pairs["score"].to_numpy(np.float32),
+                             set_key=np.array(self.set_key), ci=self.ci, cj=self.cj)
+        except OSError:
+            pass
 
 
 # --------------------------------------------------------------------------- decisions
@@ -886,15 +1011,27 @@ def decide(scores: np.ndarray, background: np.ndarray) -> np.ndarray:
 
 
 def find_pairs(fps: np.ndarray, ok: np.ndarray | None = None, workers: int | None = None,
-               everything: bool = False) -> pd.DataFrame:
+               everything: bool = False, cache_dir: str | os.PathLike | None = None
+               ) -> pd.DataFrame:
     """Near-duplicate pairs within one set of fingerprints: columns ``i``, ``j`` (``i < j``,
     row indices of ``fps``), ``score`` and ``background`` (see ``decide``). Rows with ``ok``
     False (unreadable or not fingerprintable) are never paired. ``everything``: every verified
-    candidate pair, with a ``same`` column, instead of the matches only."""
+    candidate pair, with a ``same`` column, instead of the matches only. ``cache_dir``: scores
+    verified there before are read (``ScoreStore``), and so are the candidates when the set is
+    the one last grouped there; the result is the same either way."""
     ok = np.ones(len(fps), bool) if ok is None else np.asarray(ok, bool)
     rows = np.flatnonzero(ok)
-    ci, cj = candidates(tuple(k[rows] for k in search_keys(fps)))  # fps is never copied
-    scores = verify(fps, fps, rows[ci], rows[cj], workers)
+    if cache_dir is None:
+        ci, cj = candidates(tuple(k[rows] for k in search_keys(fps)))  # fps is never copied
+        scores = _verify(fps, fps, rows[ci], rows[cj], workers)
+    else:
+        store, ids = ScoreStore(cache_dir), fingerprint_ids(fps, rows)
+        set_key = store.key_of(ids)
+        found = store.candidates_of(set_key)
+        ci, cj = found if found is not None else candidates(
+            tuple(k[rows] for k in search_keys(fps)))
+        scores = store.verified(fps, fps, rows[ci], rows[cj], ids[ci], ids[cj], workers,
+                                (set_key, ci, cj))
     bg = _background(ci, cj, scores, len(rows), symmetric=True)
     out = pd.DataFrame({"i": rows[ci], "j": rows[cj], "score": np.round(scores.astype(float), 4),
                         "background": np.round(bg, 4), "same": decide(scores, bg)})
@@ -903,11 +1040,13 @@ def find_pairs(fps: np.ndarray, ok: np.ndarray | None = None, workers: int | Non
 
 def match(query: np.ndarray, reference: np.ndarray, query_ok: np.ndarray | None = None,
           workers: int | None = None,
-          reference_keys: tuple[np.ndarray, ...] | None = None) -> pd.DataFrame:
+          reference_keys: tuple[np.ndarray, ...] | None = None,
+          cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Each query fingerprint's best twin among ``reference`` fingerprints (``decide``):
     columns ``query``, ``reference`` (row indices), ``score`` and ``background``, one row per
     query that has one. ``reference_keys``: ``search_keys(reference)`` when the caller keeps
-    them (a checkpoint's training images, matched batch after batch)."""
+    them (a checkpoint's training images, matched batch after batch). ``cache_dir``: scores
+    verified there before are read (``verify``)."""
     qok = np.ones(len(query), bool) if query_ok is None else np.asarray(query_ok, bool)
     rows = np.flatnonzero(qok)
     cols = ["query", "reference", "score", "background"]
@@ -915,7 +1054,7 @@ def match(query: np.ndarray, reference: np.ndarray, query_ok: np.ndarray | None 
         return pd.DataFrame(columns=cols)
     ref_keys = search_keys(reference) if reference_keys is None else reference_keys
     ci, cj = candidates(search_keys(query[rows]), ref_keys)
-    scores = verify(query[rows], reference, ci, cj, workers)
+    scores = verify(query[rows], reference, ci, cj, workers, cache_dir)
     bg = _background(ci, cj, scores, len(rows), symmetric=False)
     found = pd.DataFrame({"query": rows[ci], "reference": cj,
                           "score": np.round(scores.astype(float), 4), "background": np.round(bg, 4)})

@@ -24,12 +24,17 @@ CLI::
 
     python split_dataset.py DATA_DIR --manifest MANIFEST.csv [--val N|F] [--test N|F] [--seed S]
                             [--groups GROUPS.csv] [--near-duplicates on|off]
+                            [--cache-dir DIR|none]
 
 ``--val/--test`` are images per class (an integer, default 60 as in the study) or a fraction of
 each class (a number below 1, e.g. 0.1). ``--groups`` merges groups by a CSV with columns
 ``path,group`` (path relative to DATA_DIR; group e.g. NIH ChestX-ray14's Patient ID or
 CheXpert's patient folder), so one patient never straddles splits either.
 ``--near-duplicates off`` groups identical images only (the behaviour before near-duplicates).
+``--cache-dir`` (default ``.cache/decoded``, the decoded-image cache's folder) keeps the
+near-duplicate scores verified (``near_duplicates.ScoreStore``): a re-split of the same images
+(another seed, other counts) verifies none again, and one with new images only the pairs that
+involve them; the manifest is the same as without it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+import config
 import near_duplicates as nd
 from dataset_folder import read_sources, scan_dataset
 from files import atomic_write, file_sha256, process_pool, write_csv_atomic
@@ -70,29 +76,76 @@ def _decode_digest(path: str) -> tuple[str | None, np.ndarray | None, str | None
     return h.hexdigest(), fp, None
 
 
-def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int | None = None
+def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int | None = None,
+                    cache_dir: str | os.PathLike | None = None
                     ) -> tuple[list[str | None], list[np.ndarray | None], list[str | None]]:
     """Decode every image (in ``workers`` processes); returns per-path pixel digests,
-    near-duplicate fingerprints and reasons (``None`` where there is none)."""
+    near-duplicate fingerprints and reasons (``None`` where there is none). ``cache_dir``: the
+    digest and fingerprint of each image that decoded are kept there (``decoded_cache_path``),
+    keyed by the file's absolute path, size and modification time and by the decoder's
+    version, so an unchanged file is not decoded again; an unreadable one always is."""
     full = [str(Path(data_dir, p)) for p in paths]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(full) // 256 + 1))
+    cache = None if cache_dir is None else decoded_cache_path(cache_dir)
+    known = _read_decoded(cache) if cache is not None else {}
+    keys = [nd._stamp_key(Path(p)) for p in full]
+    results: list = [known.get(k) if k else None for k in keys]
+    todo = [n for n, r in enumerate(results) if r is None]
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) // 256 + 1))
     if workers == 1:
-        results = [_decode_digest(p) for p in full]
+        found = [_decode_digest(full[n]) for n in todo]
     else:
         with process_pool(workers) as pool:
-            results = pool.map(_decode_digest, full, chunksize=64)
+            found = pool.map(_decode_digest, [full[n] for n in todo], chunksize=64)
+    for n, r in zip(todo, found):
+        results[n] = r
+        if r[0] is not None and keys[n]:
+            known[keys[n]] = r
+    if cache is not None and any(r[0] is not None and keys[n] for n, r in zip(todo, found)):
+        _write_decoded(cache, known)
     return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+
+def decoded_cache_path(cache_dir: str | os.PathLike) -> Path:
+    """Where ``validate_images`` keeps what it decoded: ``split-images-<fingerprint version>-
+    <decoder version>.npz`` in ``cache_dir`` (another version of either is another file)."""
+    from image_cache import decoder_version  # noqa: PLC0415  (only a cached split needs it)
+    return Path(cache_dir) / f"split-images-{nd.FINGERPRINT_VERSION}-{decoder_version()}.npz"
+
+
+def _read_decoded(cache: Path) -> dict[str, tuple]:
+    try:
+        with np.load(cache) as z:
+            fps, has = z["fps"], z["has_fp"]
+            return {k: (d, fps[n] if has[n] else None, None)
+                    for n, (k, d) in enumerate(zip(z["keys"].tolist(), z["digests"].tolist()))}
+    except (OSError, ValueError, KeyError):
+        return {}  # none yet, or damaged: rebuilt
+
+
+def _write_decoded(cache: Path, known: dict[str, tuple]) -> None:
+    blank = np.zeros((nd.SIDE, nd.SIDE), np.uint8)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(cache) as tmp, open(tmp, "wb") as f:
+            np.savez(f, keys=np.array(list(known), dtype=str),
+                     digests=np.array([r[0] for r in known.values()], dtype=str),
+                     has_fp=np.array([r[1] is not None for r in known.values()]),
+                     fps=np.stack([blank if r[1] is None else r[1] for r in known.values()]))
+    except OSError:
+        pass  # a cache that cannot be written only costs time next run
 
 
 DUPLICATE_COLUMNS = ["group", "path", "matched_path", "score", "kind"]
 
 
 def duplicate_edges(cand: pd.DataFrame, fps: list[np.ndarray | None], near: bool = True,
-                    workers: int | None = None) -> pd.DataFrame:
+                    workers: int | None = None, cache_dir: str | os.PathLike | None = None
+                    ) -> pd.DataFrame:
     """The pairs of ``cand`` rows (``path``, ``digest``) that show one radiograph: columns
     ``path``, ``matched_path``, ``score`` and ``kind`` (``exact``: identical decoded pixels,
     matched to the first path of their set, score 1; ``near``: ``nd.find_pairs``,
-    with its score). Rows without a fingerprint are never near pairs."""
+    with its score). Rows without a fingerprint are never near pairs. ``cache_dir``: where
+    ``nd.find_pairs`` keeps the scores it verified (a re-split verifies only what is new)."""
     paths = cand["path"].tolist()
     edges = []
     first = cand.groupby("digest")["path"].transform("min")
@@ -104,7 +157,7 @@ def duplicate_edges(cand: pd.DataFrame, fps: list[np.ndarray | None], near: bool
         stack = np.stack([f if f is not None else np.zeros((nd.SIDE,) * 2, np.uint8)
                           for f in fps])
         digest = cand["digest"].tolist()
-        for i, j, score in nd.find_pairs(stack, ok, workers)[["i", "j", "score"]
+        for i, j, score in nd.find_pairs(stack, ok, workers, cache_dir=cache_dir)[["i", "j", "score"]
                                                                             ].itertuples(index=False):
             if digest[i] != digest[j]:  # identical ones are listed as exact already
                 edges.append((paths[j], paths[i], float(score), "near"))
@@ -161,8 +214,8 @@ def _parse_amount(text: str) -> float:
 
 def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, seed: int = 42,
                workers: int | None = None, report: dict | None = None,
-               near_duplicates: bool = True, groups: str | os.PathLike | None = None
-               ) -> pd.DataFrame:
+               near_duplicates: bool = True, groups: str | os.PathLike | None = None,
+               cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Scan, validate and split ``data_dir``; returns the manifest DataFrame (nothing written).
 
     ``val``/``test``: images per class (integers >= 1) or fractions of each class (0 < f < 1).
@@ -170,20 +223,22 @@ def make_split(data_dir: str | os.PathLike, val: float = 60, test: float = 60, s
     less than one group. Raises ValueError when a class is too small to hold val + test and
     leave training images. ``near_duplicates``: group resized, re-encoded, cropped, padded or
     re-windowed copies too (``duplicate_edges``), not only identical images; ``groups``: a CSV
-    of ``path,group`` merged in (``read_groups``). If ``report`` is a dict it receives
+    of ``path,group`` merged in (``read_groups``); ``cache_dir``: where what was decoded
+    (``validate_images``) and the near-duplicate scores (``nd.ScoreStore``) are kept between
+    runs (None: nowhere). If ``report`` is a dict it receives
     ``rejects`` (list of ``(path, reason)``), ``cross_class_duplicates`` (list of path lists),
     ``duplicates`` (``duplicate_edges`` with the ``group`` column first), ``groups_missing``
     (``--groups`` paths not in the dataset) and ``seconds``.
     """
     t0 = time.perf_counter()
     cand, rejects = scan_dataset(data_dir)
-    digests, fps, reasons = validate_images(data_dir, cand["path"].tolist(), workers)
+    digests, fps, reasons = validate_images(data_dir, cand["path"].tolist(), workers, cache_dir)
     bad = [i for i, d in enumerate(digests) if d is None]
     rejects = sorted(rejects + [(cand.at[i, "path"], reasons[i]) for i in bad])
     fps = [f for i, f in enumerate(fps) if digests[i] is not None]
     cand = cand.assign(digest=digests).drop(index=bad).reset_index(drop=True)
 
-    edges = duplicate_edges(cand, fps, near_duplicates, workers)
+    edges = duplicate_edges(cand, fps, near_duplicates, workers, cache_dir)
     given, missing = read_groups(groups, cand["path"].tolist()) if groups else ({}, [])
     cand["group"] = assign_groups(cand["path"].tolist(), edges, given)
     cand = cand.drop(columns="digest")
@@ -321,6 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--near-duplicates", choices=("on", "off"), default="on",
                    help="on (default): resized, re-encoded, cropped, padded or re-windowed "
                         "copies of one radiograph form one group; off: identical images only")
+    p.add_argument("--cache-dir", default=None,
+                   help=f"where the near-duplicate scores verified are kept, so that a re-split "
+                        f"(another seed, other counts, a few new images) verifies only what is "
+                        f"new (default {config.CACHE_DIR}; 'none': keep nothing)")
     p.add_argument("--force", action="store_true",
                    help="re-split even if the existing manifest matches the data")
     a = p.parse_args(argv)
@@ -356,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {}
     try:
         manifest = make_split(data_dir, a.val, a.test, a.seed, a.workers, report,
-                              a.near_duplicates == "on", a.groups)
+                              a.near_duplicates == "on", a.groups,
+                              config.cache_folder(a.cache_dir))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -166,8 +166,8 @@ def test_split_keeps_valid_rejects_broken_and_writes_nothing(corpus, tmp_path):
     before = tree_digest(root)
     out = tmp_path / "m" / "manifest.csv"
     r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(root), "--out",
-                        str(out), "--val", "1", "--test", "1", "--workers", "1"],
-                       capture_output=True, text=True, cwd=ROOT)
+                        str(out), "--val", "1", "--test", "1", "--workers", "1",
+                        "--cache-dir", "none"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert tree_digest(root) == before
     m = pd.read_csv(out, keep_default_na=False)
@@ -183,7 +183,7 @@ def test_rerun_reuses_matching_manifest_and_notices_changes(corpus, tmp_path):
     root, _, _ = corpus
     out = tmp_path / "manifest.csv"
     cmd = [sys.executable, str(ROOT / "split_dataset.py"), str(root), "--out", str(out),
-           "--val", "1", "--test", "1", "--workers", "1"]
+           "--val", "1", "--test", "1", "--workers", "1", "--cache-dir", "none"]
     subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert "reusing it" in r.stdout

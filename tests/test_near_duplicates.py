@@ -148,8 +148,9 @@ def copies_dir(tmp_path):
 
 def test_split_keeps_copies_in_one_group_and_split(copies_dir, tmp_path):
     out = tmp_path / "m.csv"
+    cache = ["--cache-dir", str(tmp_path / "cache")]
     r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--manifest",
-                        str(out), "--val", "3", "--test", "3", "--workers", "1"],
+                        str(out), "--val", "3", "--test", "3", "--workers", "1", *cache],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     m = pd.read_csv(out).set_index("path")
@@ -165,10 +166,42 @@ def test_split_keeps_copies_in_one_group_and_split(copies_dir, tmp_path):
         ("A/A-copy-jpeg.png", "near"), ("A/A-exact.png", "exact"), ("B/B-copy-rot.png", "near")]
     assert "2 images in 1 exact-duplicate groups, 4 images in 2 near-duplicate groups" in r.stdout
     before = [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()]
-    r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir), "--manifest",
-                        str(out), "--val", "3", "--test", "3", "--force"], capture_output=True)
-    assert r.returncode == 0
-    assert [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()] == before
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
+        [nd.ScoreStore(tmp_path).path.name, split_dataset.decoded_cache_path(tmp_path).name])
+    for more in (cache, ["--cache-dir", "none"]):  # the scores read from the store, or verified
+        r = subprocess.run([sys.executable, str(ROOT / "split_dataset.py"), str(copies_dir),
+                            "--manifest", str(out), "--val", "3", "--test", "3", "--force",
+                            *more], capture_output=True)
+        assert r.returncode == 0
+        assert [out.read_bytes(), split_dataset.duplicates_path(out).read_bytes()] == before
+
+
+def test_a_resplit_decodes_only_what_changed(copies_dir, tmp_path, monkeypatch):
+    """With a cache folder, a re-split decodes only new, changed and unreadable files and gives
+    the same manifest; a file replaced by a copy of another image is grouped with it."""
+    cache = tmp_path / "cache"
+    first = split_dataset.make_split(copies_dir, 3, 3, workers=1, cache_dir=cache)
+    pd.testing.assert_frame_equal(first, split_dataset.make_split(copies_dir, 3, 3, workers=1))
+    decoded, real = [], split_dataset._decode_digest
+    monkeypatch.setattr(split_dataset, "_decode_digest",
+                        lambda p: decoded.append(Path(p).name) or real(p))
+    report = {}
+    again = split_dataset.make_split(copies_dir, 3, 3, workers=1, cache_dir=cache, report=report)
+    pd.testing.assert_frame_equal(again, first)
+    assert decoded == ["broken.png"]  # unreadable: never cached, rejected again
+    assert [p for p, _ in report["rejects"]] == ["A/broken.png"]
+    _write(copies_dir / "B" / "B-3.png", ALTER["jpeg"](_field(4)))
+    decoded.clear()
+    m = split_dataset.make_split(copies_dir, 3, 3, workers=1, cache_dir=cache)
+    assert sorted(decoded) == ["B-3.png", "broken.png"]
+    g = dict(zip(m["path"], m["group"]))
+    assert g["B/B-3.png"] == g["A/A-4.png"] == "A/A-4.png"
+    assert g["B/flat.png"] == "B/flat.png"  # cached as not fingerprintable: still its own group
+    split_dataset.decoded_cache_path(cache).write_bytes(b"damaged")
+    decoded.clear()
+    pd.testing.assert_frame_equal(split_dataset.make_split(copies_dir, 3, 3, workers=1,
+                                                           cache_dir=cache), m)
+    assert len(decoded) == len(m) + 1  # all decoded again (the unreadable one too)
 
 
 def test_split_near_duplicates_off_and_groups_file(copies_dir, tmp_path):
@@ -305,6 +338,7 @@ def test_the_bench_measures_recall_false_pairs_and_speed(tmp_path):
     speed = bench.speed(8, 2500)  # enough pairs for the worker processes (POOL_MIN_PAIRS)
     assert speed["images"] == 8 and speed["fingerprints"] == 2500
     assert speed["candidate_pairs"] > nd.POOL_MIN_PAIRS and speed["pairs_found"] == 0
+    assert speed["grown_by"] == 25 and speed["pairs_found_grown"] == 0 and speed["store_mib"] > 0
     assert speed["fingerprint_warm_s"] <= speed["fingerprint_cold_s"]
     assert speed["peak_rss_mib"] >= speed["start_rss_mib"]
     assert speed["grouped_from"] == "demo phantoms"
@@ -641,6 +675,64 @@ def test_verify_in_worker_processes_equals_one_by_one(monkeypatch):
     np.testing.assert_allclose(
         cross, [nd.similarity(fps[[6, 0, 4]][x], fps[y]) for x, y in zip(qi, rj)], atol=1e-6)
     assert cross[(qi == 0) & (rj == 2)][0] >= nd.THRESHOLD
+
+
+def test_the_score_store_verifies_only_pairs_it_has_not_scored(tmp_path, monkeypatch):
+    """A re-split of the same images verifies nothing and searches nothing; one with new images
+    verifies only the pairs that involve them; the pairs found are the same as without a
+    store, and a damaged store or one of another version is not read."""
+    originals = [_field(s) for s in range(30)]
+    copies = [f(originals[k]) for k, f in zip((2, 5, 9, 14, 21, 27, 28, 29), ALTER.values())]
+    fps = np.stack([nd.fingerprint(a) for a in originals + copies])
+    plain = nd.find_pairs(fps, everything=True)
+    assert plain["same"].sum() == 8
+    asked = []
+    real_verify, real_candidates = nd._verify, nd.candidates
+
+    def counting(fa, fb, i, j, workers=None):
+        asked.append([(fa[x].tobytes(), fb[y].tobytes()) for x, y in zip(i, j)])
+        return real_verify(fa, fb, i, j, workers)
+
+    monkeypatch.setattr(nd, "_verify", counting)
+    cache = tmp_path / "cache"
+    pd.testing.assert_frame_equal(nd.find_pairs(fps, everything=True, cache_dir=cache), plain)
+    assert len(asked[-1]) == len(plain)
+    monkeypatch.setattr(nd, "candidates", lambda *a: (_ for _ in ()).throw(AssertionError("searched")))
+    asked.clear()
+    pd.testing.assert_frame_equal(nd.find_pairs(fps, everything=True, cache_dir=cache), plain)
+    assert asked == []
+    monkeypatch.setattr(nd, "candidates", real_candidates)
+    # two new images (a distinct one and a copy of field 11): only pairs that involve them
+    grown = np.concatenate([fps, [nd.fingerprint(_field(77)),
+                                  nd.fingerprint(ALTER["crop"](originals[11]))]])
+    asked.clear()
+    stored = nd.find_pairs(grown, everything=True, cache_dir=cache)
+    monkeypatch.setattr(nd, "_verify", real_verify)
+    pd.testing.assert_frame_equal(stored, nd.find_pairs(grown, everything=True))
+    new = {grown[-1].tobytes(), grown[-2].tobytes()}
+    assert asked and all(a in new or b in new for a, b in asked[0])
+    assert {(11, 39)} <= set(zip(stored.loc[stored["same"], "i"], stored.loc[stored["same"], "j"]))
+    # a score is kept for the order compared (b aligned onto a first), not the other way round
+    store = nd.ScoreStore(cache)
+    ids = nd.fingerprint_ids(fps, np.array([2, 30]))
+    assert store.look_up(ids[:1], ids[1:])[1].tolist() == [True]
+    assert store.look_up(ids[1:], ids[:1])[1].tolist() == [False]
+    # matching against a checkpoint's images uses the same store
+    m = nd.match(fps[30:31], fps[:30], cache_dir=cache)
+    assert m[["query", "reference"]].values.tolist() == [[0, 2]]
+    # damaged: read as empty, rewritten; another version's store is another file
+    store.path.write_bytes(b"not a store")
+    pd.testing.assert_frame_equal(nd.find_pairs(fps, everything=True, cache_dir=cache), plain)
+    every = nd.fingerprint_ids(fps)
+    assert len(nd.ScoreStore(cache).pairs) == len(set(zip(every[plain["i"]], every[plain["j"]])))
+    monkeypatch.setattr(nd, "VERSION", "nd0-64")
+    nd._store_tag.cache_clear()
+    try:
+        assert nd.ScoreStore(cache).path.name.startswith("pair-scores-nd0-64-")
+        assert nd.ScoreStore(cache).pairs.empty
+    finally:
+        monkeypatch.undo()
+        nd._store_tag.cache_clear()
 
 
 @pytest.mark.parametrize("within", [True, False])

@@ -65,7 +65,7 @@ def test_messy_tree_rejects_duplicates_and_never_writes(messy_tree, tmp_path):
     before = tree_digest(messy_tree)
     out = tmp_path / "out" / "manifest.csv"
     cmd = [sys.executable, str(ROOT / "split_dataset.py"), str(messy_tree), "--manifest", str(out),
-           "--val", "3", "--test", "3", "--workers", "2"]
+           "--val", "3", "--test", "3", "--workers", "2", "--cache-dir", "none"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert tree_digest(messy_tree) == before            # nothing written, moved or deleted
@@ -122,7 +122,8 @@ def test_manifest_left_by_a_killed_split_is_not_reused(demo_dir, tmp_path, capsy
     """A split killed between writing its CSV and its JSON leaves a new CSV beside the old JSON;
     the JSON holds the CSV's hash, so a later run notices and splits again."""
     out = tmp_path / "manifest.csv"
-    args = [str(demo_dir), "--out", str(out), "--val", "3", "--test", "3", "--workers", "1"]
+    args = [str(demo_dir), "--out", str(out), "--val", "3", "--test", "3", "--workers", "1",
+            "--cache-dir", "none"]
     assert split_dataset.main(args + ["--seed", "0"]) == 0
     seed0 = out.read_bytes()
     other = split_dataset.make_split(demo_dir, val=3, test=3, seed=1, workers=1)
