@@ -1144,7 +1144,8 @@ def speed(n_images: int, n_fps: int, seed: int = 0, like: Path | None = None) ->
     many = deformed(fps, n_fps, seed)
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "many.npy", many)
-        np.save(Path(tmp) / "more.npy", deformed(fps, max(1, n_fps // 100), seed + 1))
+        np.save(Path(tmp) / "grown.npy",  # 1% more, new: the collection grown
+                np.concatenate([many, deformed(fps, max(1, n_fps // 100), seed + 1)]))
         del many
         # In a new interpreter that imports only this module, as split_dataset.py would group
         # (~90 MB before any fingerprint), so that its peak memory is the grouping's. Not a
@@ -1154,7 +1155,7 @@ def speed(n_images: int, n_fps: int, seed: int = 0, like: Path | None = None) ->
         code = ("import sys, near_duplicate_bench as b; "
                 "b._group_timed(sys.argv[1], sys.argv[2], sys.argv[3])")
         run = subprocess.run([sys.executable, "-c", code, str(Path(tmp) / "many.npy"),
-                              str(Path(tmp) / "out.json"), str(Path(tmp) / "more.npy")],
+                              str(Path(tmp) / "out.json"), str(Path(tmp) / "grown.npy")],
                              cwd=Path(__file__).resolve().parent, capture_output=True, text=True)
         if run.returncode != 0:
             raise RuntimeError(f"the grouping process failed (exit code {run.returncode}): "
@@ -1178,12 +1179,14 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
-def _group_timed(path: str, out: str, more: str | None = None) -> None:
+def _group_timed(path: str, out: str, grown_path: str | None = None) -> None:
     """``find_pairs`` on the fingerprints saved at ``path``, timed, with peak memory (this
     process; its workers fork from it and share the fingerprints), written to ``out``. With
-    ``more`` (fingerprints saved there), as ``split_dataset.py`` groups by default: with a score
-    store (``nd.ScoreStore``) in a new folder, then again (a re-split of the same images: the
-    same pairs, or this raises), then with ``more`` appended (a collection that grew)."""
+    ``grown_path`` (the same fingerprints and new ones after them, saved there), as
+    ``split_dataset.py`` groups by default: with a score store (``nd.ScoreStore``) in a new
+    folder, then again (a re-split of the same images: the same pairs, or this raises), then
+    the grown set (a collection with new images); the peak is read after the first grouping
+    (``peak_rss_mib``) and after the last (``peak_rss_grown_mib``)."""
     before = _peak_mib()  # the interpreter and its imports
     many = np.load(path)
     t = time.perf_counter()
@@ -1191,22 +1194,29 @@ def _group_timed(path: str, out: str, more: str | None = None) -> None:
     search = time.perf_counter() - t
     res = dict(fingerprints=len(many), candidate_search_s=round(search, 1),
                candidate_pairs=int(len(ci)))
+    del ci
     with tempfile.TemporaryDirectory() as store:
+        cache = None if grown_path is None else store
         t = time.perf_counter()
-        pairs = nd.find_pairs(many, cache_dir=None if more is None else store)
-        res.update(grouping_s=round(time.perf_counter() - t, 1), pairs_found=int(len(pairs)))
-        if more is not None:
-            grown = np.concatenate([many, np.load(more)])
-            for name, fps in (("again", many), ("grown", grown)):
-                t = time.perf_counter()
-                found = nd.find_pairs(fps, cache_dir=store)
-                res[f"grouping_{name}_s"] = round(time.perf_counter() - t, 1)
-                if name == "again" and not found.equals(pairs):
-                    raise RuntimeError("a second grouping with the score store differs")
-            res.update(grown_by=len(grown) - len(many), pairs_found_grown=int(len(found)),
+        pairs = nd.find_pairs(many, cache_dir=cache)
+        res.update(grouping_s=round(time.perf_counter() - t, 1), pairs_found=int(len(pairs)),
+                   peak_rss_mib=round(_peak_mib()))
+        if grown_path is not None:
+            t = time.perf_counter()
+            again = nd.find_pairs(many, cache_dir=store)
+            res["grouping_again_s"] = round(time.perf_counter() - t, 1)
+            if not again.equals(pairs):
+                raise RuntimeError("a second grouping with the score store differs")
+            del many  # the grown set alone in memory, as a split of it would hold it
+            grown = np.load(grown_path)
+            t = time.perf_counter()
+            found = nd.find_pairs(grown, cache_dir=store)
+            res.update(grouping_grown_s=round(time.perf_counter() - t, 1),
+                       grown_by=len(grown) - res["fingerprints"],
+                       pairs_found_grown=int(len(found)), peak_rss_grown_mib=round(_peak_mib()),
                        store_mib=round(sum(f.stat().st_size for f in Path(store).iterdir())
                                        / 2**20, 1))
-    res.update(peak_rss_mib=round(_peak_mib()), start_rss_mib=round(before))
+    res["start_rss_mib"] = round(before)
     write_json_atomic(res, out)
 
 
