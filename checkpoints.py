@@ -249,13 +249,16 @@ OVERLAP_COLUMNS = ["path", "trained_path", "trained_split", "kind", "score"]
 
 
 def training_overlap(meta: dict, paths: list[str], digests: list[str],
-                     fingerprints: np.ndarray | None = None, fingerprint_ok=None) -> pd.DataFrame:
+                     fingerprints: np.ndarray | None = None, fingerprint_ok=None,
+                     cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """The images among ``paths`` (with their content ``digests``) that are copies of one this
     model was trained or validated on: columns ``path``, ``trained_path``, ``trained_split``,
     ``kind`` (``exact``: byte-identical; ``near``: ``near_duplicates.match`` on
     ``fingerprints``, one per path) and ``score`` (1 for exact). Empty when none, or when the
     checkpoint records nothing (see ``has_trained_on``); near copies only when both sides have
-    fingerprints (``has_fingerprints``). Files without a digest (unreadable) never match."""
+    fingerprints (``has_fingerprints``). Files without a digest (unreadable) never match.
+    ``cache_dir``: near-duplicate scores verified there before are read, not verified again
+    (``near_duplicates.ScoreStore``)."""
     rec = meta.get("trained_on")
     if not rec:
         return pd.DataFrame(columns=OVERLAP_COLUMNS)
@@ -266,7 +269,7 @@ def training_overlap(meta: dict, paths: list[str], digests: list[str],
         ok = np.ones(len(paths), bool) if fingerprint_ok is None else np.array(fingerprint_ok)
         ok &= np.array([p not in exact and bool(d) for p, d in zip(paths, digests)])
         ref_ok, ref, ref_keys, ref_digest = _reference(rec["fingerprints"])
-        found = _match(np.asarray(fingerprints), ok, ref, ref_keys, ref_digest)
+        found = _match(np.asarray(fingerprints), ok, ref, ref_keys, ref_digest, cache_dir)
         for q, r, score in zip(found["query"], found["reference"], found["score"]):
             k = int(ref_ok[r])
             rows.append((paths[q], rec["path"][k], rec["split"][k], "near", float(score)))
@@ -278,7 +281,7 @@ _MATCHES_KEPT = 8
 
 
 def _match(query: np.ndarray, ok: np.ndarray, ref: np.ndarray, ref_keys: tuple,
-           ref_digest: bytes) -> pd.DataFrame:
+           ref_digest: bytes, cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """``near_duplicates.match(query, ref, ok)``, remembered for the last few contents: the
     models of one run record the same training images, so scoring a split or an external set
     with all of them matches those images once rather than once per model. Keyed by the bytes
@@ -286,7 +289,8 @@ def _match(query: np.ndarray, ok: np.ndarray, ref: np.ndarray, ref_keys: tuple,
     either is a new match."""
     key = _digest(query, ok, start=ref_digest)
     if key not in _MATCHES:
-        _MATCHES[key] = near_duplicates.match(query, ref, ok, reference_keys=ref_keys)
+        _MATCHES[key] = near_duplicates.match(query, ref, ok, reference_keys=ref_keys,
+                                              cache_dir=cache_dir)
         while len(_MATCHES) > _MATCHES_KEPT:
             _MATCHES.popitem(last=False)
     _MATCHES.move_to_end(key)
@@ -328,8 +332,8 @@ def has_trained_on(meta: dict) -> bool:
 
 
 def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: str = "",
-                     fingerprints: np.ndarray | None = None, fingerprint_ok=None
-                     ) -> pd.DataFrame:
+                     fingerprints: np.ndarray | None = None, fingerprint_ok=None,
+                     cache_dir: str | os.PathLike | None = None) -> pd.DataFrame:
     """Refuse to score a model on ``rows`` (a manifest's test split, say; ``digests`` one per
     row) that hold images it was trained or validated on byte for byte: ValueError naming how
     many and a few. Also refuses another class list. Returns the near copies
@@ -345,7 +349,8 @@ def check_trained_on(meta: dict, rows: pd.DataFrame, digests: list[str], name: s
         warnings.warn(f"{name}: the checkpoint records no training images (trained_on); cannot "
                       f"check that none of them is among the images scored", stacklevel=2)
         return pd.DataFrame(columns=OVERLAP_COLUMNS)
-    found = training_overlap(meta, rows["path"].tolist(), digests, fingerprints, fingerprint_ok)
+    found = training_overlap(meta, rows["path"].tolist(), digests, fingerprints, fingerprint_ok,
+                             cache_dir)
     leaked = found[found["kind"] == "exact"]
     if len(leaked):
         few = "; ".join(f"{r.path} = {r.trained_split} image {r.trained_path}"

@@ -365,7 +365,7 @@ def check_split(models: Models, manifest: pd.DataFrame, data_dir, split: str = "
         if meta["class_names"] != names:
             raise ValueError(f"{name} was trained on classes {meta['class_names']}; the "
                              f"manifest has {names}")
-        near.append(checkpoints.check_trained_on(meta, rows, digests, name, fps, ok)
+        near.append(checkpoints.check_trained_on(meta, rows, digests, name, fps, ok, cache_dir)
                     .assign(models=name))
     return merge_overlaps(near)
 

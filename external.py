@@ -91,12 +91,14 @@ def external_rows(data_dir, class_names: list[str], class_map: dict[str, str] | 
 
 
 def training_duplicates(models: Models, rows: pd.DataFrame, digests: list[str],
-                        fingerprints=None, fingerprint_ok=None) -> tuple[pd.DataFrame, list[str]]:
+                        fingerprints=None, fingerprint_ok=None, cache_dir: str | None = None
+                        ) -> tuple[pd.DataFrame, list[str]]:
     """Images of ``rows`` that are copies of an image any model was trained or validated on
     (``checkpoints.training_overlap``: byte-identical, or near copies by fingerprint):
     ``(path, trained_path, trained_split, kind, score, models)`` rows, and the names of models
     whose checkpoints record nothing to compare with, or digests only (``"<name> (exact
-    only)"``: checkpoints written before fingerprints were recorded)."""
+    only)"``: checkpoints written before fingerprints were recorded). ``cache_dir``: where
+    near-duplicate scores are kept between runs (``checkpoints.training_overlap``)."""
     found, unchecked = [], []
     for name, (_, meta) in models.items():
         if not checkpoints.has_trained_on(meta):
@@ -105,7 +107,8 @@ def training_duplicates(models: Models, rows: pd.DataFrame, digests: list[str],
         if not checkpoints.has_fingerprints(meta):
             unchecked.append(f"{name} (exact only)")
         found.append(checkpoints.training_overlap(meta, rows["path"].tolist(), digests,
-                                                  fingerprints, fingerprint_ok).assign(models=name))
+                                                  fingerprints, fingerprint_ok, cache_dir
+                                                  ).assign(models=name))
     return merge_overlaps(found), unchecked
 
 
@@ -145,7 +148,7 @@ def evaluate_external(models: Models, data_dir, cfg: EvalConfig, device: torch.d
     digests = image_cache.content_digests(rows, data_dir, cfg.cache_dir)
     fps, fp_ok, _ = near_duplicates.fingerprint_files([Path(data_dir) / p for p in rows["path"]],
                                                       cfg.cache_dir)
-    dup, unchecked = training_duplicates(models, rows, digests, fps, fp_ok)
+    dup, unchecked = training_duplicates(models, rows, digests, fps, fp_ok, cfg.cache_dir)
     keep = rows[~rows["path"].isin(set(dup["path"]))].reset_index(drop=True)
     size = next(iter(models.values()))[1]["image_size"]
     with warnings.catch_warnings():  # each unreadable file is listed in the result instead

@@ -20,6 +20,7 @@ import external
 import files
 import image_cache
 import metrics
+import near_duplicates
 import report
 import runtime
 import split_dataset
@@ -343,7 +344,7 @@ def _save_jpeg_copy(pic: np.ndarray, path) -> None:
 
 
 def test_near_copies_in_the_test_split_are_left_out_and_listed(trained, demo_dir, demo_manifest,
-                                                               tmp_path):
+                                                               tmp_path, monkeypatch):
     models = checkpoints.load_models([trained], CPU)
     assert checkpoints.has_fingerprints(models["resnet18"][1])
     model, meta = models["resnet18"]
@@ -364,6 +365,14 @@ def test_near_copies_in_the_test_split_are_left_out_and_listed(trained, demo_dir
     assert ev.metrics["archs"]["resnet18"]["test"]["n"] == n_test - 1
     clean = evaluation.evaluate_split(models, demo_manifest, demo_dir, _cfg(tmp_path), CPU)
     assert "training_duplicates" not in clean.metrics  # metrics.json as before when none
+    # the scores were kept in the cache folder: a new process (nothing remembered) reads them
+    assert near_duplicates.ScoreStore(_cfg(tmp_path).cache_dir).path.is_file()
+    checkpoints._MATCHES.clear()
+    monkeypatch.setattr(near_duplicates, "_verify", lambda *a, **k: pytest.fail("verified again"))
+    with pytest.warns(UserWarning, match="1 test images are near copies of training"):
+        again = evaluation.evaluate_split({"resnet18": (model, meta)}, demo_manifest, data,
+                                          _cfg(tmp_path), CPU)
+    assert again.metrics["training_duplicates"] == dup
 
 
 def test_external_near_copies_are_left_out_and_shown_beside_their_twin(trained, demo_dir,
@@ -389,6 +398,7 @@ def test_external_near_copies_are_left_out_and_shown_beside_their_twin(trained, 
     near = [d for d in info["training_duplicates"] if d["kind"] == "near"]
     assert [(d["path"], d["trained_path"]) for d in near] == [("Normal/near_copy.jpg",
                                                                  trained_path)]
+    assert near_duplicates.ScoreStore(tmp_path / "cache").path.is_file()  # kept for a rerun
     assert all(d["kind"] == "exact" and d["score"] == 1.0
                for d in info["training_duplicates"] if d["path"] != "Normal/near_copy.jpg")
     assert info["scored"] == 7 - len(info["training_duplicates"])
