@@ -403,7 +403,7 @@ def test_search_at_scale_counts_copies_whose_original_is_not_a_candidate(tmp_pat
 def test_the_latest_hold_out_alterations_do_what_their_names_say():
     """The later hold-outs' helpers: the squeeze narrows only the width, the black-corner
     rotation leaves black corners where the default one repeats the edge, the noise is seeded;
-    every alteration of holdout5-26 returns a finite image that the finder still matches to its
+    every alteration of holdout5-27 returns a finite image that the finder still matches to its
     original."""
     import near_duplicate_bench as bench
     a = _field(3)
@@ -411,8 +411,8 @@ def test_the_latest_hold_out_alterations_do_what_their_names_say():
     black, edge = bench._rotate(a, 3, black=True), bench._rotate(a, 3)
     assert black[0, 0] == 0 and black[-1, -1] == 0 and edge[0, 0] > 0
     mine = {k: fn for k, (which, fn) in bench.ALTERATIONS.items()
-            if which in [f"holdout{k}" for k in range(5, 27)]}
-    assert len(mine) == 15 + 16 + 15 + 15 + 16 * 18  # holdout5-8, then 16 each
+            if which in [f"holdout{k}" for k in range(5, 28)]}
+    assert len(mine) == 15 + 16 + 15 + 15 + 16 * 19  # holdout5-8, then 16 each
     noisy = bench._noisy(a, 0.01)  # seeded by the image: the same copy every run
     assert np.array_equal(noisy, bench._noisy(a, 0.01)) and 0.005 < np.std(noisy - a) < 0.015
     fa = nd.fingerprint(a)
