@@ -31,10 +31,11 @@ each class (a number below 1, e.g. 0.1). ``--groups`` merges groups by a CSV wit
 ``path,group`` (path relative to DATA_DIR; group e.g. NIH ChestX-ray14's Patient ID or
 CheXpert's patient folder), so one patient never straddles splits either.
 ``--near-duplicates off`` groups identical images only (the behaviour before near-duplicates).
-``--cache-dir`` (default ``.cache/decoded``, the decoded-image cache's folder) keeps the
-near-duplicate scores verified (``near_duplicates.ScoreStore``): a re-split of the same images
-(another seed, other counts) verifies none again, and one with new images only the pairs that
-involve them; the manifest is the same as without it.
+``--cache-dir`` (default ``.cache/decoded``, the decoded-image cache's folder; ``none``: keep
+nothing) keeps what was decoded (``validate_images``) and the near-duplicate scores verified
+(``near_duplicates.ScoreStore``): a re-split of the same images (another seed, other counts)
+decodes and verifies none of them again, and one with new images only what involves them; the
+manifest is the same as without it.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ import pandas as pd
 import config
 import near_duplicates as nd
 from dataset_folder import read_sources, scan_dataset
-from files import atomic_write, file_sha256, process_pool, write_csv_atomic
+from files import atomic_write, file_sha256, file_stamp, process_pool, write_csv_atomic
 from xray_io import read_xray
 
 SPLITS = ("train", "val", "test")
@@ -87,7 +88,7 @@ def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int 
     full = [str(Path(data_dir, p)) for p in paths]
     cache = None if cache_dir is None else decoded_cache_path(cache_dir)
     known = _read_decoded(cache) if cache is not None else {}
-    keys = [nd._stamp_key(Path(p)) for p in full]
+    keys = [_stamp(p) for p in full]
     results: list = [known.get(k) if k else None for k in keys]
     todo = [n for n, r in enumerate(results) if r is None]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) // 256 + 1))
@@ -103,6 +104,12 @@ def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int 
     if cache is not None and any(r[0] is not None and keys[n] for n, r in zip(todo, found)):
         _write_decoded(cache, known)
     return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+
+def _stamp(path: str) -> str:
+    """A file's cache key: its absolute path, size and modification time ("" if missing)."""
+    st = file_stamp(path)
+    return "" if st is None else f"{Path(path).resolve()}\0{st[0]}\0{st[1]}"
 
 
 def decoded_cache_path(cache_dir: str | os.PathLike) -> Path:
