@@ -81,6 +81,13 @@ def file_stamp(path: str | os.PathLike) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def stamp_key(path: str | os.PathLike) -> str:
+    """A file's key in a cache: its absolute path, size and modification time (``file_stamp``),
+    or "" when it cannot be stat-ed (never cached)."""
+    st = file_stamp(path)
+    return "" if st is None else f"{Path(path).resolve()}\0{st[0]}\0{st[1]}"
+
+
 def _digest_or_empty(path: str) -> str:
     try:
         return file_sha256(path)

@@ -170,11 +170,6 @@ def fingerprint_or_reason(path: str | os.PathLike) -> tuple[np.ndarray | None, s
 CACHE_NAME = f"fingerprints-{FINGERPRINT_VERSION}.npz"
 
 
-def _stamp_key(path: Path) -> str:
-    st = files.file_stamp(path)
-    return "" if st is None else f"{path.resolve()}\0{st[0]}\0{st[1]}"
-
-
 def fingerprint_files(paths: list[str | os.PathLike], cache_dir: str | os.PathLike | None = None,
                       workers: int | None = None) -> tuple[np.ndarray, np.ndarray, list]:
     """Fingerprints of files: ``(fps uint8 (N, SIDE, SIDE), ok bool (N,), reasons)``; rows of
@@ -187,7 +182,7 @@ def fingerprint_files(paths: list[str | os.PathLike], cache_dir: str | os.PathLi
     fps = np.zeros((n, SIDE, SIDE), np.uint8)
     ok = np.zeros(n, bool)
     reasons: list[str | None] = [None] * n
-    keys = [_stamp_key(p) for p in paths]
+    keys = [files.stamp_key(p) for p in paths]
     cache_file = None if cache_dir is None else Path(cache_dir) / CACHE_NAME
     known: dict[str, np.ndarray] = {}
     if cache_file is not None and cache_file.is_file():

@@ -54,7 +54,7 @@ import pandas as pd
 import config
 import near_duplicates as nd
 from dataset_folder import read_sources, scan_dataset
-from files import atomic_write, file_sha256, file_stamp, process_pool, write_csv_atomic
+from files import atomic_write, file_sha256, process_pool, stamp_key, write_csv_atomic
 from xray_io import read_xray
 
 SPLITS = ("train", "val", "test")
@@ -88,7 +88,7 @@ def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int 
     full = [str(Path(data_dir, p)) for p in paths]
     cache = None if cache_dir is None else decoded_cache_path(cache_dir)
     known = _read_decoded(cache) if cache is not None else {}
-    keys = [_stamp(p) for p in full]
+    keys = [stamp_key(p) for p in full]
     results: list = [known.get(k) if k else None for k in keys]
     todo = [n for n, r in enumerate(results) if r is None]
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) // 256 + 1))
@@ -104,12 +104,6 @@ def validate_images(data_dir: str | os.PathLike, paths: list[str], workers: int 
     if cache is not None and any(r[0] is not None and keys[n] for n, r in zip(todo, found)):
         _write_decoded(cache, known)
     return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
-
-
-def _stamp(path: str) -> str:
-    """A file's cache key: its absolute path, size and modification time ("" if missing)."""
-    st = file_stamp(path)
-    return "" if st is None else f"{Path(path).resolve()}\0{st[0]}\0{st[1]}"
 
 
 def decoded_cache_path(cache_dir: str | os.PathLike) -> Path:
